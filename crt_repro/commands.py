@@ -1,0 +1,62 @@
+"""``crt-repro train`` and ``crt-repro evaluate``: the contract the workflow calls."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from crt_repro.config import LM_MODELS, PROFILES, VIDEO_MODELS, build_config, parse_overrides
+
+
+def _merge_flag_overrides(args: argparse.Namespace) -> dict:
+    overrides = parse_overrides(args.set or [])
+    flags = {
+        ("model", "name"): args.model,
+        ("model", "n_layer"): args.layers,
+        ("model", "rnn"): args.rnn,
+        ("data", "seg_len"): args.seg_len,
+        ("data", "data_dir"): args.data_dir,
+        ("run", "seed"): args.seed,
+        ("run", "device"): args.device,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from crt_repro.train import train
+
+    cfg = build_config(args.profile, args.dataset, _merge_flag_overrides(args))
+    metrics = train(cfg, args.out)
+    print(json.dumps({k: metrics[k] for k in ("run_id", "valid_loss", "test_loss") if k in metrics} |
+                     {k: v for k, v in metrics.items() if k.endswith(("_ppl", "_mca", "_top1"))}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from crt_repro.train import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run), indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model and evaluate it; rerun to resume")
+    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--dataset", required=True, help="ptb | wikitext-2 | wt103 | synthetic | smarthome | synthetic-video")
+    p.add_argument("--model", choices=LM_MODELS + VIDEO_MODELS, required=True)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--seg-len", type=int)
+    p.add_argument("--rnn", choices=("gru", "ncgru"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", help="folder holding the corpus (e.g. ../shared/data)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set model.d_model=64 (repeatable)")
+    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a checkpoint)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a run directory's last checkpoint")
+    p.add_argument("--run", required=True, help="run directory written by `crt-repro train`")
+    p.set_defaults(func=cmd_evaluate)

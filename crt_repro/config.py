@@ -1,0 +1,354 @@
+"""Typed run configuration: dataclasses filled from a YAML scale profile plus overrides.
+
+A profile (``crt_repro/profiles/{smoke,cpu,paper}.yaml``) holds the defaults of one scale, with
+per-dataset sections for settings that depend on the corpus (the paper profile's PTB and
+WikiText-103 widths differ). The CLI's flags and ``--set section.key=value`` are applied on top.
+Every key and value is checked: an unknown key, a wrong type or an impossible value raises
+``ConfigError`` naming the key and the value, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "cpu", "paper")
+LM_MODELS = ("transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc")
+VIDEO_MODELS = ("timesformer", "crvit")
+LM_DATASETS = ("ptb", "wikitext-2", "wt103", "synthetic")
+VIDEO_DATASETS = ("smarthome", "synthetic-video")
+DATASET_ALIASES = {"wikitext-103": "wt103", "wikitext103": "wt103", "wikitext2": "wikitext-2"}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names both."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "transformer"
+    rnn: str = "ncgru"  # gru | ncgru: the cell of CRT's position and memory RNNs
+    n_layer: int = 3
+    d_model: int = 32
+    n_head: int = 4
+    d_inner: int = 128
+    dropout: float = 0.1  # residual branches and feed-forward
+    dropout_attn: float = 0.0  # attention probabilities
+    dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
+    tie_embeddings: bool = True
+    # Transformer-XL: hidden states kept per layer; None means "= seg_len" (the paper's tables).
+    mem_len: int | None = None
+    # CRT switches (Table 8 ablations are model names that set these).
+    memory: bool = True
+    pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal
+    # NCGRU
+    ncgru_neumann_order: int = 2
+    ncgru_exact_every: int = 100
+    # video (TimeSformer / CR-ViT)
+    image_size: int = 224
+    patch_size: int = 16
+    n_frames: int = 16
+    vit_iterations: int = 2
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ptb"
+    data_dir: str | None = None
+    seg_len: int = 70
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    # Truncations that make the smoke profile fast; None = the whole split.
+    max_train_tokens: int | None = None
+    max_eval_segments: int | None = None
+    # video
+    frames: int = 16
+    resize: int = 256
+    crop: int = 224
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2.5e-4
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    clip: float = 0.25
+    # One optimiser step covers this many consecutive segments of every stream. CRT's gradient
+    # crosses them through the memory; every other model sees the same tokens per step, so the
+    # models stay comparable step for step.
+    bptt_segments: int = 2
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = False  # bf16 autocast on CPU and CUDA
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+
+
+@dataclass
+class Config:
+    profile: str = "smoke"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def is_video(self) -> bool:
+        return self.model.name in VIDEO_MODELS
+
+    @property
+    def mem_len(self) -> int:
+        """Memory length in the paper's sense: vectors carried between segments."""
+        if self.model.name == "transformer_xl":
+            return self.model.mem_len or self.data.seg_len
+        if self.model.name in ("crt", "transformer_rnn_memory") and self.model.memory:
+            return 1
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def relevant_dict(self) -> dict[str, Any]:
+        """The settings that change this run's result: what the run id hashes.
+
+        Keys a model ignores (XL's mem_len for CRT, the RNN cell for the Transformer, video sizes
+        for a language model) and where the data lives are left out, so that two tables asking
+        for the same run by different routes share it.
+        """
+        d = self.to_dict()
+        m, data = d["model"], d["data"]
+        for k in ("data_dir", "num_workers"):
+            data.pop(k)
+        if not uses_rnn(self.model):
+            for k in ("rnn", "ncgru_neumann_order", "ncgru_exact_every"):
+                m.pop(k)
+        elif self.model.rnn == "gru":
+            for k in ("ncgru_neumann_order", "ncgru_exact_every"):
+                m.pop(k)
+        if self.model.name != "transformer_xl":
+            m.pop("mem_len")
+        if self.model.name != "crt":
+            m.pop("memory")
+            m.pop("pos_encoding")
+        video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations")
+        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings"):
+            m.pop(k, None)
+        for k in ("frames", "resize", "crop") if not self.is_video else ("seg_len", "max_train_tokens"):
+            data.pop(k)
+        return d
+
+    def run_id(self) -> str:
+        """Readable prefix + stable hash of ``relevant_dict`` (not where the data lives)."""
+        blob = json.dumps(self.relevant_dict(), sort_keys=True).encode()
+        m = self.model
+        rnn = f"-{m.rnn}" if uses_rnn(m) else ""
+        name = f"{self.data.dataset}-{m.name}{rnn}-L{m.n_layer}-n{self.data.seg_len}-s{self.run.seed}"
+        return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def uses_rnn(m: ModelConfig) -> bool:
+    return m.name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc", "crvit")
+
+
+# ---------------------------------------------------------------------------------------------
+# Filling dataclasses from nested dicts, with type checks
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Return value converted to tp when that is lossless (int -> float), else raise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(key, value, a)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp in (float, str) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _fill(obj: Any, updates: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r} (valid: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping, got {value!r}")
+            _fill(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _check_type(full, value, hints[key]))
+
+
+def _parse_scalar(text: str) -> Any:
+    """``--set`` values are YAML scalars: 3, 0.1, true, null, gru."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["model.d_model=64", "optim.lr=1e-3"]`` into a nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_scalar(text)
+    return out
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def canonical_dataset(name: str) -> str:
+    name = DATASET_ALIASES.get(name, name)
+    if name not in LM_DATASETS + VIDEO_DATASETS:
+        raise ConfigError(f"data.dataset: unknown dataset {name!r} (valid: {', '.join(LM_DATASETS + VIDEO_DATASETS)})")
+    return name
+
+
+def load_profile(profile: str) -> dict[str, Any]:
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
+    text = resources.files("crt_repro").joinpath("profiles", f"{profile}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def build_config(profile: str, dataset: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Profile defaults, then its section for the dataset, then the overrides; validated.
+
+    The profile's per-dataset sections (``datasets: {ptb: {...}}``) may also hold per-model
+    sections (``models: {transformer_xl: {...}}``) for settings only one model has.
+    """
+    raw = load_profile(profile)
+    dataset = canonical_dataset(dataset)
+    per_dataset = raw.pop("datasets", {}) or {}
+    merged = _merge(raw, per_dataset.get(dataset, {}))
+    merged = _merge(merged, {"data": {"dataset": dataset}})
+    merged = _merge(merged, overrides or {})
+    cfg = Config(profile=profile)
+    _fill(cfg, {k: v for k, v in merged.items() if k != "profile"}, "")
+    cfg.data.dataset = canonical_dataset(cfg.data.dataset)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (a run directory's config.yaml)."""
+    cfg = Config()
+    _fill(cfg, d, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config_file(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return config_from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate(cfg: Config) -> None:
+    m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.run
+    _require(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
+    _require(m.name in LM_MODELS + VIDEO_MODELS, "model.name", m.name, f"must be one of {LM_MODELS + VIDEO_MODELS}")
+    _require(m.rnn in ("gru", "ncgru"), "model.rnn", m.rnn, "must be gru or ncgru")
+    _require(m.pos_encoding in ("rnn_add", "rnn_replace", "sinusoidal"), "model.pos_encoding", m.pos_encoding,
+             "must be rnn_add, rnn_replace or sinusoidal")
+    for key in ("n_layer", "d_model", "n_head", "d_inner"):
+        _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+    _require(m.d_model % m.n_head == 0, "model.d_model", m.d_model, f"must be divisible by model.n_head={m.n_head}")
+    for key in ("dropout", "dropout_attn", "dropout_emb"):
+        v = getattr(m, key)
+        _require(0.0 <= v < 1.0, f"model.{key}", v, "must be in [0, 1)")
+    _require(m.mem_len is None or m.mem_len >= 1, "model.mem_len", m.mem_len, "must be >= 1 (or null for = seg_len)")
+    _require(m.ncgru_neumann_order >= 0, "model.ncgru_neumann_order", m.ncgru_neumann_order, "must be >= 0")
+    _require(m.ncgru_exact_every >= 1, "model.ncgru_exact_every", m.ncgru_exact_every, "must be >= 1")
+    _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
+    _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    _require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "must be >= 1")
+    _require(d.max_train_tokens is None or d.max_train_tokens >= 2, "data.max_train_tokens", d.max_train_tokens,
+             "must be >= 2 or null")
+    _require(d.max_eval_segments is None or d.max_eval_segments >= 1, "data.max_eval_segments",
+             d.max_eval_segments, "must be >= 1 or null")
+    video_data = d.dataset in VIDEO_DATASETS
+    _require(video_data == cfg.is_video, "data.dataset", d.dataset,
+             f"does not fit model.name={m.name!r} (video models need {VIDEO_DATASETS}, language models {LM_DATASETS})")
+    if cfg.is_video:
+        _require(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
+                 f"must be divisible by model.patch_size={m.patch_size}")
+        _require(d.crop == m.image_size, "data.crop", d.crop, f"must equal model.image_size={m.image_size}")
+        _require(d.frames == m.n_frames, "data.frames", d.frames, f"must equal model.n_frames={m.n_frames}")
+    _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2", (o.beta1, o.beta2), "must be in [0, 1)")
+    _require(o.max_steps >= 1, "optim.max_steps", o.max_steps, "must be >= 1")
+    _require(0 <= o.warmup_steps <= o.max_steps, "optim.warmup_steps", o.warmup_steps, "must be in [0, max_steps]")
+    _require(o.clip >= 0, "optim.clip", o.clip, "must be >= 0 (0 disables clipping)")
+    _require(o.bptt_segments >= 1, "optim.bptt_segments", o.bptt_segments, "must be >= 1")
+    _require(r.device in ("auto", "cpu", "cuda"), "run.device", r.device, "must be auto, cpu or cuda")
+    _require(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "must be >= 1")
+    _require(r.log_every >= 1, "run.log_every", r.log_every, "must be >= 1")
+    _require(r.eval_every >= 0, "run.eval_every", r.eval_every, "must be >= 0")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,74 @@
+"""Language modelling over B parallel streams cut into consecutive segments.
+
+Every model sees the same streams in the same order. One optimiser step covers
+``optim.bptt_segments`` consecutive segments; the carried state (CRT's memory vector, XL's hidden
+states) is detached at the start of each step and reset at the start of each epoch, and it is
+carried over the whole stream in evaluation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from crt_repro.config import Config
+from crt_repro.data import SegmentStream, batchify, load_corpus
+
+
+class LMTask:
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        corpus = load_corpus(cfg.data.dataset, cfg.data.data_dir)
+        self.corpus = corpus
+        self.n_out = len(corpus.vocab)
+        train = corpus.train
+        if cfg.data.max_train_tokens is not None:
+            train = train[: cfg.data.max_train_tokens]
+        self.train_stream = SegmentStream(batchify(train, cfg.data.batch_size).to(device), cfg.data.seg_len)
+        self.window = cfg.optim.bptt_segments
+        self.steps_per_epoch = math.ceil(len(self.train_stream) / self.window)
+        self.state = None
+
+    def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, int]:
+        first = (step % self.steps_per_epoch) * self.window
+        if first == 0:
+            self.state = model.init_state(self.cfg.data.batch_size, self.device)
+        state = model.detach_state(self.state)
+        total, count = 0.0, 0
+        for i in range(first, min(first + self.window, len(self.train_stream))):
+            x, y = self.train_stream.segment(i)
+            hidden, state = model(x, state)
+            total = total + model.head.loss(hidden, y) * y.numel()
+            count += y.numel()
+        # The loss keeps its graph; the carried state need not, as the next step cuts it anyway.
+        self.state = model.detach_state(state)
+        return total / count, count
+
+    def eval_stream(self, split: str) -> SegmentStream:
+        ids = {"valid": self.corpus.valid, "test": self.corpus.test}[split]
+        return SegmentStream(batchify(ids, self.cfg.data.eval_batch_size).to(self.device), self.cfg.data.seg_len)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Token-weighted mean NLL over the whole split (or the profile's cap), state carried."""
+        stream = self.eval_stream(split)
+        n = len(stream)
+        if self.cfg.data.max_eval_segments is not None:
+            n = min(n, self.cfg.data.max_eval_segments)
+        state = model.init_state(self.cfg.data.eval_batch_size, self.device)
+        nll, count = 0.0, 0
+        for i in range(n):
+            x, y = stream.segment(i)
+            hidden, state = model(x, state)
+            nll += model.head.loss(hidden, y).item() * y.numel()
+            count += y.numel()
+        loss = nll / count
+        return {"loss": loss, "ppl": math.exp(loss), "tokens": count}
+
+    def state_dict(self) -> dict:
+        return {"state": self.state}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = d["state"]
