@@ -190,9 +190,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", choices=sorted([*SOURCES, *ALIASES]))
     p.add_argument(
-        "--to", type=Path, default=default_data_dir(),
+        "--to", type=Path, default=default_data_dir(), metavar="DIR",
         help="root data folder, the data_dir of the config (default: $CRT_REPRO_DATA or ./data)",
     )
-    p.add_argument("--base-url", help="server prefix replacing the canonical one (a mirror)")
+    p.add_argument("--base-url", metavar="URL", help="server prefix replacing the canonical one (a mirror)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
