@@ -1,0 +1,357 @@
+"""Tests of crt_repro.models.rnn: the GRU wrapper and NCGRU (Cayley gradient, Neumann refresh)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crt_repro.models.rnn import GRU, NCGRU, RNN_KINDS, cayley_weight, make_rnn
+
+KINDS = ["gru", "ncgru"]
+
+
+def _seed(s=0):
+    torch.manual_seed(s)
+
+
+def _reference_ncgru(m: NCGRU, x, h0):
+    """NCGRU written out step by step with plain autograd ops and the explicit
+    W = (I + A)^-1 (I - A) D, A = S - S^T with S = triu(A, 1) (A's free entries)."""
+    h_size = m.hidden_size
+    eye = torch.eye(h_size, dtype=x.dtype)
+    s = torch.triu(m.A, 1)
+    a = s - s.t()
+    w = torch.linalg.solve(eye + a, eye - a) @ torch.diag(m.d)
+    u_z, u_r = m.weight_hh_zr[:, :h_size], m.weight_hh_zr[:, h_size:]
+    wi_z, wi_r, wi_c = m.weight_ih.split(h_size)
+    b_z, b_r, b_c = m.bias.split(h_size)
+    h, outs = h0, []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        z = torch.sigmoid(F.linear(xt, wi_z, b_z) + h @ u_z)
+        r = torch.sigmoid(F.linear(xt, wi_r, b_r) + h @ u_r)
+        v = F.linear(xt, wi_c, b_c) + r * (h @ w)
+        c = torch.sign(v) * torch.relu(v.abs() + m.b_mod)
+        h = z * h + (1 - z) * c
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: OpenMP threads only add overhead, and on a shared 2-core machine a
+    # second thread that waits for a busy core makes the small ops of a step 10-20x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _Task:
+    """A small delayed-copy regression task trained with AdamW."""
+
+    def __init__(self, m: NCGRU, lr: float = 1e-3, seed: int = 0, t_len: int = 12):
+        self.m, self.t_len, self.step_no = m, t_len, 0
+        self.g = torch.Generator().manual_seed(seed)
+        self.head = torch.nn.Linear(m.hidden_size, m.input_size, dtype=m.A.dtype)
+        self.opt = torch.optim.AdamW(list(m.parameters()) + list(self.head.parameters()), lr=lr)
+
+    def step(self, post_step: bool = True) -> None:
+        """forward, backward, optimizer.step() and (as the training loop does) post_step."""
+        m = self.m
+        x = torch.randn(8, self.t_len, m.input_size, generator=self.g, dtype=m.A.dtype)
+        out, _ = m(x, torch.zeros(8, m.hidden_size, dtype=m.A.dtype))
+        loss = F.mse_loss(self.head(out), torch.roll(x, 3, dims=1))
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.step_no += 1
+        if post_step:
+            for mod in m.modules():
+                if hasattr(mod, "post_step"):
+                    mod.post_step(self.step_no)
+
+
+def _train(m: NCGRU, steps: int, post_step: bool = True) -> _Task:
+    task = _Task(m)
+    for _ in range(steps):
+        task.step(post_step)
+    return task
+
+
+# ---------------------------------------------------------------------------------------------
+# interface
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_last_output_is_hidden(kind):
+    _seed()
+    m = make_rnn(kind, 5, 7)
+    x, h0 = torch.randn(3, 6, 5), torch.randn(3, 7)
+    out, h = m(x, h0)
+    assert out.shape == (3, 6, 7) and h.shape == (3, 7)
+    assert torch.equal(out[:, -1], h)
+    assert out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_h0_matters(kind):
+    _seed()
+    m = make_rnn(kind, 5, 7)
+    x = torch.randn(3, 6, 5)
+    out1, _ = m(x, torch.zeros(3, 7))
+    out2, _ = m(x, torch.randn(3, 7))
+    assert (out1 - out2).abs().amax(dim=(0, 2)).min() > 1e-6  # every step differs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_causal(kind):
+    _seed()
+    m = make_rnn(kind, 5, 7)
+    x, h0 = torch.randn(2, 8, 5), torch.randn(2, 7)
+    out1, _ = m(x, h0)
+    x2 = x.clone()
+    x2[:, 4] += 1.0
+    out2, _ = m(x2, h0)
+    assert torch.equal(out1[:, :4], out2[:, :4])
+    assert (out1[:, 4:] - out2[:, 4:]).abs().amax(dim=(0, 2)).min() > 1e-6
+
+
+def test_make_rnn_unknown_kind():
+    with pytest.raises(ValueError) as e:
+        make_rnn("lstm", 4, 4)
+    msg = str(e.value)
+    assert "lstm" in msg and all(k in msg for k in RNN_KINDS)
+
+
+def test_make_rnn_passes_ncgru_options():
+    m = make_rnn("ncgru", 4, 20, neumann_order=3, exact_every=7, n_negative=5)
+    assert (m.neumann_order, m.exact_every, m.n_negative) == (3, 7, 5)
+    assert int((m.d < 0).sum()) == 5 and torch.all(m.d.abs() == 1)
+    assert make_rnn("ncgru", 4, 20).n_negative == 2  # default H // 10
+    assert isinstance(make_rnn("gru", 4, 20, neumann_order=3), GRU)
+
+
+def test_parameter_counts():
+    i, h = 6, 10
+    gru = make_rnn("gru", i, h)
+    nc = make_rnn("ncgru", i, h)
+    assert sum(p.numel() for p in gru.parameters()) == 3 * h * i + 3 * h * h + 6 * h
+    assert sum(p.numel() for p in nc.parameters()) == 3 * h * i + 3 * h * h + 4 * h
+
+
+def test_gru_wrapper_equals_nn_gru():
+    _seed()
+    m = make_rnn("gru", 5, 7)
+    ref = torch.nn.GRU(5, 7, batch_first=True)
+    ref.load_state_dict({k.removeprefix("gru."): v for k, v in m.state_dict().items()})
+    x, h0 = torch.randn(3, 6, 5), torch.randn(3, 7)
+    out, h = m(x, h0)
+    out_ref, h_ref = ref(x, h0.unsqueeze(0))
+    assert torch.equal(out, out_ref) and torch.equal(h, h_ref[0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_forward_backward(kind):
+    _seed()
+    m = make_rnn(kind, 8, 16)
+    x = torch.randn(4, 9, 8, requires_grad=True)
+    h0 = torch.randn(4, 16)
+    out32, _ = m(x, h0)
+    g32 = torch.autograd.grad(out32.square().sum(), [x, *m.parameters()])
+    for xin in (x, x.bfloat16()):  # fp32 input (embedding) and bf16 input (a bf16 linear's output)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, h = m(xin, h0)
+            loss = out.float().square().sum()
+        assert out.dtype == xin.dtype and h.dtype == xin.dtype
+        grads = torch.autograd.grad(loss, [x, *m.parameters()])
+        assert (out.float() - out32).abs().max() < 0.05
+        for a, b in zip(grads, g32):
+            assert torch.isfinite(a).all()
+            assert ((a - b).norm() / b.norm()) < 0.15
+
+
+def test_ncgru_bf16_backward_matches_emulated_reference():
+    """Under autocast the fused backward must be the exact gradient of the bf16 forward: compare
+    with autograd through the same forward written with explicit bf16 roundings."""
+    _seed()
+    m = make_rnn("ncgru", 8, 16)
+    x, h0 = torch.randn(4, 9, 8, requires_grad=True), torch.randn(4, 16)
+    bf = lambda t: t.bfloat16().float()  # noqa: E731
+    h_size = 16
+    w = cayley_weight(m.A, m.inv, m.d)
+    r_cat = bf(torch.cat([m.weight_hh_zr, w], 1))
+    xp = bf(F.linear(bf(x), bf(m.weight_ih), bf(m.bias)))
+    h, outs = h0, []
+    for t in range(9):
+        g = bf(bf(h) @ r_cat)
+        z = torch.sigmoid(xp[:, t, :h_size] + g[:, :h_size])
+        r = torch.sigmoid(xp[:, t, h_size : 2 * h_size] + g[:, h_size : 2 * h_size])
+        v = xp[:, t, 2 * h_size :] + r * g[:, 2 * h_size :]
+        c = torch.sign(v) * torch.relu(v.abs() + m.b_mod)
+        h = z * h + (1 - z) * c
+        outs.append(h)
+    ref = torch.stack(outs, 1)
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, *m.parameters()])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = m(x, h0)
+    g = torch.autograd.grad(out.float().square().sum(), [x, *m.parameters()])
+    assert (out - ref).abs().max() < 0.02
+    for a, b in zip(g, g_ref):
+        assert ((a - b).norm() / b.norm()) < 0.02
+
+
+def test_empty_sequence():
+    for kind in KINDS:
+        m = make_rnn(kind, 3, 4)
+        h0 = torch.randn(2, 4)
+        out, h = m(torch.randn(2, 0, 3), h0)
+        assert out.shape == (2, 0, 4) and torch.equal(h, h0)
+
+
+# ---------------------------------------------------------------------------------------------
+# NCGRU: gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cayley_gradient_equals_autograd_of_explicit_w():
+    """dL/dA = V^T - V, V = (I+A)^-T dL/dW (D + W^T), equals autograd of the explicit
+    W = solve(I + A, I - A) D with respect to a skew A = S - S^T (gradient w.r.t. S)."""
+    _seed()
+    n = 9
+    d = torch.ones(n, dtype=torch.float64)
+    d[-3:] = -1
+    s = torch.randn(n, n, dtype=torch.float64)
+    a = (s - s.t()).requires_grad_(True)
+    eye = torch.eye(n, dtype=torch.float64)
+    inv = torch.linalg.inv(eye + a.detach())
+    g_out = torch.randn(n, n, dtype=torch.float64)
+
+    w = cayley_weight(a, inv, d)
+    (grad_custom,) = torch.autograd.grad((w * g_out).sum(), a)
+
+    s_leaf = s.clone().requires_grad_(True)
+    a_ref = s_leaf - s_leaf.t()
+    w_ref = torch.linalg.solve(eye + a_ref, eye - a_ref) @ torch.diag(d)
+    (grad_ref,) = torch.autograd.grad((w_ref * g_out).sum(), s_leaf)
+
+    assert torch.allclose(w, w_ref, atol=1e-12)
+    assert torch.allclose(grad_custom, grad_ref, atol=1e-10, rtol=1e-10)
+    assert torch.equal(grad_custom, -grad_custom.t())  # skew: optimizer updates keep A skew
+
+
+def test_ncgru_matches_reference_forward_and_all_gradients():
+    """The fused recurrence (hand-written BPTT) against plain autograd, float64."""
+    _seed()
+    m = NCGRU(5, 6, n_negative=2).double()
+    with torch.no_grad():
+        m.b_mod.uniform_(-0.3, 0.3)  # some units inside modReLU's dead zone
+    x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    out, h = m(x, h0)
+    ref = _reference_ncgru(m, x, h0)
+    assert torch.allclose(out, ref, atol=1e-12)
+    wts = torch.randn_like(out)
+    inputs = [x, h0, *m.parameters()]
+    g = torch.autograd.grad((out * wts).sum() + h.square().sum(), inputs)
+    g_ref = torch.autograd.grad((ref * wts).sum() + ref[:, -1].square().sum(), inputs)
+    names = ["x", "h0"] + [n for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, g, g_ref):
+        if name == "A":
+            a = torch.triu(a, 1)  # the reference's gradient lives on S = triu(A, 1)
+        assert torch.allclose(a, b, atol=1e-10), name
+
+
+# ---------------------------------------------------------------------------------------------
+# NCGRU: orthogonality and the cached inverse
+# ---------------------------------------------------------------------------------------------
+
+
+def test_init_is_orthogonal_and_skew():
+    _seed()
+    for a_init in ("rotation", "zeros"):
+        m = NCGRU(4, 32, a_init=a_init)
+        assert torch.equal(m.A, -m.A.t())
+        assert m.orthogonality_error() < 1e-5
+    m = NCGRU(4, 32, a_init="zeros")
+    assert torch.equal(m.W, torch.diag(m.d))
+
+
+def test_orthogonal_after_200_adamw_steps():
+    _seed()
+    m = NCGRU(4, 32, neumann_order=2, exact_every=100)
+    a0 = m.A.detach().clone()
+    task, errs = _Task(m, lr=1e-3), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the forward's "post_step forgotten" fallback must not fire
+        for _ in range(200):
+            task.step()
+            errs.append(m.orthogonality_error())  # of the W the next forward will use
+    assert torch.equal(m.A, -m.A.t())
+    assert (m.A - a0).norm() > 0.1  # A really moved
+    assert max(errs) < 1e-4, max(errs)
+
+
+def test_neumann_refresh_close_to_exact_and_equal_to_series():
+    _seed()
+    m = NCGRU(4, 32, neumann_order=2, exact_every=100)
+    task = _train(m, 3)
+    a_old, b_old = m.A.detach().clone(), m.inv.clone()
+    task.step(post_step=False)  # an AdamW step at lr 1e-3 (step 4: not an exact one) ...
+    m.post_step(task.step_no)  # ... then the Neumann refresh
+    exact = torch.linalg.inv(torch.eye(32, dtype=torch.float64) + m.A.double())
+    stale = (b_old.double() - exact).norm() / exact.norm()
+    rel = (m.inv.double() - exact).norm() / exact.norm()
+    assert stale > 1e-3  # the refresh had work to do
+    assert rel < 1e-5, rel
+    # it is the order-2 series around the previous inverse, sum_k (-B dA)^k B
+    e = -b_old.double() @ (m.A.double() - a_old.double())
+    series = (torch.eye(32, dtype=torch.float64) + e + e @ e) @ b_old.double()
+    assert torch.allclose(m.inv.double(), series, atol=1e-6)
+    assert torch.equal(m.a_old, m.A.detach())
+
+
+def test_neumann_order_0_is_exact():
+    _seed()
+    m = NCGRU(4, 16, neumann_order=0)
+    _train(m, 2)
+    exact = torch.linalg.inv(torch.eye(16) + m.A.detach())
+    assert torch.allclose(m.inv, exact, atol=1e-6)
+
+
+def test_exact_every_uses_exact_inverse():
+    _seed()
+    m = NCGRU(4, 16, neumann_order=1, exact_every=5)
+    _train(m, 4)
+    with torch.no_grad():
+        m.A += 0.01 * (torch.eye(16).roll(1, 0) - torch.eye(16).roll(1, 1))
+    m.post_step(5)
+    exact = torch.linalg.solve(torch.eye(16, dtype=torch.float64) + m.A.double(), torch.eye(16, dtype=torch.float64))
+    assert torch.allclose(m.inv.double(), exact, atol=1e-7)
+
+
+def test_forgotten_post_step_warns_and_refreshes():
+    _seed()
+    m = NCGRU(4, 16)
+    _train(m, 1, post_step=False)  # A changed, the inverse was not refreshed
+    with pytest.warns(UserWarning, match="post_step"):
+        m(torch.randn(2, 3, 4), torch.zeros(2, 16))
+    assert m.orthogonality_error() < 1e-5
+
+
+def test_state_dict_round_trip():
+    _seed()
+    m = NCGRU(4, 16, n_negative=3)
+    _train(m, 5)
+    sd = m.state_dict()
+    assert {"d", "inv", "a_old"} <= set(sd)
+    _seed(1)
+    m2 = NCGRU(4, 16, n_negative=3)
+    x, h0 = torch.randn(2, 5, 4), torch.randn(2, 16)
+    assert not torch.equal(m(x, h0)[0], m2(x, h0)[0])
+    m2.load_state_dict(sd)
+    assert torch.equal(m2.inv, m.inv) and torch.equal(m2.A, m.A)
+    assert torch.equal(m(x, h0)[0], m2(x, h0)[0])
