@@ -82,7 +82,8 @@ def _decode_image(path: Path) -> np.ndarray:
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 20, crf: int = 18) -> None:
-    """Write uint8 [T, H, W, 3] RGB frames as H.264 (yuv420p, like Smarthome's mp4s).
+    """Write uint8 [T, H, W, 3] RGB frames as H.264 (yuv420p, like Smarthome's mp4s),
+    deterministically: the same frames always give the same file.
 
     crf=0 is lossless in YUV; the RGB->YUV->RGB round trip still moves values by about 1 and
     subsamples colour (H and W must be even)."""
@@ -90,7 +91,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20, crf: int = 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # x264's macroblock-tree rate control (and its threads) make the bytes, and so the
+        # decoded frames, vary from run to run; without them the same frames give the same file.
+        stream.options = {"crf": str(crf), "threads": "1", "x264-params": "mbtree=0"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

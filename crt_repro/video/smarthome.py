@@ -143,8 +143,12 @@ class SmarthomeClips(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.load(i)
+
+    def load(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+        """Clip `i`; its random frame offsets and crop (in training) are drawn from `generator`."""
         path = self.clips[i].path
-        indices = segment_indices(count_frames(path), self.n_frames, random=self.train)
+        indices = segment_indices(count_frames(path), self.n_frames, self.train, generator)
         frames = read_frames(path, indices)
-        clip = prepare_clip(frames, self.resize, self.crop, self.train, self.mean, self.std)
+        clip = prepare_clip(frames, self.resize, self.crop, self.train, self.mean, self.std, generator)
         return clip, self.labels[i]
