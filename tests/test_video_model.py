@@ -25,9 +25,9 @@ def tiny(**kw) -> VideoViT:
                n_head=4, drop_path=0.0)
     cfg.update(kw)
     model = VideoViT(ViTConfig(**cfg)).eval()
-    for p in model.parameters():  # larger than the 0.02 init, and temporal_fc past block 0 not
-        if p.dim() >= 2:          # zero, so that every path has a visible effect
-            torch.nn.init.normal_(p, std=0.2)
+    for name, p in model.named_parameters():  # larger than the 0.02 init, and temporal_fc past
+        if p.dim() >= 2 and not name.startswith("memory_rnn."):  # block 0 not zero, so that
+            torch.nn.init.normal_(p, std=0.2)                    # every path shows an effect
     return model
 
 
@@ -117,9 +117,9 @@ def test_memory_changes_iteration_two_logits():
     assert not torch.allclose(with_memory, without, atol=1e-4)
 
 
-@pytest.mark.parametrize("scope", ["clip", "patch"])
-def test_iteration_two_loss_reaches_iteration_one_through_memory(scope):
-    model = tiny(recurrent=True, memory_scope=scope)
+@pytest.mark.parametrize("scope,rnn", [("clip", "gru"), ("patch", "gru"), ("clip", "ncgru")])
+def test_iteration_two_loss_reaches_iteration_one_through_memory(scope, rnn):
+    model = tiny(recurrent=True, memory_scope=scope, rnn=rnn)
     x, y = video(), torch.tensor([1, 2])
     patches = model.embed(x)
     zero = model.initial_memory(x)

@@ -143,7 +143,7 @@ class Block(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """cls [B, d], x [B, N, T, d] (patch-major), memory [B*N, d] or None -> (cls, x)."""
         B, N, T, d = x.shape
-        dp = lambda y: drop_path(y, self.drop_path, self.training)  # noqa: E731
+        dp = self._drop_path
         # Time attention: each patch position over its T frames (and the memory token).
         xt = x.reshape(B * N, T, d)
         if memory is not None:
@@ -162,6 +162,9 @@ class Block(nn.Module):
         tokens = torch.cat([cls.unsqueeze(1), x.reshape(B, N * T, d)], dim=1)
         tokens = tokens + dp(self.mlp(self.norm2(tokens)))
         return tokens[:, 0], tokens[:, 1:].reshape(B, N, T, d)
+
+    def _drop_path(self, y: torch.Tensor) -> torch.Tensor:
+        return drop_path(y, self.drop_path, self.training)
 
 
 class PatchEmbed(nn.Module):
@@ -228,7 +231,7 @@ class VideoViT(nn.Module):
         the last two after the final LayerNorm.
         """
         B, N = patches.shape[:2]
-        cls = self.embed_drop((self.cls_token + self.pos_embed[:, :1]).view(1, -1)).expand(B, -1)
+        cls = self.embed_drop((self.cls_token + self.pos_embed[:, :1]).view(1, -1).expand(B, -1))
         if prev_cls is not None:
             cls = cls + prev_cls
         if memory is not None and self.cfg.memory_scope == "clip":
