@@ -83,6 +83,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
+    # Adam's epsilon also sets how far a parameter with a tiny, consistent gradient drifts per step:
+    # the output rows of words absent from a small training slice.
+    eps: float = 1e-8
     warmup_steps: int = 0
     max_steps: int = 1000
     clip: float = 0.25
@@ -216,7 +219,12 @@ def _fill(obj: Any, updates: dict[str, Any], prefix: str) -> None:
 
 
 def _parse_scalar(text: str) -> Any:
-    """``--set`` values are YAML scalars: 3, 0.1, true, null, gru."""
+    """``--set`` values are YAML scalars: 3, 0.1, 1e-3, true, null, gru."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -340,6 +348,7 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2", (o.beta1, o.beta2), "must be in [0, 1)")
+    _require(o.eps > 0, "optim.eps", o.eps, "must be > 0")
     _require(o.max_steps >= 1, "optim.max_steps", o.max_steps, "must be >= 1")
     _require(0 <= o.warmup_steps <= o.max_steps, "optim.warmup_steps", o.warmup_steps, "must be in [0, max_steps]")
     _require(o.clip >= 0, "optim.clip", o.clip, "must be >= 0 (0 disables clipping)")

@@ -69,7 +69,7 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
     ]
     o = cfg.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2))
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
 
 def lr_factor(step: int, cfg: Config) -> float:

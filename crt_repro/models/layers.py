@@ -107,7 +107,7 @@ class LMHead(nn.Module):
         super().__init__()
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout_emb)
-        self.out = nn.Linear(cfg.d_model, vocab_size, bias=True)
+        self.out = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out.weight = embedding.weight
 
