@@ -40,16 +40,17 @@ class Recorder(torch.nn.Module):
 
 
 def test_batches_are_a_function_of_step():
-    task = VideoTask(config(), torch.device("cpu"))
+    cfg = config()
+    task = VideoTask(cfg, torch.device("cpu"))
     first = Recorder()
     for step in range(3):
         task.train_loss(first, step)
     resumed = Recorder()
-    other = VideoTask(config(), torch.device("cpu"))
+    other = VideoTask(cfg, torch.device("cpu"))
     other.train_loss(resumed, 1)
     assert torch.equal(first.seen[1], resumed.seen[0])
     assert not torch.equal(first.seen[0], first.seen[1])
-    assert first.seen[0].shape == (8, 8, 3, 32, 32)
+    assert first.seen[0].shape == (cfg.data.batch_size, cfg.data.frames, 3, cfg.data.crop, cfg.data.crop)
 
 
 @pytest.mark.parametrize("model", ["crvit", "timesformer"])
