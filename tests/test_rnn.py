@@ -254,6 +254,8 @@ def test_ncgru_matches_reference_forward_and_all_gradients():
     out, h = m(x, h0)
     ref = _reference_ncgru(m, x, h0)
     assert torch.allclose(out, ref, atol=1e-12)
+    with torch.no_grad():  # the inference path (no saved tensors) computes the same
+        assert torch.equal(m(x, h0)[0], out)
     wts = torch.randn_like(out)
     inputs = [x, h0, *m.parameters()]
     g = torch.autograd.grad((out * wts).sum() + h.square().sum(), inputs)

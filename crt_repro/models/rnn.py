@@ -26,7 +26,7 @@ Parameter counts (trainable entries, i.e. ``sum(p.numel())``; I = input size, H 
   ``numel`` sums and what the optimizer updates); A has only H(H-1)/2 degrees of freedom, so the
   number of free parameters is ``3*H*I + 2*H*H + H*(H-1)/2 + 4*H`` (H(H+1)/2 fewer). D (fixed
   +-1 diagonal), the cached inverse (I+A)^-1 and the previous A are buffers, not parameters.
-  Example I = H = 256: GRU 394,752; NCGRU 787,456 stored, 754,560 free.
+  Example I = H = 256: GRU 394,752; NCGRU 394,240 stored, 361,344 free.
 """
 from __future__ import annotations
 
@@ -233,14 +233,18 @@ def _scan_backward(needs, d_out, r_cat, states, g_all, zr_all, c_all):
     d_out = d_out.to(sdt)
     h_prev = states[:-1]  # [T,B,H]
     z, r = zr_all[..., :h], zr_all[..., h:]
-    g_c = g_all[..., 2 * h :].to(sdt)
     c = c_all
-    one_m_z = 1.0 - z
+    one_m_z = torch.rsub(z, 1.0)
     # c = sign(v) relu(|v| + b_mod): dc/dv = 1 and dc/db_mod = sign(v) = sign(c) where c != 0, else 0.
     k_v = one_m_z * (c != 0)  # dh_t -> dv_t
-    # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c); [T,B,3,H] like r_cat's columns
-    k = torch.stack([(h_prev - c) * z * one_m_z, k_v * g_c * r * (1.0 - r), k_v * r], dim=2)
-    z_t = z.contiguous()
+    # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c), laid out [T,B,3,H] like the
+    # columns of r_cat; filled in place (few full-size temporaries: each is a fresh allocation).
+    k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
+    k_z, k_r, k_c = k.unbind(2)
+    torch.mul(k_v, r, out=k_c)  # (1-z) [c != 0] r
+    torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
+    k_r.addcmul_(k_r, r, value=-1.0)  # (1-z) [c != 0] r (1-r) g_c
+    torch.sub(h_prev, c, out=k_z).mul_(z).mul_(one_m_z)  # (h - c) z (1-z)
     d_out_t = d_out.transpose(0, 1)
     r_t = r_cat.t()
     d_h = torch.empty(t_len, b, h, dtype=sdt, device=dev)  # total gradient on h_t
@@ -251,13 +255,13 @@ def _scan_backward(needs, d_out, r_cat, states, g_all, zr_all, c_all):
         dh = torch.add(d_out_t[t], carry, out=d_h[t])
         dg = torch.mul(k[t], dh.unsqueeze(1), out=d_g[t]).view(b, h3)
         mm = torch.mm(dg.to(cdt) if cast else dg, r_t)
-        carry = torch.addcmul(mm.to(sdt) if cast else mm, dh, z_t[t])
+        carry = torch.addcmul(mm, dh, z[t])
     d_g = d_g.view(t_len, b, h3)
     d_xp = d_h0 = d_r = d_b = None
     if needs[2]:
         d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3).to(cdt)
     if needs[3]:
-        d_b = (d_h * one_m_z * torch.sign(c)).sum(dim=(0, 1))
+        d_b = one_m_z.mul_(d_h).mul_(torch.sign(c)).sum(dim=(0, 1))
     if needs[0]:
         torch.mul(d_h, k_v, out=d_g[..., 2 * h :])  # candidate input: dv, not dv * r (d_r is done)
         d_xp = d_g.transpose(0, 1)
@@ -308,9 +312,13 @@ class NCGRU(nn.Module):
       The Cayley transform cannot produce eigenvalue -1; D lets W reach orthogonal matrices with
       -1 eigenvalues and fixes det W = (-1)^n_negative (Helfrich et al. 2018, Thm 3.1). Both
       scoRNN and NCGRU treat the count as a tuned hyperparameter and use a *small* one: the public
-      scoRNN code uses 17 of 170 (MNIST, n/10) and about 0.3n on copying/adding; NCGRU's public
-      PTB script defaults to 5 per layer for 1000 units. Default here: ``H // 10``, the scoRNN
-      MNIST proportion (the middle of those choices), rather than H/2, which nobody reports.
+      scoRNN code uses 17 of 170 (MNIST, n/10) and 29 of 96 / 52 of 172 (adding / copying,
+      about 0.3n, in the ENRNN follow-up code); NCGRU's public PTB script defaults to 5 per
+      layer for 1000 units. Default here: ``H // 10``, the scoRNN MNIST proportion, inside the
+      range those codes use; ``n_negative=H // 2`` is the other natural reading.
+    * **Reset gate after the product**, ``r * (h W)`` as DESIGN.md fixes it (the cuDNN/PyTorch
+      GRU form), not ``W (r * h)`` as the CRT paper's appendix B writes the GRU. It is what lets
+      the three recurrent products be one matmul per step.
     * **Initial A**: scoRNN's initialisation (``a_init="rotation"``): 2x2 blocks
       [[0, s], [-s, 0]] with s = tan(theta/2), theta ~ U[0, pi/2], so (I+A)^-1 (I-A) is block
       diagonal with rotations by theta (eigenvalues spread on the unit circle, exactly
@@ -326,8 +334,9 @@ class NCGRU(nn.Module):
       If ||R||_F > 0.5 (a huge step) the refresh falls back to the exact inverse. ``A_old`` (A at
       the last refresh) is a buffer, used to skip the refresh when A did not change and to detect
       a training loop that forgot ``post_step`` (forward then refreshes exactly and warns once).
-    * The modReLU bias starts at U(-0.01, 0.01) (scoRNN); the other weights and biases at
-      U(-1/sqrt(H), 1/sqrt(H)) like ``torch.nn.GRU``.
+    * The modReLU bias starts at 0 (scoRNN's code), so modReLU starts as the identity; the other
+      weights and biases at U(-1/sqrt(H), 1/sqrt(H)) like ``torch.nn.GRU``.
+    * A weight decay on A pulls W towards D; a training loop may leave A out of weight decay.
 
     Buffers ``d``, ``inv`` and ``a_old`` are persistent, so a state_dict round trip restores W.
     """
@@ -385,7 +394,7 @@ class NCGRU(nn.Module):
         k = 1.0 / math.sqrt(self.hidden_size)
         for p in (self.weight_ih, self.bias, self.weight_hh_zr):
             p.uniform_(-k, k)
-        self.b_mod.uniform_(-0.01, 0.01)
+        self.b_mod.zero_()
         self.A.zero_()
         if self.a_init == "rotation":
             n = self.hidden_size // 2
