@@ -55,8 +55,14 @@ class ModelConfig:
     # video (TimeSformer / CR-ViT)
     image_size: int = 224
     patch_size: int = 16
-    n_frames: int = 16
+    n_frames: int = 16  # frames per CR-ViT iteration
     vit_iterations: int = 2
+    vit_drop_path: float = 0.1  # stochastic depth, TimeSformer's 0.1
+    vit_iteration_frames: str = "same"  # same: both iterations see the clip; split: one chunk each
+    vit_memory_scope: str = "clip"  # clip: one memory vector per clip; patch: one per patch position
+    vit_loss_iterations: str = "all"  # all: mean loss of both iterations; last: iteration 2 only
+    # A TimeSformer checkpoint (Kinetics-400 .pyth, or a run's checkpoint.pt) to start from.
+    init_from: str | None = None
 
 
 @dataclass
@@ -151,7 +157,8 @@ class Config:
         if self.model.name != "crt":
             m.pop("memory")
             m.pop("pos_encoding")
-        video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations")
+        video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
+                      "vit_memory_scope", "vit_loss_iterations", "init_from")
         for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings"):
             m.pop(k, None)
         for k in ("frames", "resize", "crop") if not self.is_video else ("seg_len", "max_train_tokens"):
@@ -343,7 +350,17 @@ def validate(cfg: Config) -> None:
         _require(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
                  f"must be divisible by model.patch_size={m.patch_size}")
         _require(d.crop == m.image_size, "data.crop", d.crop, f"must equal model.image_size={m.image_size}")
-        _require(d.frames == m.n_frames, "data.frames", d.frames, f"must equal model.n_frames={m.n_frames}")
+        per_clip = m.n_frames * (m.vit_iterations if m.vit_iteration_frames == "split" and m.name == "crvit" else 1)
+        _require(d.frames == per_clip, "data.frames", d.frames,
+                 f"must equal the frames a clip feeds the model ({per_clip}: model.n_frames"
+                 f"{' x vit_iterations' if per_clip != m.n_frames else ''})")
+        _require(m.vit_iteration_frames in ("same", "split"), "model.vit_iteration_frames", m.vit_iteration_frames,
+                 "must be same or split")
+        _require(m.vit_memory_scope in ("clip", "patch"), "model.vit_memory_scope", m.vit_memory_scope,
+                 "must be clip or patch")
+        _require(m.vit_loss_iterations in ("all", "last"), "model.vit_loss_iterations", m.vit_loss_iterations,
+                 "must be all or last")
+        _require(0.0 <= m.vit_drop_path < 1.0, "model.vit_drop_path", m.vit_drop_path, "must be in [0, 1)")
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")

@@ -11,6 +11,8 @@ from crt_repro.config import Config
 # name -> "module:Class"; imported lazily so that a language-model run never imports video code.
 REGISTRY = {
     "transformer": "crt_repro.models.transformer:Transformer",
+    "timesformer": "crt_repro.models.vit:build_timesformer",
+    "crvit": "crt_repro.models.vit:build_crvit",
 }
 
 

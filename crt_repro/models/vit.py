@@ -299,21 +299,22 @@ def _make_memory_rnn(cfg: ViTConfig) -> nn.Module:
     return make_rnn(cfg.rnn, cfg.d_model, cfg.d_model, **cfg.rnn_kwargs)
 
 
-# Settings of ViTConfig that the project config may carry as `model.vit_<name>`; absent keys
-# keep ViTConfig's defaults.
-_OPTIONAL_KEYS = ("drop_path", "iteration_frames", "memory_scope", "loss_iterations")
-
-
 def from_model_config(m, n_classes: int, recurrent: bool) -> VideoViT:
     """Build from the project's `crt_repro.config.ModelConfig` (the model registry's entry)."""
     rnn_kwargs = ({"neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every}
                   if m.rnn == "ncgru" else {})
-    optional = {k: getattr(m, f"vit_{k}") for k in _OPTIONAL_KEYS if hasattr(m, f"vit_{k}")}
-    return VideoViT(ViTConfig(
+    model = VideoViT(ViTConfig(
         image_size=m.image_size, patch_size=m.patch_size, n_frames=m.n_frames, n_classes=n_classes,
         d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head, mlp_ratio=m.d_inner / m.d_model,
         dropout=m.dropout, attn_dropout=m.dropout_attn, recurrent=recurrent, rnn=m.rnn,
-        rnn_kwargs=rnn_kwargs, n_iter=m.vit_iterations, **optional))
+        rnn_kwargs=rnn_kwargs, n_iter=m.vit_iterations, drop_path=m.vit_drop_path,
+        iteration_frames=m.vit_iteration_frames, memory_scope=m.vit_memory_scope,
+        loss_iterations=m.vit_loss_iterations))
+    if m.init_from:
+        from crt_repro.video.checkpoint import load_timesformer_k400
+
+        load_timesformer_k400(model, m.init_from)
+    return model
 
 
 def build_timesformer(m, n_classes: int) -> VideoViT:

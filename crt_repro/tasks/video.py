@@ -67,9 +67,7 @@ class VideoTask:
             root, classes = Path(self._tmp.name), SYNTHETIC_CLASSES
         else:
             root, classes = smarthome_root(d.data_dir), SMARTHOME_CLASSES
-        split_frames = getattr(m, "vit_iteration_frames", "same") == "split"
-        frames = d.frames * (m.vit_iterations if split_frames and m.name == "crvit" else 1)
-        kw = dict(n_frames=frames, resize=d.resize, crop=d.crop, class_names=classes)
+        kw = dict(n_frames=d.frames, resize=d.resize, crop=d.crop, class_names=classes)
         self.train_set = SmarthomeClips(root, "train", train=True, **kw)
         self.test_set = SmarthomeClips(root, "test", train=False, **kw)
         self.n_out = len(classes)
