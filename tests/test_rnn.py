@@ -357,3 +357,31 @@ def test_state_dict_round_trip():
     m2.load_state_dict(sd)
     assert torch.equal(m2.inv, m.inv) and torch.equal(m2.A, m.A)
     assert torch.equal(m(x, h0)[0], m2(x, h0)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_runs_under_autocast():
+    import copy
+
+    _seed()
+    m = NCGRU(5, 6, n_negative=2).double()
+    with torch.no_grad():
+        m.b_mod.uniform_(-0.3, 0.3)
+    mc = copy.deepcopy(m).cuda()
+    x, h0 = torch.randn(3, 7, 5, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    out, _ = m(x, h0)
+    out_c, _ = mc(x.cuda(), h0.cuda())
+    g = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    g_c = torch.autograd.grad(out_c.square().sum(), list(mc.parameters()))
+    assert torch.allclose(out_c.cpu(), out, atol=1e-10)
+    for a, b in zip(g_c, g):
+        assert torch.allclose(a.cpu(), b, atol=1e-9)
+    for kind in KINDS:
+        m = make_rnn(kind, 8, 16).cuda()
+        with torch.autocast("cuda"):
+            out, h = m(torch.randn(4, 9, 8, device="cuda"), torch.zeros(4, 16, device="cuda"))
+        out.float().square().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+        if hasattr(m, "post_step"):
+            m.post_step(1)
+            assert m.orthogonality_error() < 1e-4

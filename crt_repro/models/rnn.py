@@ -399,8 +399,8 @@ class NCGRU(nn.Module):
         if self.a_init == "rotation":
             n = self.hidden_size // 2
             theta = torch.empty(n).uniform_(0.0, math.pi / 2)
-            s = torch.tan(theta / 2).to(self.A.dtype)
-            idx = torch.arange(n) * 2
+            s = torch.tan(theta / 2).to(device=self.A.device, dtype=self.A.dtype)
+            idx = torch.arange(n, device=self.A.device) * 2
             self.A[idx, idx + 1] = s
             self.A[idx + 1, idx] = -s
         self._exact_refresh()
@@ -416,7 +416,7 @@ class NCGRU(nn.Module):
     def orthogonality_error(self) -> float:
         """||W^T W - I||_F of the W the forward pass uses."""
         w = self.W.double()
-        return torch.linalg.matrix_norm(w.t() @ w - torch.eye(self.hidden_size, dtype=w.dtype)).item()
+        return torch.linalg.matrix_norm(w.t() @ w - torch.eye(self.hidden_size, dtype=w.dtype, device=w.device)).item()
 
     def _apply(self, fn, *args, **kwargs):
         # .double(), .to(device) ...: recompute the inverse at the new precision (a cast of the old
@@ -426,6 +426,7 @@ class NCGRU(nn.Module):
         return out
 
     @torch.no_grad()
+    @torch.inference_mode(False)  # buffers must stay usable by autograd even if refreshed in eval
     def _exact_refresh(self) -> None:
         a = self.A.detach()
         eye = torch.eye(self.hidden_size, dtype=torch.float64, device=a.device)
@@ -435,6 +436,7 @@ class NCGRU(nn.Module):
         self.a_old = a.clone()
 
     @torch.no_grad()
+    @torch.inference_mode(False)
     def _neumann_refresh(self) -> None:
         a, b = self.A.detach(), self.inv
         eye = torch.eye(self.hidden_size, dtype=b.dtype, device=b.device)
