@@ -331,7 +331,8 @@ def test_exact_every_uses_exact_inverse():
     with torch.no_grad():
         m.A += 0.01 * (torch.eye(16).roll(1, 0) - torch.eye(16).roll(1, 1))
     m.post_step(5)
-    exact = torch.linalg.solve(torch.eye(16, dtype=torch.float64) + m.A.double(), torch.eye(16, dtype=torch.float64))
+    eye = torch.eye(16, dtype=torch.float64)
+    exact = torch.linalg.solve(eye + m.A.double(), eye)
     assert torch.allclose(m.inv.double(), exact, atol=1e-7)
 
 

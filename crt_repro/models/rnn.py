@@ -59,7 +59,11 @@ def make_rnn(
         return GRU(input_size, hidden_size)
     if kind == "ncgru":
         return NCGRU(
-            input_size, hidden_size, neumann_order=neumann_order, exact_every=exact_every, n_negative=n_negative
+            input_size,
+            hidden_size,
+            neumann_order=neumann_order,
+            exact_every=exact_every,
+            n_negative=n_negative,
         )
     raise ValueError(f"unknown rnn kind {kind!r}; valid kinds: {', '.join(repr(k) for k in RNN_KINDS)}")
 
@@ -236,7 +240,8 @@ def _scan_backward(needs, d_out, r_cat, states, g_all, zr_all, c_all):
     c = c_all
     one_m_z = torch.rsub(z, 1.0)
     # c = sign(v) relu(|v| + b_mod): dc/dv = 1 and dc/db_mod = sign(v) = sign(c) where c != 0, else 0.
-    k_v = one_m_z * (c != 0)  # dh_t -> dv_t
+    sign_c = torch.sign(c)
+    k_v = one_m_z * sign_c.abs()  # dh_t -> dv_t   (a float mask: much faster than c != 0 here)
     # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c), laid out [T,B,3,H] like the
     # columns of r_cat; filled in place (few full-size temporaries: each is a fresh allocation).
     k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
@@ -261,7 +266,7 @@ def _scan_backward(needs, d_out, r_cat, states, g_all, zr_all, c_all):
     if needs[2]:
         d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3).to(cdt)
     if needs[3]:
-        d_b = one_m_z.mul_(d_h).mul_(torch.sign(c)).sum(dim=(0, 1))
+        d_b = one_m_z.mul_(d_h).mul_(sign_c).sum(dim=(0, 1))
     if needs[0]:
         torch.mul(d_h, k_v, out=d_g[..., 2 * h :])  # candidate input: dv, not dv * r (d_r is done)
         d_xp = d_g.transpose(0, 1)
@@ -416,7 +421,8 @@ class NCGRU(nn.Module):
     def orthogonality_error(self) -> float:
         """||W^T W - I||_F of the W the forward pass uses."""
         w = self.W.double()
-        return torch.linalg.matrix_norm(w.t() @ w - torch.eye(self.hidden_size, dtype=w.dtype, device=w.device)).item()
+        eye = torch.eye(self.hidden_size, dtype=w.dtype, device=w.device)
+        return torch.linalg.matrix_norm(w.t() @ w - eye).item()
 
     def _apply(self, fn, *args, **kwargs):
         # .double(), .to(device) ...: recompute the inverse at the new precision (a cast of the old
