@@ -52,6 +52,7 @@ class ModelConfig:
     # NCGRU
     ncgru_neumann_order: int = 2
     ncgru_exact_every: int = 100
+    ncgru_n_negative: int | None = None  # -1 entries of the fixed diagonal D; null: d_model // 10
     # video (TimeSformer / CR-ViT)
     image_size: int = 224
     patch_size: int = 16
@@ -147,10 +148,10 @@ class Config:
         for k in ("data_dir", "num_workers"):
             data.pop(k)
         if not uses_rnn(self.model):
-            for k in ("rnn", "ncgru_neumann_order", "ncgru_exact_every"):
+            for k in ("rnn", *NCGRU_KEYS):
                 m.pop(k)
         elif self.model.rnn == "gru":
-            for k in ("ncgru_neumann_order", "ncgru_exact_every"):
+            for k in NCGRU_KEYS:
                 m.pop(k)
         if self.model.name != "transformer_xl":
             m.pop("mem_len")
@@ -170,12 +171,24 @@ class Config:
         blob = json.dumps(self.relevant_dict(), sort_keys=True).encode()
         m = self.model
         rnn = f"-{m.rnn}" if uses_rnn(m) else ""
-        name = f"{self.data.dataset}-{m.name}{rnn}-L{m.n_layer}-n{self.data.seg_len}-s{self.run.seed}"
+        seg = "" if self.is_video else f"-n{self.data.seg_len}"
+        name = f"{self.data.dataset}-{m.name}{rnn}-L{m.n_layer}{seg}-s{self.run.seed}"
         return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative")
 
 
 def uses_rnn(m: ModelConfig) -> bool:
     return m.name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc", "crvit")
+
+
+def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
+    """The keyword arguments of ``crt_repro.models.rnn.make_rnn`` that ``m`` sets."""
+    if m.rnn != "ncgru":
+        return {}
+    return {"neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
+            "n_negative": m.ncgru_n_negative}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +348,8 @@ def validate(cfg: Config) -> None:
         _require(0.0 <= v < 1.0, f"model.{key}", v, "must be in [0, 1)")
     _require(m.mem_len is None or m.mem_len >= 1, "model.mem_len", m.mem_len, "must be >= 1 (or null for = seg_len)")
     _require(m.ncgru_neumann_order >= 0, "model.ncgru_neumann_order", m.ncgru_neumann_order, "must be >= 0")
+    _require(m.ncgru_n_negative is None or 0 <= m.ncgru_n_negative <= m.d_model, "model.ncgru_n_negative",
+             m.ncgru_n_negative, "must be in [0, d_model] or null")
     _require(m.ncgru_exact_every >= 1, "model.ncgru_exact_every", m.ncgru_exact_every, "must be >= 1")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")

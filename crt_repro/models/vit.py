@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from crt_repro.config import rnn_kwargs
+
 
 @dataclass
 class ViTConfig:
@@ -301,13 +303,11 @@ def _make_memory_rnn(cfg: ViTConfig) -> nn.Module:
 
 def from_model_config(m, n_classes: int, recurrent: bool) -> VideoViT:
     """Build from the project's `crt_repro.config.ModelConfig` (the model registry's entry)."""
-    rnn_kwargs = ({"neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every}
-                  if m.rnn == "ncgru" else {})
     model = VideoViT(ViTConfig(
         image_size=m.image_size, patch_size=m.patch_size, n_frames=m.n_frames, n_classes=n_classes,
         d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head, mlp_ratio=m.d_inner / m.d_model,
         dropout=m.dropout, attn_dropout=m.dropout_attn, recurrent=recurrent, rnn=m.rnn,
-        rnn_kwargs=rnn_kwargs, n_iter=m.vit_iterations, drop_path=m.vit_drop_path,
+        rnn_kwargs=rnn_kwargs(m), n_iter=m.vit_iterations, drop_path=m.vit_drop_path,
         iteration_frames=m.vit_iteration_frames, memory_scope=m.vit_memory_scope,
         loss_iterations=m.vit_loss_iterations))
     if m.init_from:
