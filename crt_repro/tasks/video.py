@@ -60,7 +60,7 @@ class _Seeded(Dataset):
 class VideoTask:
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
-        d, m = cfg.data, cfg.model
+        d = cfg.data
         if d.dataset == "synthetic-video":
             self._tmp = tempfile.TemporaryDirectory(prefix="crt-synthetic-video-")
             make_synthetic_videos(self._tmp.name, n_per_class=25, seed=0)
