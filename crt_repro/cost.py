@@ -1,0 +1,453 @@
+"""Forward-pass cost of one segment: fvcore counts, our exact formulas, the paper's Table 1.
+
+Public API (the workflow calls it for Figures 5-6 and ``runs.csv``)::
+
+    forward_cost(cfg, vocab_size) -> {"params", "macs_fwd", "flops_fwd", "formula_macs",
+                                      "paper_formula_flops"}
+
+for ONE segment of ``cfg.data.seg_len`` tokens at batch 1, including the softmax layer and
+everything the model carries between segments: Transformer-XL attends to a *full* memory of
+``mem_len`` states per layer (warm-up segments are run first), CRT runs its memory token, its
+position RNN and its memory RNN.
+
+Units
+-----
+fvcore counts one multiply-add as one "flop". We call that a MAC and report ``macs_fwd`` (fvcore's
+total) and ``flops_fwd = 2 * macs_fwd``. ``torch.utils.flop_counter.FlopCounterMode`` counts
+FLOPs = 2 x MACs for mm/addmm/bmm; the tests cross-check against it.
+
+What fvcore counts here
+-----------------------
+* Every matrix product: ``aten::linear/matmul/mm/addmm/bmm`` (fvcore's handles, MACs).
+* ``aten::scaled_dot_product_attention`` (fvcore counts it as 0 out of the box; our handle):
+  ``B*H*Lq*Lk*(dk+dv)`` MACs (Q K^T and P V). With a causal mask we still count the full
+  Lq x Lk product: that is what the dense kernels compute and what the paper's ``n^2 d`` terms
+  assume; a kernel that skips masked blocks does about half of it.
+* ``aten::gru`` (0 out of the box; our handle): ``T*B*3*H*(I+H)`` per layer and direction (input
+  and recurrent products; biases and gate arithmetic are element-wise).
+* NCGRU's loop runs through ``aten::linear``/``aten::mm`` that fvcore counts; its two autograd
+  Functions get handles too (``_CayleyW``: the H^3 product ``(I+A)^-1 A`` that builds
+  W = (I+A)^-1 (I-A) D once per forward; ``_NCGRUScan``: T*B*H*3H, only traced with grad on).
+* ``aten::layer_norm``: fvcore's own estimate, 5 per element (affine). The only non-matmul term;
+  our formula reproduces it so that the two agree exactly.
+Every other op (embedding lookup, GELU, softmax inside SDPA, sigmoid, adds, ...) is element-wise
+and left out, by fvcore and by our formula alike. ``count_macs`` raises if an op that may hide a
+matrix product (a matmul-like name, an unhandled autograd Function or scripted call) is reported
+unsupported, so no attention or RNN can slip through an uncounted path.
+
+Our exact formula (MACs, batch 1; n = seg_len, d = d_model, F = d_inner, V = vocab, L layers,
+LN = 5 per element, m = XL memory length, k = m + n)
+------------------------------------------------------------------------------------------
+* Transformer, per layer: ``4 n d^2 + 2 n d F + 2 n^2 d + 2*LN n d``; plus the softmax layer
+  ``n d V`` and the final LN.
+* Transformer-XL, per layer: q ``n d^2``, k/v ``2 k d^2``, W_r on k relative sinusoids ``k d^2``,
+  output ``n d^2``, position scores ``n k d``, SDPA ``2 n k d``, FFN ``2 n d F``, LN on memory
+  and segment ``LN (m + 2n) d``. At m = n: ``8 n d^2 + 2 n d F + 6 n^2 d``.
+* CRT: the Transformer's layers over n+1 tokens (memory token), plus a position RNN and a
+  memory RNN over n tokens (GRU ``6 n d^2`` each; NCGRU ``6 n d^2 + d^3`` each, d^3 being the
+  Cayley product that rebuilds W every forward), plus the softmax layer on n tokens and two
+  final-LN passes (one feeds the memory RNN, one the softmax layer).
+
+The paper's Table 1 (as printed, O(n d) terms dropped) and what it counts
+-------------------------------------------------------------------------
+TR ``L(20 n d^2 + 6 n^2 d)``, TR-XL ``L(28 n d^2 + 12 n^2 d + 6 n^2)``, CRT-GRU
+``n d^2 (12L + 12) + 8 L n^2 d``; params TR/XL ``L(10 d^2 + 6 d)``, CRT ``(12+8L) d^2 + (6+4L) d``.
+
+* The TR and XL rows are FLOPs = 2 x MACs of layers whose FFN is d_inner = 3d: a layer has
+  4 d^2 projections + 2 d x 3d FFN = 10 d^2 weights (the params column says exactly that), i.e.
+  10 n d^2 MACs = 20 n d^2 FLOPs. XL adds K/V over 2n keys (+2 n d^2) and W_r on 2n relative
+  positions (+2 n d^2): 14 n d^2 MACs = 28 n d^2 FLOPs, and its attention (content, position
+  and value products over 2n keys) is 6 n^2 d MACs = 12 n^2 d FLOPs, exactly the printed term.
+  Read as MACs instead, 20 n d^2 would need d_inner = 8d, contradicting the params column. With
+  the usual d_inner = 4d the same FLOP convention gives 24 n d^2 (TR) and 32 n d^2 (XL).
+* TR's ``6 n^2 d`` is 1.5x the 4 n^2 d FLOPs (2 n^2 d MACs) of Q K^T and P V; we find no
+  reading that gives 6 (XL's 12 is exact, so the TR row looks like an over-count).
+* The CRT-GRU row does not follow the same convention. Its RNN term ``12 n d^2`` is exactly the
+  MACs of two GRUs (2 x 3d(d+d) per token), i.e. half the FLOPs; its per-layer ``12 n d^2`` is
+  4 d^2 + 8 d^2 MACs (d_inner = 4d) or 6 d^2 of weights in FLOPs, while its params column says
+  8 d^2 per layer (d_inner = 2d); its ``8 n^2 d`` is twice the FLOPs of causal attention over
+  n+1 tokens. So the row mixes MACs and FLOPs and widths; taken at face value against the TR row
+  it makes CRT look cheaper than a same-width Transformer, which it cannot be (CRT = TR on n+1
+  tokens + 12 n d^2 MACs of RNNs). Our exact formulas use one convention for every model.
+* Paper text, section 5.1: "16-layer, 70-token segments: a reduction of 5e9 FLOPs compared to
+  Transformer-XL". With the printed formulas that difference is 17080 d^2 + 313600 d + 470400,
+  i.e. 2.6e9 at d = 380, 3.0e9 at d = 410, 4.6e9 at d = 512 (5e9 would need d ~ 530).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from crt_repro.config import LM_MODELS, Config, build_config, uses_rnn
+
+LN_PER_ELEMENT = 5  # fvcore's estimate for an affine LayerNorm, per element
+CSV_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "params", "macs_fwd", "flops_fwd", "formula_macs")
+
+# Unsupported-op names that may hide a matrix product: forward_cost refuses them.
+_MATMUL_LIKE = re.compile(r"mm|matmul|linear|einsum|conv|attention|gru|lstm|rnn|prim::", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------
+# fvcore handles
+
+
+def _shape(v) -> list[int] | None:
+    from fvcore.nn.jit_handles import get_shape
+
+    return get_shape(v)
+
+
+def sdpa_macs(q_shape, k_shape, v_shape) -> int:
+    """``aten::scaled_dot_product_attention``: Q K^T (Lq*Lk*dk) + P V (Lq*Lk*dv) per batch-head.
+
+    A causal or any other mask does not reduce the count (dense kernels compute the full product).
+    """
+    *lead, lq, dk = q_shape
+    lk, dv = k_shape[-2], v_shape[-1]
+    return math.prod(lead) * lq * lk * (dk + dv)
+
+
+def _sdpa_handle(inputs, outputs) -> int:
+    return sdpa_macs(_shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]))
+
+
+def _gru_handle(inputs, outputs) -> int:
+    """``aten::gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+    batch_first)``: every time step multiplies each weight matrix (W_ih of each layer/direction:
+    3H x I_l, W_hh: 3H x H) by one vector per sequence, i.e. T*B*3H*(I_l + H) per layer and
+    direction."""
+    x_shape = _shape(inputs[0])
+    if len(x_shape) != 3:
+        raise ValueError(f"aten::gru: expected a padded 3-d input, got shape {x_shape}")
+    steps_times_batch = x_shape[0] * x_shape[1]  # T*B whether batch_first or not
+    weights = [_shape(w) for w in inputs[2].node().inputs()]
+    return steps_times_batch * sum(s[0] * s[1] for s in weights if s is not None and len(s) == 2)
+
+
+def _cayley_handle(inputs, outputs) -> int:
+    """NCGRU's ``_CayleyW(A, inv, d)``: W = inv - inv @ A, one H x H x H product."""
+    h = _shape(inputs[0])[0]
+    return h**3
+
+
+def _ncgru_scan_handle(inputs, outputs) -> int:
+    """NCGRU's ``_NCGRUScan(xp [B,T,3H], h0, r_cat [H,3H], b_mod)``: one [B,H] x [H,3H] per step."""
+    b, t, h3 = _shape(inputs[0])
+    return t * b * (h3 // 3) * h3
+
+
+EXTRA_HANDLES = {
+    "aten::scaled_dot_product_attention": _sdpa_handle,
+    "aten::gru": _gru_handle,
+    "prim::PythonOp._CayleyW": _cayley_handle,
+    "prim::PythonOp._NCGRUScan": _ncgru_scan_handle,
+}
+
+
+def _flatten_state(state) -> tuple[Tensor, ...]:
+    if state is None:
+        return ()
+    if isinstance(state, Tensor):
+        return (state,)
+    return tuple(state)
+
+
+def _unflatten_state(kind: str, tensors: tuple[Tensor, ...]):
+    if kind == "none":
+        return None
+    if kind == "tensor":
+        return tensors[0]
+    return list(tensors)
+
+
+def _state_kind(state) -> str:
+    return "none" if state is None else "tensor" if isinstance(state, Tensor) else "list"
+
+
+class SegmentForward(nn.Module):
+    """``(idx, *state) -> (logits, *next_state)``: one segment through a language model and its
+    softmax layer, with the carried state as plain tensor arguments (what a JIT trace accepts)."""
+
+    def __init__(self, model: nn.Module, state_kind: str):
+        super().__init__()
+        self.model = model
+        self.state_kind = state_kind
+
+    def forward(self, idx: Tensor, *state: Tensor):
+        hidden, nxt = self.model(idx, _unflatten_state(self.state_kind, state))
+        return (self.model.head.logits(hidden), *_flatten_state(nxt))
+
+
+def count_macs(model: nn.Module, idx: Tensor, state=None) -> tuple[int, dict[str, int], dict[str, int]]:
+    """fvcore MACs of ``model.head.logits(model(idx, state)[0])`` with our extra handles.
+
+    Returns (total, by operator, unsupported ops with counts). Raises RuntimeError when an
+    unsupported op may hide a matrix product. Traced without gradient, in the model's mode.
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    wrapper = SegmentForward(model, _state_kind(state))
+    with torch.no_grad():
+        fa = FlopCountAnalysis(wrapper, (idx, *_flatten_state(state)))
+        fa.set_op_handle(**EXTRA_HANDLES)
+        fa.unsupported_ops_warnings(False)
+        fa.uncalled_modules_warnings(False)
+        fa.tracer_warnings("none")
+        total = int(fa.total())
+        unsupported = dict(fa.unsupported_ops())
+    suspicious = sorted(op for op in unsupported if _MATMUL_LIKE.search(op))
+    if suspicious:
+        raise RuntimeError(f"fvcore does not count {suspicious}: a matrix product would go uncounted; "
+                           "register a handle in crt_repro.cost.EXTRA_HANDLES")
+    return total, {k: int(v) for k, v in fa.by_operator().items()}, unsupported
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the model and a full state
+
+
+def _cpu_fp32(cfg: Config) -> Config:
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg.run.device = "cpu"
+    cfg.run.bf16 = False
+    return cfg
+
+
+def build_eval_model(cfg: Config, vocab_size: int, device: str = "cpu", seed: int = 0) -> nn.Module:
+    """The model of ``cfg`` in eval mode, built directly on ``device`` ("meta": no storage, no
+    arithmetic; shapes only, which is all a MAC count needs)."""
+    from crt_repro.models import build_model
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return build_model(cfg, vocab_size).eval()
+
+
+def warm_state(model: nn.Module, cfg: Config, vocab_size: int, batch: int = 1, device="cpu"):
+    """A state with the shapes a model carries in mid-stream: XL runs enough segments to hold
+    ``mem_len`` states per layer; CRT's memory vector is the zeros it starts from (its shape, and
+    so the cost, never changes); ``None`` for stateless models."""
+    n = cfg.data.seg_len
+    device = torch.device(device)
+    state = model.init_state(batch, device)
+    if state is None or cfg.model.name != "transformer_xl":
+        return state  # CRT's memory vector has its final shape from the start: same cost
+    warm = math.ceil(cfg.mem_len / n)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(warm):
+            idx = torch.randint(0, vocab_size, (batch, n), generator=g).to(device)
+            _, state = model(idx, state)
+    if cfg.model.name == "transformer_xl":
+        lens = {s.shape[1] for s in state}
+        if lens != {cfg.mem_len}:
+            raise RuntimeError(f"XL memory lengths {sorted(lens)} after warm-up, expected {cfg.mem_len}")
+    return state
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formulas
+
+
+def _rnn_macs(kind: str, n: int, d: int) -> dict[str, int]:
+    """One RNN of input and hidden size d over n tokens (batch 1)."""
+    macs = {"rnn_input": 3 * n * d * d, "rnn_recurrent": 3 * n * d * d}
+    if kind == "ncgru":
+        macs["ncgru_cayley"] = d**3  # W = (I+A)^-1 (I-A) D rebuilt every forward
+    return macs
+
+
+def formula_breakdown(cfg: Config, vocab_size: int) -> dict[str, int]:
+    """Our exact MAC count of one segment's forward (batch 1), term by term; see the module doc."""
+    m = cfg.model
+    name, L, d, F, h = m.name, m.n_layer, m.d_model, m.d_inner, m.n_head
+    n, V = cfg.data.seg_len, vocab_size
+    ln = LN_PER_ELEMENT
+    terms: dict[str, int] = {}
+
+    def add(key: str, value: int) -> None:
+        terms[key] = terms.get(key, 0) + value
+
+    if name == "transformer":
+        t = n  # tokens in the blocks
+        add("attn_proj", L * 4 * t * d * d)
+        add("attention", L * 2 * t * t * d)
+        add("ffn", L * 2 * t * d * F)
+        add("layernorm", L * 2 * ln * t * d)
+    elif name == "transformer_xl":
+        mem = cfg.mem_len
+        k = mem + n
+        add("attn_proj", L * (n * d * d + 2 * k * d * d + n * d * d))  # q, k/v over [mem; x], out
+        add("rel_pos_proj", L * k * d * d)  # W_r applied to the k relative sinusoids
+        add("attention", L * (n * k * d + 2 * n * k * d))  # position scores + SDPA (QK^T, PV)
+        add("ffn", L * 2 * n * d * F)
+        add("layernorm", L * ln * (mem + 2 * n) * d)  # ln_1 on memory and segment, ln_2
+    elif name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc"):
+        memory = {"crt": m.memory, "transformer_rnn_memory": True, "transformer_rnn_posenc": False}[name]
+        pos = {"crt": m.pos_encoding, "transformer_rnn_memory": "sinusoidal",
+               "transformer_rnn_posenc": "rnn_add"}[name]
+        t = n + int(memory)
+        add("attn_proj", L * 4 * t * d * d)
+        add("attention", L * 2 * t * t * d)
+        add("ffn", L * 2 * t * d * F)
+        add("layernorm", L * 2 * ln * t * d)
+        rnns = int(pos != "sinusoidal") + int(memory)
+        for _ in range(rnns):
+            for key, v in _rnn_macs(m.rnn, n, d).items():
+                add(key, v)
+        if memory:
+            add("layernorm", ln * n * d)  # head.normed(y) feeding the memory RNN
+    else:
+        raise ValueError(f"no cost formula for model {name!r} (have: {', '.join(LM_MODELS)})")
+    add("layernorm", ln * n * d)  # final LN before the softmax layer
+    add("softmax_layer", n * d * V)
+    return terms
+
+
+def formula_macs(cfg: Config, vocab_size: int) -> int:
+    return sum(formula_breakdown(cfg, vocab_size).values())
+
+
+def paper_formula_flops(model: str, layers: int, seg_len: int, d_model: int) -> float:
+    """The paper's Table 1 FLOPs as printed, without the O(n d) terms; NaN for models it omits.
+
+    ``crt`` uses the CRT-GRU row whatever the cell (the paper gives no NCGRU row).
+    """
+    L, n, d = layers, seg_len, d_model
+    if model == "transformer":
+        return float(L * (20 * n * d**2 + 6 * n**2 * d))
+    if model == "transformer_xl":
+        return float(L * (28 * n * d**2 + 12 * n**2 * d + 6 * n**2))
+    if model == "crt":
+        return float(n * d**2 * (12 * L + 12) + 8 * L * n**2 * d)
+    return float("nan")
+
+
+def paper_formula_params(model: str, layers: int, d_model: int) -> float:
+    """The paper's Table 1 parameter column (no embeddings / softmax layer); NaN if omitted."""
+    L, d = layers, d_model
+    if model in ("transformer", "transformer_xl"):
+        return float(L * (10 * d**2 + 6 * d))
+    if model == "crt":
+        return float((12 + 8 * L) * d**2 + (6 + 4 * L) * d)
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def forward_cost(cfg: Config, vocab_size: int, device: str = "meta") -> dict[str, Any]:
+    """Cost of one segment (``cfg.data.seg_len`` tokens, batch 1) incl. memory and softmax layer.
+
+    Keys: ``params`` (trainable, embeddings included), ``macs_fwd`` (fvcore with our handles),
+    ``flops_fwd`` (= 2 x macs_fwd), ``formula_macs`` (our exact formula), ``paper_formula_flops``
+    (Table 1 as printed; NaN for models the paper gives no formula for).
+
+    The count depends on shapes only, so by default the model is built and traced on the meta
+    device (no storage, no arithmetic: a 16 x 410 model counts in about a second). NCGRU cannot
+    run on meta tensors (its forward compares its cached inverse by value and asks autocast about
+    the device type), so NCGRU models, and any model that fails on meta, are counted in fp32 on
+    CPU (same count; the tests check meta against CPU).
+    """
+    cfg = _cpu_fp32(cfg)
+    if device == "meta" and uses_rnn(cfg.model) and cfg.model.rnn == "ncgru":
+        device = "cpu"
+    if device == "meta":
+        try:
+            return _forward_cost(cfg, vocab_size, "meta")
+        except (NotImplementedError, RuntimeError):
+            device = "cpu"
+    return _forward_cost(cfg, vocab_size, device)
+
+
+def _forward_cost(cfg: Config, vocab_size: int, device: str) -> dict[str, Any]:
+    model = build_eval_model(cfg, vocab_size, device)
+    state = warm_state(model, cfg, vocab_size, device=device)
+    idx = torch.zeros(1, cfg.data.seg_len, dtype=torch.long, device=device)
+    macs, _, _ = count_macs(model, idx, state)
+    m = cfg.model
+    return {
+        "params": count_params(model),
+        "macs_fwd": macs,
+        "flops_fwd": 2 * macs,
+        "formula_macs": formula_macs(cfg, vocab_size),
+        "paper_formula_flops": paper_formula_flops(m.name, m.n_layer, cfg.data.seg_len, m.d_model),
+    }
+
+
+def cost_config(model: str, *, layers: int, seg_len: int, d_model: int, rnn: str = "gru",
+                n_head: int | None = None, d_inner: int | None = None, profile: str = "smoke",
+                dataset: str = "synthetic") -> Config:
+    """A Config for a cost query: the profile's defaults with these sizes. ``n_head`` defaults to
+    the first of 10, 8, 4, 2, 1 dividing d_model (it does not change the MACs); ``d_inner`` to
+    4 x d_model."""
+    if n_head is None:
+        n_head = next(h for h in (10, 8, 4, 2, 1) if d_model % h == 0)
+    overrides = {
+        "model": {"name": model, "rnn": rnn, "n_layer": layers, "d_model": d_model, "n_head": n_head,
+                  "d_inner": d_inner if d_inner is not None else 4 * d_model},
+        "data": {"seg_len": seg_len},
+    }
+    return build_config(profile, dataset, overrides)
+
+
+def cost_row(cfg: Config, vocab_size: int) -> dict[str, Any]:
+    """One CSV row of ``crt-repro cost`` (columns ``CSV_COLUMNS``)."""
+    c = forward_cost(cfg, vocab_size)
+    m = cfg.model
+    return {"model": m.name, "rnn": m.rnn if uses_rnn(m) else "", "layers": m.n_layer, "d_model": m.d_model,
+            "seg_len": cfg.data.seg_len, **{k: c[k] for k in CSV_COLUMNS[5:]}}
+
+
+def rows_to_csv(rows: list[dict[str, Any]], columns) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from crt_repro import atomic
+
+    cfg = cost_config(args.model, layers=args.layers, seg_len=args.seg_len, d_model=args.d_model,
+                      rnn=args.rnn, n_head=args.n_head, d_inner=args.d_inner)
+    row = cost_row(cfg, args.vocab)
+    width = max(map(len, CSV_COLUMNS))
+    for k in CSV_COLUMNS:
+        v = row[k]
+        print(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
+    if args.csv:
+        atomic.write_text(args.csv, rows_to_csv([row], CSV_COLUMNS))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cost", help="forward MACs/FLOPs of one segment (fvcore) and our exact formula")
+    p.add_argument("--model", choices=LM_MODELS, required=True)
+    p.add_argument("--rnn", choices=("gru", "ncgru"), default="gru", help="cell of CRT's RNNs (default gru)")
+    p.add_argument("--layers", type=int, required=True)
+    p.add_argument("--seg-len", type=int, required=True)
+    p.add_argument("--d-model", type=int, required=True)
+    p.add_argument("--n-head", type=int, help="default: 10, 8, 4, 2 or 1, the first dividing d_model")
+    p.add_argument("--d-inner", type=int, help="default: 4 x d_model")
+    p.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000, PTB)")
+    p.add_argument("--csv", help="also write the row to this CSV (atomic)")
+    p.set_defaults(func=cmd_cost)
