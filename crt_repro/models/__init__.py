@@ -11,6 +11,11 @@ from crt_repro.config import Config
 # name -> "module:Class"; imported lazily so that a language-model run never imports video code.
 REGISTRY = {
     "transformer": "crt_repro.models.transformer:Transformer",
+    "transformer_xl": "crt_repro.models.transformer_xl:TransformerXL",
+    "crt": "crt_repro.models.crt:CRT",  # model.memory / model.pos_encoding from the config
+    # Table 8 ablations: CRT with memory / pos_encoding fixed by the name.
+    "transformer_rnn_memory": "crt_repro.models.crt:TransformerRNNMemory",  # memory + sinusoidal
+    "transformer_rnn_posenc": "crt_repro.models.crt:TransformerRNNPosEnc",  # no memory + rnn_add
     "timesformer": "crt_repro.models.vit:build_timesformer",
     "crvit": "crt_repro.models.vit:build_crvit",
 }

@@ -1,0 +1,104 @@
+"""Compact Recurrent Transformer (the paper, section 3) and its Table 8 ablations.
+
+One segment of n tokens, with the memory vector m carried from the previous segment::
+
+    e_1..e_n   = token embeddings
+    p_1..p_n   = PositionRNN(e_1..e_n; h0 = m)         "recurrent position encoding"
+    x_1..x_n   = e + p                                (pos_encoding: rnn_add)
+    [m, x_1..x_n] -> L causal Transformer blocks -> [_, y_1..y_n]   (m's output is dropped)
+    logits     = softmax layer(LN_f(y))
+    m'         = last state of MemoryRNN(LN_f(y_1..y_n); h0 = m)
+
+The memory token is position 0 of the segment in every layer, so each token attends to it; the
+attention itself is the plain causal self-attention of the baseline (paper eq. for A^CRT: no
+relative-position terms). m starts as zeros at every stream start; gradients flow through it
+across the segments of one optimiser step (the task cuts it with ``detach_state`` at step
+boundaries) and evaluation carries it over the whole stream. Both RNNs are ``model.rnn``
+(gru | ncgru), hidden size d_model.
+
+Choices where the paper is silent (the config key that exposes each, where one exists):
+
+* The memory RNN reads the last layer's outputs *after* the final LayerNorm (``head.normed``),
+  i.e. what the softmax layer sees (without output dropout). The paper's y are "the output of
+  the Transformer"; in the post-LN Transformers it builds on (Vaswani, Dai et al.) layer outputs
+  are layer-normalised, and in our pre-LN stack the final LayerNorm plays that role. The raw
+  pre-LN residual stream grows with depth, so its scale would differ between 3 and 16 layers.
+  No config key.
+* ``model.pos_encoding``: ``rnn_add`` (paper Fig. 1 as DESIGN.md reads it: RNN output added to
+  the embedding), ``rnn_replace`` (RNN output is the token representation) or ``sinusoidal``
+  (absolute sinusoids; tokens at positions 1..n when the memory token takes 0, else 0..n-1,
+  which makes memory=False + sinusoidal exactly the Transformer baseline).
+* The memory token enters the blocks as m itself: no positional term and no embedding dropout
+  (dropout acts on x only). The position RNN is fed the scaled embeddings before dropout.
+* ``model.memory: false`` (``transformer_rnn_posenc``): no memory token, no memory RNN, no state
+  (``init_state`` returns None); the position RNN starts from zeros in every segment, so every
+  segment is modelled alone, like the baseline.
+
+Parameters beyond the Transformer layers (paper Table 1, CRT-GRU: 12 d^2 + 6 d for the two RNNs):
+``torch.nn.GRU`` keeps two bias vectors per gate (b_ih, b_hh), so each GRU has 6 d^2 + 6 d, i.e.
+12 d^2 + 12 d for both; the paper's 6 d is one bias per gate (appendix B, eq. 4). NCGRU stores
+6 d^2 + 4 d each (see ``rnn.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from crt_repro.config import ModelConfig
+from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
+from crt_repro.models.rnn import make_rnn
+
+
+class CRT(LanguageModel):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size)
+        d = cfg.d_model
+
+        def rnn():
+            return make_rnn(cfg.rnn, d, d, neumann_order=cfg.ncgru_neumann_order, exact_every=cfg.ncgru_exact_every)
+
+        # Created after LanguageModel's init pass, so the RNNs keep their own initialisation.
+        self.pos_rnn = rnn() if cfg.pos_encoding != "sinusoidal" else None
+        self.mem_rnn = rnn() if cfg.memory else None
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return torch.zeros(batch_size, self.cfg.d_model, device=device) if self.cfg.memory else None
+
+    def forward(self, idx: Tensor, state: State = None) -> tuple[Tensor, State]:
+        b, n = idx.shape
+        m = state
+        if self.cfg.memory and m is None:
+            m = self.init_state(b, idx.device)
+        e = self.embed_tokens(idx)
+        if self.pos_rnn is None:
+            x = e + sinusoidal_positions(n, self.cfg.d_model, idx.device, offset=int(self.cfg.memory))
+        else:
+            p, _ = self.pos_rnn(e, m)  # h0 = m ties the positions to the memory; zeros without memory
+            x = e + p if self.cfg.pos_encoding == "rnn_add" else p
+        x = self.emb_drop(x)
+        if m is not None:
+            x = torch.cat([m.unsqueeze(1).to(x.dtype), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        if m is None:
+            return x, None
+        y = x[:, 1:]  # the memory position produces no output
+        _, m_next = self.mem_rnn(self.head.normed(y), m)
+        return y, m_next
+
+
+class TransformerRNNMemory(CRT):
+    """Table 8, "Transformer + RNN memory": memory token and memory RNN, sinusoidal positions."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__(dataclasses.replace(cfg, memory=True, pos_encoding="sinusoidal"), vocab_size)
+
+
+class TransformerRNNPosEnc(CRT):
+    """Table 8, "Transformer + RNN pos enc": the position RNN (rnn_add, h0 = 0 in every segment),
+    no memory; nothing crosses segments."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__(dataclasses.replace(cfg, memory=False, pos_encoding="rnn_add"), vocab_size)

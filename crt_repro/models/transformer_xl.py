@@ -1,0 +1,116 @@
+"""Transformer-XL (Dai et al. 2019): segment-level recurrence with relative positional attention.
+
+Each layer keeps the last ``mem_len`` hidden states that entered it (its inputs, i.e. the
+embeddings for layer 1) and attends to ``[memory; segment]``. The memory is stored detached: no
+gradient crosses a segment boundary, not even inside one optimiser step of several segments.
+A stream starts from an *empty* memory (length 0, not zeros), so the first segment is modelled
+exactly like a plain model of those tokens; evaluation carries the memory over the whole stream.
+
+Positions are relative only (no absolute positions anywhere). The score of query i and key j is
+Dai et al.'s eq. (terms a-d) with the learnable biases u (``r_w_bias``) and v (``r_r_bias``)::
+
+    A[i, j] = (q_i + u) . k_j  +  (q_i + v) . W_r R[mlen + i - j]
+
+where R are sinusoids of the distance, and W_r is a per-layer projection without bias.
+
+Choices where the paper and Dai et al. leave room (none has a config key; ``mem_len`` does):
+
+* ``mem_len`` (``model.mem_len``): null means = ``data.seg_len`` (the paper's tables: "memory
+  length" = segment length), resolved in ``build_model``. Information reaches back at most
+  ``mem_len * n_layer`` tokens before the segment (one hop of ``mem_len`` per layer).
+* u and v are per layer (Dai et al.'s ``untie_r``), initialised N(0, 0.02) like their code.
+* q, k, v and the output projection keep their biases, as in the shared ``CausalSelfAttention``,
+  so that XL differs from the Transformer baseline only in positions and memory.
+* Pre-LayerNorm blocks shared with the other models (Dai et al. default to post-LN); the
+  memory is the block input before ``ln_1``, so LN is applied to memory and segment alike.
+* The memory holds hidden states after dropout (as Dai et al.'s ``hids``); dropout on R uses
+  ``dropout_emb`` like the word embeddings (Dai et al. use one rate for both).
+
+Parameters per layer beyond the Transformer baseline: W_r (d^2) and u, v (2d). Paper Table 1
+gives XL the same count as the Transformer, i.e. it leaves these out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crt_repro.config import ModelConfig
+from crt_repro.models.layers import LanguageModel, State, sinusoid_table
+
+
+def rel_shift(x: Tensor) -> Tensor:
+    """Re-index scores against distances into scores against keys (Dai et al.'s trick).
+
+    ``x[..., i, c]`` scores query i against the distance ``klen - 1 - c`` (R is ordered from the
+    longest distance down to 0). Returns ``out[..., i, j] = x[..., i, c]`` for the distance
+    ``mlen + i - j`` between query i (at key position mlen + i) and key j, with
+    ``mlen = klen - qlen``. Entries with j > mlen + i (the future) hold garbage: the caller masks
+    them. Pad one zero column, reinterpret the rows, drop one row: O(1) extra memory, no gather.
+    """
+    *lead, q, k = x.shape
+    x = F.pad(x, (1, 0)).view(*lead, k + 1, q)
+    return x[..., 1:, :].reshape(*lead, q, k)
+
+
+class RelativeAttention(nn.Module):
+    """Causal multi-head attention over ``[context; x]`` with Dai et al.'s relative positions."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        d_head = cfg.d_model // cfg.n_head
+        self.q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self.r = nn.Linear(cfg.d_model, cfg.d_model, bias=False)  # W_r: R -> per-head position keys
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.u = nn.Parameter(torch.randn(cfg.n_head, 1, d_head) * 0.02)  # r_w_bias: content bias
+        self.v = nn.Parameter(torch.randn(cfg.n_head, 1, d_head) * 0.02)  # r_r_bias: position bias
+        self.dropout_attn = cfg.dropout_attn
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        *lead, n, d = t.shape
+        return t.view(*lead, n, self.n_head, d // self.n_head).transpose(-3, -2)
+
+    def forward(self, x: Tensor, context: Tensor | None, r: Tensor) -> Tensor:
+        """x [B, n, d]; context [B, mlen, d] or None; r [klen, d] sinusoids of distances klen-1..0."""
+        b, n, d = x.shape
+        kv_in = x if context is None else torch.cat([context, x], dim=1)
+        klen = kv_in.shape[1]
+        k, v = self.kv(kv_in).chunk(2, dim=-1)
+        q, k, v = self._heads(self.q(x)), self._heads(k), self._heads(v)  # [B, H, len, d_head]
+        r_k = self._heads(self.r(r))  # [H, klen, d_head]
+        # Terms (b)+(d) as an additive bias to the content scores (a)+(c), which SDPA computes
+        # from the query q + u; both are scaled by 1/sqrt(d_head) like the content scores.
+        pos = rel_shift((q + self.v) @ r_k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        future = torch.ones(n, klen, dtype=torch.bool, device=x.device).triu(klen - n + 1)
+        pos = pos.masked_fill(future, float("-inf")).to(q.dtype)
+        p = self.dropout_attn if self.training else 0.0
+        y = F.scaled_dot_product_attention(q + self.u, k, v, attn_mask=pos, dropout_p=p)
+        return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
+
+
+class TransformerXL(LanguageModel):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        if cfg.mem_len is None:
+            raise ValueError("TransformerXL needs model.mem_len; build_model resolves null to data.seg_len")
+        super().__init__(cfg, vocab_size, make_attn=RelativeAttention)
+        self.mem_len = cfg.mem_len
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return [torch.zeros(batch_size, 0, self.cfg.d_model, device=device) for _ in self.blocks]
+
+    def forward(self, idx: Tensor, state: State = None) -> tuple[Tensor, State]:
+        mems = state if state is not None else self.init_state(idx.shape[0], idx.device)
+        klen = mems[0].shape[1] + idx.shape[1]
+        distances = torch.arange(klen - 1, -1, -1, device=idx.device, dtype=torch.float32)
+        r = self.emb_drop(sinusoid_table(distances, self.cfg.d_model))
+        x = self.emb_drop(self.embed_tokens(idx))
+        new_mems = []
+        for block, mem in zip(self.blocks, mems):
+            # This layer's next memory: the last mem_len of its inputs, old memory included
+            # (a segment shorter than mem_len keeps part of the previous one). Detached by design.
+            new_mems.append(torch.cat([mem, x], dim=1)[:, -self.mem_len:].detach())
+            x = block(x, memory=mem, r=r)
+        return x, new_mems
