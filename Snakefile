@@ -1,0 +1,131 @@
+# crt-repro: every table and figure of "Compact Recurrent Transformer with Persistent Memory"
+# (arXiv 2505.00929) as Snakemake targets. See workflow/README.md.
+#
+#   snakemake --cores 2 all_tables all_figures --config profile=smoke data_dir=../shared/data
+#   snakemake --cores 8 all                      # paper profile (default), GPU or cluster
+#   snakemake -n fig5_ptb_3layer                 # only the 9 runs of Table 2's grid
+#
+# Target rules live here; the rules that do work are in workflow/rules/ and call the
+# `crt-repro` CLI. `all` is the default target (default_target, not the first rule: includes
+# must not decide it).
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "workflow/config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+
+
+localrules:
+    all,
+    all_tables,
+    all_figures,
+    table1_complexity,
+    table2_ptb_3layer,
+    table3_ptb_16layer,
+    table4_wt103_3layer,
+    table5_wt103_16layer,
+    table6_cost,
+    table8_ablation,
+    table9_ptb_3layer_rnn,
+    table10_ptb_16layer_rnn,
+    table11_wt103_3layer_rnn,
+    table12_wt103_16layer_rnn,
+    fig5_ptb_3layer,
+    fig6_ptb_16layer,
+    runs_csv,
+
+
+rule all:
+    default_target: True
+    input:
+        ALL_TABLE_FILES,
+        ALL_FIGURE_FILES,
+        "results/runs.csv",
+
+
+rule all_tables:
+    input:
+        ALL_TABLE_FILES,
+        "results/runs.csv",
+
+
+rule all_figures:
+    input:
+        ALL_FIGURE_FILES,
+
+
+rule table1_complexity:
+    input:
+        table_files("table1_complexity"),
+
+
+rule table2_ptb_3layer:
+    input:
+        table_files("table2_ptb_3layer"),
+
+
+rule table3_ptb_16layer:
+    input:
+        table_files("table3_ptb_16layer"),
+
+
+rule table4_wt103_3layer:
+    input:
+        table_files("table4_wt103_3layer"),
+
+
+rule table5_wt103_16layer:
+    input:
+        table_files("table5_wt103_16layer"),
+
+
+rule table6_cost:
+    input:
+        table_files("table6_cost"),
+
+
+rule table8_ablation:
+    input:
+        table_files("table8_ablation"),
+
+
+rule table9_ptb_3layer_rnn:
+    input:
+        table_files("table9_ptb_3layer_rnn"),
+
+
+rule table10_ptb_16layer_rnn:
+    input:
+        table_files("table10_ptb_16layer_rnn"),
+
+
+rule table11_wt103_3layer_rnn:
+    input:
+        table_files("table11_wt103_3layer_rnn"),
+
+
+rule table12_wt103_16layer_rnn:
+    input:
+        table_files("table12_wt103_16layer_rnn"),
+
+
+rule fig5_ptb_3layer:
+    input:
+        figure_files("fig5_ptb_3layer"),
+
+
+rule fig6_ptb_16layer:
+    input:
+        figure_files("fig6_ptb_16layer"),

@@ -1,0 +1,1 @@
+"""Paper tables and figures: the paper's value beside ours (``crt-repro table|figure``)."""

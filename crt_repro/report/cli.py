@@ -1,0 +1,89 @@
+"""``crt-repro collect | merge | table | figure``: run records, CSVs from several machines, paper
+tables and figures. The workflow's rules call these; they work by hand on any runs CSV too."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from crt_repro.results import collect, write_runs_csv
+
+    df = collect(args.runs, tags=args.tag or [], cost=not args.no_cost, check_dir_names=args.check_dir_names)
+    write_runs_csv(df, args.output)
+    print(f"wrote {len(df)} run(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from crt_repro.results import merge_files, write_runs_csv
+
+    df = merge_files(args.csvs)
+    write_runs_csv(df, args.output)
+    print(f"merged {len(args.csvs)} file(s) into {len(df)} run(s): {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from crt_repro import atomic
+    from crt_repro.report.reference import load_reference
+    from crt_repro.report.tables import cost_table, ppl_markdown, ppl_table_from_csv, table_info
+
+    info = table_info(args.name)
+    reference = load_reference(args.reference)
+    if info.kind == "cost":
+        if not args.profile:
+            raise ValueError(f"{args.name} needs --profile (it is computed, not read from runs)")
+        df, md = cost_table(args.name, args.profile, reference)
+    else:
+        if not args.runs:
+            raise ValueError(f"{args.name} needs --runs (a runs CSV from `crt-repro collect` or `merge`)")
+        df = ppl_table_from_csv(args.name, args.runs, args.profile, args.dataset, reference)
+        md = ppl_markdown(args.name, df, reference)
+    atomic.write_text(args.csv, df.to_csv(index=False, lineterminator="\n"))
+    if args.md:
+        atomic.write_text(args.md, md)
+    print(md)
+    return 0
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from crt_repro.report.figures import write_figure
+
+    write_figure(args.name, args.runs, args.output, profile=args.profile, dataset=args.dataset)
+    print(f"wrote {', '.join(args.output)}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with fvcore FLOPs)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directory or its metrics.json")
+    p.add_argument("--tag", action="append", metavar="TABLE", help="table that uses these runs (repeatable)")
+    p.add_argument("--no-cost", action="store_true", help="leave flops_fwd empty (no fvcore count)")
+    p.add_argument("--check-dir-names", action="store_true",
+                   help="require each run directory to be named by its run id (the workflow's layout)")
+    p.add_argument("-o", "--output", required=True, help="runs CSV to write")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("merge", help="combine runs CSVs from several machines (conflicting rows are an error)")
+    p.add_argument("csvs", nargs="+", metavar="CSV")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("table", help="a paper table (CSV + markdown): paper value, ours, delta")
+    p.add_argument("name", help="table rule name, e.g. table2_ptb_3layer or table1_complexity")
+    p.add_argument("--runs", help="runs CSV (rows tagged with the table are used)")
+    p.add_argument("--profile", help="only runs of this profile; required for table1/table6")
+    p.add_argument("--dataset", help="only runs on this dataset")
+    p.add_argument("--reference", help="paper reference CSV (default: the package's copy)")
+    p.add_argument("--csv", required=True, help="table CSV to write")
+    p.add_argument("--md", help="markdown to write (also printed)")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="Figure 5/6: perplexity vs forward FLOPs, paper and ours")
+    p.add_argument("name", help="fig5_ptb_3layer or fig6_ptb_16layer")
+    p.add_argument("--runs", required=True, help="runs CSV holding the figure's table's runs")
+    p.add_argument("--profile")
+    p.add_argument("--dataset")
+    p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
+    p.set_defaults(func=cmd_figure)

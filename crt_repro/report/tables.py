@@ -1,0 +1,220 @@
+"""Paper tables from run records: the paper's value, ours and the difference side by side.
+
+Perplexity tables (2-5, 8-12) have the CSV columns ``PPL_COLUMNS`` and one row per row of the
+paper's table, in the paper's order. ``ppl`` is the mean *test* perplexity over seeds (the paper
+does not say which split it reports; test is the convention of the Transformer-XL line of work it
+compares with), ``ppl_std`` the sample standard deviation over seeds (empty for one seed),
+``delta`` = ppl - paper_ppl. ``layers``, ``memory_len`` and ``dataset`` are those of our runs, which
+a scale profile may change (the markdown says so).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from crt_repro.report.reference import load_reference, reference_rows, table_key
+from crt_repro.results import ResultsError, select_runs
+
+PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "n_seeds", "delta",
+               "profile", "dataset")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    number: int
+    title: str  # the paper's caption, shortened
+    kind: str = "ppl"  # ppl | cost
+
+
+TABLES: dict[str, TableInfo] = {
+    "table1_complexity": TableInfo(1, "Complexity comparison (FLOPs and parameters)", "cost"),
+    "table2_ptb_3layer": TableInfo(2, "Word PTB perplexity, 3-layer models"),
+    "table3_ptb_16layer": TableInfo(3, "Word PTB perplexity, 16-layer models"),
+    "table4_wt103_3layer": TableInfo(4, "WikiText-103 perplexity, 3-layer models"),
+    "table5_wt103_16layer": TableInfo(5, "WikiText-103 perplexity, 16-layer models"),
+    "table6_cost": TableInfo(6, "WikiText-103 16-layer models: parameters and inference time", "cost"),
+    "table8_ablation": TableInfo(8, "Ablation on Word PTB, 3-layer models, 70-token segments"),
+    "table9_ptb_3layer_rnn": TableInfo(9, "Word PTB perplexity, 3-layer CRT with GRU and NCGRU"),
+    "table10_ptb_16layer_rnn": TableInfo(10, "Word PTB perplexity, 16-layer CRT with GRU and NCGRU"),
+    "table11_wt103_3layer_rnn": TableInfo(11, "WikiText-103 perplexity, 3-layer CRT with GRU and NCGRU"),
+    "table12_wt103_16layer_rnn": TableInfo(12, "WikiText-103 perplexity, 16-layer CRT with GRU and NCGRU"),
+}
+PPL_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "ppl")
+COST_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "cost")
+
+MODEL_NAMES = {
+    "transformer": "Transformer",
+    "transformer_xl": "Transformer-XL",
+    "crt": "CRT",
+    "transformer_rnn_memory": "Transformer + RNN memory",
+    "transformer_rnn_posenc": "Transformer + RNN pos. enc.",
+}
+DATASET_NAMES = {"ptb": "Word PTB", "wt103": "WikiText-103", "wikitext-2": "WikiText-2",
+                 "synthetic": "synthetic corpus (generated)"}
+PROFILE_NOTES = {
+    "smoke": "**Smoke profile: tiny models trained for a few steps on a slice of the data. These numbers only "
+             "check that the pipeline runs; they are NOT comparable to the paper's.**",
+    "cpu": "CPU profile: small models (d_model 128) trained for minutes on one machine. Compare trends "
+           "(model ranking, effect of segment length), not values, with the paper's.",
+    "paper": "Paper profile: Transformer-XL's published widths and optimiser settings (the paper gives no "
+             "hyperparameters; see the README's reproduction choices).",
+}
+
+
+def table_info(name: str) -> TableInfo:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ResultsError(f"unknown table {name!r} (known: {', '.join(TABLES)})") from None
+
+
+def model_label(model: str, rnn: str) -> str:
+    label = MODEL_NAMES.get(model, model)
+    if rnn:
+        label += f"-{rnn.upper()}" if model == "crt" else f" ({rnn.upper()})"
+    return label
+
+
+def _norm_rnn(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _one(runs: pd.DataFrame, col: str, what: str):
+    values = sorted(set(runs[col].tolist()), key=str)
+    if len(values) != 1:
+        raise ResultsError(f"{what}: the runs have several values of {col} ({', '.join(map(str, values))}); "
+                           f"select one (crt-repro table --{col.replace('_', '-')})")
+    return values[0]
+
+
+def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | None = None,
+                    source: str = "runs") -> pd.DataFrame:
+    """One row per row of the paper's table ``name``, from the given runs (numeric DataFrame with
+    ``RUN_COLUMNS``; every run must belong to this table). Errors name the missing cell."""
+    info = table_info(name)
+    if info.kind != "ppl":
+        raise ResultsError(f"{name} is not a perplexity table")
+    ref = reference_rows(name, "ppl", reference)
+    if runs.empty:
+        raise ResultsError(f"{source}: no runs for {name}")
+    runs = runs.copy()
+    runs["rnn"] = runs["rnn"].map(_norm_rnn)
+    what = f"{source} ({name})"
+    profile, dataset, layers = (_one(runs, c, what) for c in ("profile", "dataset", "layers"))
+    used: set[str] = set()
+    rows = []
+    for r in ref.itertuples():
+        cell = runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn) & (runs["seg_len"] == int(r.seg_len))]
+        desc = f"model={r.model}, rnn={r.rnn or '-'}, seg_len={r.seg_len}"
+        if cell.empty:
+            raise ResultsError(f"{what}: no run for the paper's row {desc}")
+        dup = cell[cell["seed"].duplicated(keep=False)]
+        if not dup.empty:
+            raise ResultsError(f"{what}: several runs for {desc} with the same seed, whose settings differ: "
+                               f"{', '.join(dup['run_id'])}")
+        if cell["test_ppl"].isna().any():
+            raise ResultsError(f"{what}: run(s) {', '.join(cell[cell['test_ppl'].isna()]['run_id'])} have no test_ppl")
+        used.update(cell["run_id"])
+        ppl = float(cell["test_ppl"].mean())
+        n = len(cell)
+        std = float(cell["test_ppl"].std(ddof=1)) if n > 1 else float("nan")
+        rows.append({
+            "model": r.model, "rnn": r.rnn, "layers": int(layers), "memory_len": int(_one(cell, "mem_len", what)),
+            "seg_len": int(r.seg_len), "paper_ppl": float(r.value), "ppl": round(ppl, 2),
+            "ppl_std": round(std, 2) if n > 1 else float("nan"), "n_seeds": n,
+            "delta": round(ppl - float(r.value), 2), "profile": profile, "dataset": dataset,
+        })
+    extra = runs[~runs["run_id"].isin(used)]
+    if not extra.empty:
+        cells = sorted({f"model={m}, rnn={r or '-'}, seg_len={n}" for m, r, n in
+                        zip(extra["model"], extra["rnn"], extra["seg_len"])})
+        raise ResultsError(f"{what}: runs that match no row of the paper's {table_key(name)}: {'; '.join(cells)}")
+    return pd.DataFrame(rows, columns=list(PPL_COLUMNS))
+
+
+def ppl_table_from_csv(name: str, runs_csv: str | Path, profile: str | None = None, dataset: str | None = None,
+                       reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The runs of ``runs_csv`` tagged with ``name`` (and of the profile/dataset, if given)."""
+    from crt_repro.results import read_runs_csv
+
+    runs = select_runs(read_runs_csv(runs_csv), tag=name, profile=profile, dataset=dataset)
+    return build_ppl_table(name, runs, reference, source=str(runs_csv))
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
+    info = table_info(name)
+    ref = reference_rows(name, "ppl", reference)
+    paper_dataset, paper_layers = ref["dataset"].iloc[0], int(ref["layers"].iloc[0])
+    profile, dataset, layers = table["profile"].iloc[0], table["dataset"].iloc[0], int(table["layers"].iloc[0])
+    n_seeds = sorted(set(table["n_seeds"]))
+    ds = DATASET_NAMES.get(dataset, dataset)
+    if dataset != paper_dataset:
+        ds += f" (standing in for the paper's {DATASET_NAMES.get(paper_dataset, paper_dataset)})"
+    lay = f"{layers}" + (f" (the paper's table has {paper_layers}; this profile runs {layers})"
+                         if layers != paper_layers else "")
+    lines = [
+        f"# Table {info.number}: {info.title}",
+        "",
+        f"Profile: **{profile}**. Dataset: **{ds}**. Layers: **{lay}**. "
+        f"Seeds per row: {', '.join(map(str, n_seeds))}.",
+        "",
+        "Metric: test-set perplexity (the paper reports perplexity without naming the split; presumably "
+        "test, as in the Transformer-XL work it compares with). Δ = ours − paper.",
+        "",
+        PROFILE_NOTES.get(profile, f"Profile {profile}."),
+        "",
+    ]
+    notes = {(r.model, r.rnn, int(r.seg_len)): r.note for r in ref.itertuples() if r.note}
+    body = []
+    for r in table.itertuples():
+        label = model_label(r.model, r.rnn)
+        note = notes.get((r.model, r.rnn, int(r.seg_len)), "")
+        body.append([label + (f" [{note}]" if note else ""), f"{r.memory_len} / {r.seg_len}", str(r.layers),
+                     f"{r.paper_ppl:.1f}", _fmt(r.ppl), _fmt(r.ppl_std), f"{r.delta:+.2f}"])
+    lines.append(markdown_table(["Model", "Memory / seg len", "Layers", "Paper PPL", "Ours PPL", "± std (seeds)",
+                                 "Δ"], body))
+    return "\n".join(lines)
+
+
+def frame_markdown(df: pd.DataFrame) -> str:
+    """A plain markdown rendering of any DataFrame (floats with 4 significant digits)."""
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    return markdown_table([str(c) for c in df.columns], [[cell(v) for v in row] for row in df.itertuples(index=False)])
+
+
+def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+    """Tables 1 and 6, computed by ``crt_repro.report.cost_tables``; returns (CSV frame, markdown)."""
+    from crt_repro.report import cost_tables
+
+    info = table_info(name)
+    ref = load_reference() if reference is None else reference
+    fn = {"table1_complexity": cost_tables.table1_complexity, "table6_cost": cost_tables.table6_cost}[name]
+    df = fn(profile, ref)
+    md = "\n".join([f"# Table {info.number}: {info.title}", "", f"Profile: **{profile}**.", "",
+                    PROFILE_NOTES.get(profile, ""), "", frame_markdown(df)])
+    return df, md

@@ -1,0 +1,110 @@
+# Helpers of the workflow: config loading and validation, and the plan of runs (which run each
+# table needs, by run id). All logic lives in the package (crt_repro.results.plan_workflow); this
+# file only wires it to Snakemake. Functions only: the rules are in the other .smk files.
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from crt_repro.results import plan_workflow
+
+WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
+PROFILES = ("smoke", "cpu", "paper")
+
+
+def _read_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+# Profile settings (workflow/config/<profile>.yaml) under the user's --config keys.
+if config.get("profile") in PROFILES:
+    for _key, _value in _read_yaml(WORKFLOW_DIR / "config" / f"{config['profile']}.yaml").items():
+        config.setdefault(_key, _value)
+if isinstance(config.get("layers"), dict):
+    config["layers"] = {str(k): v for k, v in config["layers"].items()}
+validate(config, "../schemas/config.schema.yaml")
+
+EXPERIMENTS = _read_yaml(WORKFLOW_DIR / "config" / "experiments.yaml")
+validate(EXPERIMENTS, "../schemas/experiments.schema.yaml")
+
+PROFILE = config["profile"]
+DATA_DIR = config["data_dir"]
+PLAN = plan_workflow(EXPERIMENTS, config, PROFILE, DATA_DIR)
+GPU = int(config["gpu"])
+TRAIN_THREADS = int(config["threads"])
+
+# Files `crt-repro download <name> --to data` writes (crt_repro.data.corpus.DATASETS).
+DOWNLOAD_FILES = {
+    "ptb": [f"data/ptb/ptb.{split}.txt" for split in ("train", "valid", "test")],
+    "wikitext-2": [f"data/wikitext-2/wiki.{split}.tokens" for split in ("train", "valid", "test")],
+    "wt103": [f"data/wikitext-103/wiki.{split}.tokens" for split in ("train", "valid", "test")],
+}
+
+
+def regex_of(names):
+    return "|".join(re.escape(n) for n in sorted(names))
+
+
+def run_dir(run_id):
+    return f"results/runs/{run_id}"
+
+
+def train_data_dir(spec):
+    if spec.dataset == "synthetic":
+        return None
+    return DATA_DIR if DATA_DIR is not None else "data"
+
+
+def train_args(wildcards):
+    """The `crt-repro train` arguments of a run (without --out), shell-quoted."""
+    spec = PLAN.runs[wildcards.run_id]
+    args = spec.train_args()
+    data_dir = train_data_dir(spec)
+    if data_dir is not None:
+        args += ["--data-dir", data_dir]
+    return shlex.join(args)
+
+
+def train_inputs(wildcards):
+    """The downloaded corpus, when the run needs one and no data_dir was given."""
+    spec = PLAN.runs[wildcards.run_id]
+    if DATA_DIR is None and spec.dataset in DOWNLOAD_FILES:
+        return DOWNLOAD_FILES[spec.dataset]
+    return []
+
+
+def table_metrics(wildcards):
+    return [f"{run_dir(r)}/metrics.json" for r in PLAN.tables[wildcards.table].run_ids]
+
+
+def table_runs_csv(table):
+    return f"results/tables/runs/{table}.csv"
+
+
+def figure_runs_csv(wildcards):
+    return table_runs_csv(PLAN.figures[wildcards.fig])
+
+
+def table_gpu(wildcards):
+    """Table 6 times the models: a GPU job under the paper profile."""
+    return GPU if wildcards.table == "table6_cost" else 0
+
+
+def table_files(name):
+    return [f"results/tables/{name}.csv", f"results/tables/{name}.md"]
+
+
+def figure_files(name):
+    return [f"figures/{name}.png", f"figures/{name}.pdf"]
+
+
+ALL_TABLE_FILES = [f for t in [*PLAN.cost_tables, *PLAN.tables] for f in table_files(t)]
+ALL_FIGURE_FILES = [f for fig in PLAN.figures for f in figure_files(fig)]
+
+# Software of every job: the package's `crt-repro` CLI. Jobs run in the current environment;
+# with `--sdm conda` snakemake builds this environment (the package installed from this
+# checkout) and runs them there.
+CONDA_ENV = "../envs/crt-repro.yaml"

@@ -1,0 +1,86 @@
+# Tables: collect each table's runs into a runs CSV (with fvcore FLOPs), build the table from it
+# (paper value, ours, delta), and merge every table's runs into results/runs.csv.
+
+
+rule collect_table_runs:
+    input:
+        metrics=table_metrics,
+    output:
+        "results/tables/runs/{table}.csv",
+    log:
+        "results/logs/collect/{table}.log",
+    benchmark:
+        "results/benchmarks/collect/{table}.tsv"
+    conda:
+        CONDA_ENV
+    wildcard_constraints:
+        table=regex_of(PLAN.tables),
+    shell:
+        "crt-repro collect --tag {wildcards.table} --check-dir-names -o {output} {input.metrics} > {log} 2>&1"
+
+
+rule ppl_table:
+    input:
+        runs="results/tables/runs/{table}.csv",
+    output:
+        csv=report(
+            "results/tables/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "kind": "perplexity"},
+        ),
+        md="results/tables/{table}.md",
+    log:
+        "results/logs/tables/{table}.log",
+    benchmark:
+        "results/benchmarks/tables/{table}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        profile=PROFILE,
+    wildcard_constraints:
+        table=regex_of(PLAN.tables),
+    shell:
+        "crt-repro table {wildcards.table} --runs {input.runs} --profile {params.profile}"
+        " --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
+rule cost_table:
+    output:
+        csv=report(
+            "results/tables/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "kind": "cost"},
+        ),
+        md="results/tables/{table}.md",
+    log:
+        "results/logs/tables/{table}.log",
+    benchmark:
+        "results/benchmarks/tables/{table}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        profile=PROFILE,
+    wildcard_constraints:
+        table=regex_of(PLAN.cost_tables),
+    resources:
+        gpu=table_gpu,
+    shell:
+        "crt-repro table {wildcards.table} --profile {params.profile}"
+        " --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
+rule runs_csv:
+    input:
+        [table_runs_csv(t) for t in PLAN.tables],
+    output:
+        report("results/runs.csv", caption="../report/runs.rst", category="Runs"),
+    log:
+        "results/logs/runs_csv.log",
+    benchmark:
+        "results/benchmarks/runs_csv.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "crt-repro merge {input} -o {output} > {log} 2>&1"
