@@ -46,7 +46,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from crt_repro.config import ModelConfig
+from crt_repro.config import ModelConfig, rnn_kwargs
 from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
 from crt_repro.models.rnn import make_rnn
 
@@ -57,7 +57,7 @@ class CRT(LanguageModel):
         d = cfg.d_model
 
         def rnn():
-            return make_rnn(cfg.rnn, d, d, neumann_order=cfg.ncgru_neumann_order, exact_every=cfg.ncgru_exact_every)
+            return make_rnn(cfg.rnn, d, d, **rnn_kwargs(cfg))
 
         # Created after LanguageModel's init pass, so the RNNs keep their own initialisation.
         self.pos_rnn = rnn() if cfg.pos_encoding != "sinusoidal" else None
