@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "crt_repro.commands",
     "crt_repro.data.download",
     "crt_repro.cost",
+    "crt_repro.bench",
     "crt_repro.report.cli",
 ]
 

@@ -1,0 +1,369 @@
+"""Wall-clock benchmark: every model at every segment length, side by side in one process.
+
+``crt-repro bench`` measures, for transformer, transformer_xl, crt-gru and crt-ncgru (any model
+name, ``crt-<cell>`` for the RNN cell) at each segment length:
+
+* ``train``: one optimiser step on one segment of ``batch`` streams: forward (state carried from
+  the previous step, detached: XL's full memory, CRT's memory vector), softmax loss, backward,
+  AdamW step and ``post_step`` (NCGRU's inverse refresh). No gradient clipping. CRT's real runs
+  keep the graph across ``optim.bptt_segments`` segments; the per-segment work is the same.
+* ``forward``: inference on one segment of ``batch`` streams (eval mode, no grad, state carried,
+  softmax layer included): the paper's Table 6 "inference time".
+* ``stream``: batch 1, one segment at a time with the state carried (eval, no grad); ms per token
+  is ``1000 / tokens_per_s``. ``state_bytes`` is what crosses the segment boundary (CRT: one
+  d_model vector; XL: n_layer x mem_len x d_model).
+
+Timing: models are built once per segment length and measured round-robin (repeat r of every
+model before repeat r+1 of any), after ``warmup`` untimed iterations each, so that load from other
+processes on a shared machine falls on all models alike; the median of ``repeats`` is reported.
+CUDA timings synchronise before reading the clock.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, per
+configuration, in the timing process. On CPU there is no allocator statistic, and
+``getrusage().ru_maxrss`` is the peak RSS over the whole *process lifetime*: it never goes down,
+so in one process it would report the largest configuration so far for every later one (and
+freed memory that glibc keeps mapped inflates RSS further). Each CPU configuration is therefore
+re-run (3 iterations) in a fresh subprocess, and ``peak_mem_mb`` is that process's peak RSS minus
+its RSS right before the model was built, i.e. model, optimiser state, activations and temporaries,
+not the Python and torch libraries (a tiny copy of the configuration runs first so that lazily
+loaded kernels count as libraries; the peak is VmHWM reset through /proc/self/clear_refs on Linux,
+else ``ru_maxrss``). ``--no-mem`` skips the subprocesses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from crt_repro.config import Config, build_config, uses_rnn
+
+DEFAULT_MODELS = ("transformer", "transformer_xl", "crt-gru", "crt-ncgru")
+MODES = ("train", "forward", "stream")
+CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "tokens_per_s", "peak_mem_mb",
+               "state_bytes")
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+    """``crt-gru`` -> ("crt", "gru"); ``transformer_xl`` -> ("transformer_xl", "")."""
+    name, _, rnn = spec.partition("-")
+    return name, rnn
+
+
+@dataclass
+class BenchSpec:
+    model: str
+    rnn: str
+    seg_len: int
+    d_model: int = 256
+    layers: int = 3
+    batch: int = 32
+    vocab: int = 10000
+    device: str = "cpu"
+    bf16: bool = False
+    n_head: int | None = None
+    d_inner: int | None = None
+
+    def config(self) -> Config:
+        d = self.d_model
+        n_head = self.n_head or next(h for h in (4, 8, 10, 2, 1) if d % h == 0)
+        overrides = {
+            "model": {"name": self.model, "n_layer": self.layers, "d_model": d, "n_head": n_head,
+                      "d_inner": self.d_inner or 4 * d, "dropout": 0.1, "dropout_attn": 0.0,
+                      "dropout_emb": 0.0, "tie_embeddings": True},
+            "data": {"seg_len": self.seg_len, "batch_size": self.batch},
+            "run": {"device": self.device, "bf16": self.bf16},
+        }
+        if self.rnn:
+            overrides["model"]["rnn"] = self.rnn
+        return build_config("cpu", "synthetic", overrides)
+
+
+def state_bytes(state) -> int:
+    if state is None:
+        return 0
+    tensors = [state] if isinstance(state, Tensor) else list(state)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Runner:
+    """One model with its optimiser, data and carried states; ``step(mode)`` runs one iteration.
+
+    Built from a Config: device and bf16 from ``cfg.run``, batch from ``cfg.data.batch_size``."""
+
+    def __init__(self, cfg: Config, vocab: int, seed: int = 0):
+        from crt_repro.models import build_model
+        from crt_repro.train import make_optimizer, resolve_device
+
+        self.cfg = cfg
+        self.vocab = vocab
+        self.device = resolve_device(cfg.run.device)
+        self.bf16 = cfg.run.bf16
+        torch.manual_seed(seed)
+        self.model = build_model(cfg, vocab).to(self.device)
+        self.opt = make_optimizer(self.model, cfg)
+        g = torch.Generator().manual_seed(seed)
+        n, b = cfg.data.seg_len, cfg.data.batch_size
+        self.x = torch.randint(0, vocab, (b, n), generator=g).to(self.device)
+        self.y = torch.randint(0, vocab, (b, n), generator=g).to(self.device)
+        self.x1 = self.x[:1].contiguous()
+        self.states = {m: None for m in MODES}
+        self.step_count = 0
+        self.warm_states()
+
+    @classmethod
+    def from_spec(cls, spec: BenchSpec, seed: int = 0) -> "Runner":
+        return cls(spec.config(), spec.vocab, seed)
+
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def warm_states(self) -> None:
+        """Carried states of full size (XL: mem_len states per layer) for every mode."""
+        self.model.eval()
+        for mode in MODES:
+            x = self.x1 if mode == "stream" else self.x
+            state = self.model.init_state(x.shape[0], self.device)
+            if state is not None:
+                mem = self.cfg.mem_len or 1
+                for _ in range(max(1, -(-mem // self.cfg.data.seg_len))):
+                    with self.autocast():
+                        _, state = self.model(x, state)
+            self.states[mode] = state
+
+    def step(self, mode: str) -> None:
+        from crt_repro.train import post_step
+
+        model = self.model
+        if mode == "train":
+            model.train()
+            state = model.detach_state(self.states["train"])
+            with self.autocast():
+                hidden, state = model(self.x, state)
+                loss = model.head.loss(hidden, self.y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            post_step(model, self.step_count)
+            self.step_count += 1
+            self.states["train"] = model.detach_state(state)
+            return
+        model.eval()
+        x = self.x1 if mode == "stream" else self.x
+        with torch.no_grad(), self.autocast():
+            hidden, state = model(x, self.states[mode])
+            model.head.logits(hidden)
+        self.states[mode] = state
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _timed(runner: Runner, mode: str) -> float:
+    runner.sync()
+    t0 = time.perf_counter()
+    runner.step(mode)
+    runner.sync()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def time_round_robin(runners: list[Runner], mode: str, warmup: int = 2, repeats: int = 7) -> list[float]:
+    """Median ms of ``mode`` for each runner, measured round-robin after ``warmup`` iterations."""
+    for r in runners:
+        for _ in range(warmup):
+            r.step(mode)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        for i, r in enumerate(runners):
+            times[i].append(_timed(r, mode))
+    return [statistics.median(t) for t in times]
+
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Linux >= 4.0: writing 5 to /proc/self/clear_refs resets VmHWM (the peak RSS) to the
+    current RSS. False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _maxrss_kb() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r // 1024 if sys.platform == "darwin" else r  # bytes on macOS, kB on Linux
+
+
+def measure_memory_here(spec: BenchSpec, mode: str, iters: int = 2) -> float:
+    """Peak RSS growth (MB) of this process while building ``spec`` and running ``mode``.
+
+    Only meaningful in a fresh process (see the module docstring). A tiny copy of the
+    configuration runs first so that libraries and kernels loaded on first use (oneDNN, bf16
+    paths: ~100 MB) are in the baseline, not in the measurement. The peak is VmHWM after a reset
+    where Linux allows it, else the lifetime ``ru_maxrss`` (fine: the tiny run peaks lower).
+    """
+    import dataclasses
+    import gc
+
+    tiny = dataclasses.replace(spec, d_model=16, n_head=2, d_inner=32, batch=min(spec.batch, 2), vocab=32)
+    Runner.from_spec(tiny).step(mode)
+    gc.collect()
+    resettable = _reset_peak_rss()
+    base = _proc_status_kb("VmRSS") or 0
+    runner = Runner.from_spec(spec)
+    for _ in range(1 + iters):
+        runner.step(mode)
+    peak = _proc_status_kb("VmHWM") if resettable else _maxrss_kb()
+    return max(0, peak - base) / 1024.0
+
+
+def measure_memory_subprocess(spec: BenchSpec, mode: str, timeout: float = 600) -> float:
+    payload = json.dumps({"spec": asdict(spec), "mode": mode})
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-m", "crt_repro.bench", "--memory-worker", payload],
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker failed for {spec.model}-{spec.rnn} n={spec.seg_len} {mode}:\n"
+                           f"{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mem_mb"]
+
+
+def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, layers: int = 3, batch: int = 32,
+          vocab: int = 10000, device: str = "cpu", bf16: bool = False, modes=MODES, warmup: int = 2,
+          repeats: int = 7, memory: bool = True, progress=None) -> list[dict[str, Any]]:
+    """Rows with ``CSV_COLUMNS`` for every model x seg_len x mode (see the module docstring)."""
+    rows = []
+    for n in seg_lens:
+        runners = []
+        for spec_name in models:
+            name, rnn = parse_model(spec_name)
+            spec = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, batch=batch, vocab=vocab, device=device,
+                             bf16=bf16)
+            runners.append((spec_name, spec, Runner.from_spec(spec)))
+        for mode in modes:
+            medians = time_round_robin([r for _, _, r in runners], mode, warmup, repeats)
+            for (_, spec, r), ms in zip(runners, medians):
+                b = 1 if mode == "stream" else batch
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    r.step(mode)
+                    r.sync()
+                    peak = torch.cuda.max_memory_allocated() / 2**20
+                elif memory:
+                    peak = measure_memory_subprocess(spec, mode)
+                else:
+                    peak = float("nan")
+                row = {"model": spec.model, "rnn": spec.rnn if uses_rnn(r.cfg.model) else "", "seg_len": n,
+                       "batch": b, "mode": mode, "ms_per_batch": round(ms, 3),
+                       "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
+                       "state_bytes": state_bytes(r.states[mode])}
+                rows.append(row)
+                if progress:
+                    progress(row)
+        del runners
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Readable table: one line per row, ratios to the Transformer at the same seg_len and mode,
+    and ms per token for the streaming rows."""
+    base = {(r["seg_len"], r["mode"]): r["ms_per_batch"] for r in rows if r["model"] == "transformer"}
+    head = (f"{'model':<16} {'seg':>4} {'batch':>5} {'mode':<8} {'ms/batch':>10} {'x TR':>6} {'tokens/s':>10} "
+            f"{'ms/token':>9} {'peak MB':>8} {'state B':>10}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
+        ref = base.get((r["seg_len"], r["mode"]))
+        ratio = f"{r['ms_per_batch'] / ref:.2f}" if ref else ""
+        per_tok = f"{1000.0 / r['tokens_per_s']:.3f}" if r["tokens_per_s"] else ""
+        lines.append(f"{name:<16} {r['seg_len']:>4} {r['batch']:>5} {r['mode']:<8} {r['ms_per_batch']:>10.2f} "
+                     f"{ratio:>6} {r['tokens_per_s']:>10.0f} {per_tok:>9} {r['peak_mem_mb']:>8} "
+                     f"{r['state_bytes']:>10}")
+    return "\n".join(lines)
+
+
+def machine_note(device: str) -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    dev = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores, " \
+        f"{torch.get_num_threads()} threads)"
+    return f"# {dev}, torch {torch.__version__}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from crt_repro import atomic
+    from crt_repro.cost import rows_to_csv
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    print(machine_note(args.device) + f"; d_model {args.d_model}, {args.layers} layers, batch {args.batch}, "
+          f"vocab {args.vocab}, {'bf16 autocast' if args.bf16 else 'fp32'}", flush=True)
+    rows = bench(args.models, args.seg_lens, d_model=args.d_model, layers=args.layers, batch=args.batch,
+                 vocab=args.vocab, device=args.device, bf16=args.bf16, modes=args.modes, warmup=args.warmup,
+                 repeats=args.repeats, memory=not args.no_mem)
+    print(format_table(rows))
+    print(machine_note(args.device).replace("#", "# after:"))
+    if args.csv:
+        atomic.write_text(args.csv, rows_to_csv(rows, CSV_COLUMNS))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="train/forward/streaming speed and memory of the models side by side")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                   help="model names; crt-gru / crt-ncgru pick CRT's cell (default: %(default)s)")
+    p.add_argument("--seg-lens", nargs="+", type=int, default=[17, 35, 70])
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000, PTB)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AMX matmuls)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-mem", action="store_true", help="skip the per-configuration memory subprocesses (CPU)")
+    p.add_argument("--csv", help="write the rows to this CSV (atomic)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _memory_worker(payload: str) -> None:
+    from crt_repro.cli import keep_freed_memory
+
+    keep_freed_memory()  # the same allocator settings as the CLI process that times
+    d = json.loads(payload)
+    peak = measure_memory_here(BenchSpec(**d["spec"]), d["mode"])
+    print(json.dumps({"peak_mem_mb": peak}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
+        _memory_worker(sys.argv[2])
+    else:
+        sys.exit("usage: crt-repro bench ... (this module's own entry point is for memory workers)")

@@ -1,0 +1,96 @@
+"""`crt-repro bench`: rows, state sizes, memory measurement, CSV; Table 6 writer."""
+from __future__ import annotations
+
+import csv
+
+import pandas as pd
+import pytest
+import torch
+
+from crt_repro import bench
+from crt_repro.cli import main as cli_main
+
+TINY = dict(d_model=16, layers=2, batch=3, vocab=20, warmup=1, repeats=2, memory=False)
+
+
+def test_parse_model():
+    assert bench.parse_model("crt-ncgru") == ("crt", "ncgru")
+    assert bench.parse_model("transformer_xl") == ("transformer_xl", "")
+
+
+def test_rows_modes_and_state_bytes():
+    rows = bench.bench(["transformer", "transformer_xl", "crt-gru", "crt-ncgru"], [5, 7], **TINY)
+    assert len(rows) == 4 * 2 * 3
+    assert all(list(r) == list(bench.CSV_COLUMNS) for r in rows)
+    d, L, b = TINY["d_model"], TINY["layers"], TINY["batch"]
+    for r in rows:
+        n, batch = r["seg_len"], r["batch"]
+        assert batch == (1 if r["mode"] == "stream" else b)
+        assert r["ms_per_batch"] > 0
+        assert r["tokens_per_s"] == pytest.approx(batch * n / (r["ms_per_batch"] / 1000), rel=1e-3)
+        expected = {"transformer": 0, "transformer_xl": batch * L * n * d * 4, "crt": batch * d * 4}[r["model"]]
+        assert r["state_bytes"] == expected, r  # XL: L x mem_len x d; CRT: one vector per stream
+        assert r["rnn"] in (("gru", "ncgru") if r["model"] == "crt" else ("",))
+    order = [(r["seg_len"], r["mode"], r["model"], r["rnn"]) for r in rows[:4]]
+    assert order == [(5, "train", "transformer", ""), (5, "train", "transformer_xl", ""), (5, "train", "crt", "gru"),
+                     (5, "train", "crt", "ncgru")]
+
+
+def test_train_step_updates_parameters_and_carries_state():
+    spec = bench.BenchSpec("crt", "ncgru", 6, d_model=16, layers=1, batch=2, vocab=20)
+    r = bench.Runner.from_spec(spec)
+    before = [p.detach().clone() for p in r.model.parameters()]
+    r.step("train")
+    assert any(not torch.equal(a, p) for a, p in zip(before, r.model.parameters()))
+    assert r.states["train"].shape == (2, 16) and not r.states["train"].requires_grad
+    assert r.model.pos_rnn.orthogonality_error() < 1e-4  # post_step ran (inverse refreshed)
+
+
+def test_bf16_runs():
+    rows = bench.bench(["crt-ncgru", "transformer_xl"], [5], bf16=True, modes=["train", "stream"], **TINY)
+    assert len(rows) == 4 and all(r["ms_per_batch"] > 0 for r in rows)
+
+
+def test_peak_memory_in_fresh_process_grows_with_the_work():
+    """Each configuration runs in its own process (ru_maxrss never decreases within one): a
+    training step at batch 64 must show far more memory than streaming at batch 1."""
+    spec = bench.BenchSpec("transformer", "", 32, d_model=64, layers=2, batch=64, vocab=2000)
+    m_train = bench.measure_memory_subprocess(spec, "train")
+    m_stream = bench.measure_memory_subprocess(spec, "stream")
+    assert 0 < m_stream < m_train
+    # logits alone: 64 x 32 x 2000 fp32 = 16 MB, kept for backward, plus their gradient
+    assert m_train > 16
+
+
+def test_cli_writes_csv_and_table(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    rc = cli_main(["bench", "--models", "transformer", "crt-gru", "--seg-lens", "4", "--d-model", "8", "--layers", "1",
+                   "--batch", "2", "--vocab", "10", "--warmup", "0", "--repeats", "1", "--no-mem", "--csv", str(out)])
+    assert rc == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(bench.CSV_COLUMNS)
+    assert [(r["model"], r["mode"]) for r in rows] == [
+        ("transformer", "train"), ("crt", "train"), ("transformer", "forward"), ("crt", "forward"),
+        ("transformer", "stream"), ("crt", "stream")]
+    text = capsys.readouterr().out
+    assert "load average" in text and "ms/batch" in text and "crt-gru" in text
+
+
+def test_table6_rows_in_paper_order_with_paper_numbers():
+    from crt_repro.report.cost_tables import TABLE6_COLUMNS, table6_cost
+    from crt_repro.report.reference import load_reference
+
+    df = table6_cost("smoke", load_reference(), seg_len=12, layers=2, batch=2, warmup=0, repeats=1)
+    assert list(df.columns) == list(TABLE6_COLUMNS)
+    assert list(zip(df["model"], df["rnn"])) == [("transformer", ""), ("transformer_xl", ""), ("crt", "gru")]
+    assert list(df["paper_params_m"]) == [151, 151, 150]
+    assert list(df["paper_inference_ms"]) == [997, 1421.3, 997.5]
+    assert df["ratio_to_transformer"].iloc[0] == 1.0 and (df["inference_ms"] > 0).all()
+    assert list(df["memory_len"]) == [0, 12, 1]
+    assert df["note"].str.contains("not the paper's scale").all()
+    assert (df["dataset"] == "wikitext-2").all()
+    # without a reference frame the packaged copy is used; with an empty one the paper columns are NaN
+    empty = load_reference().iloc[0:0]
+    df2 = table6_cost("smoke", empty, seg_len=4, layers=1, batch=1, warmup=0, repeats=1)
+    assert df2["paper_params_m"].isna().all() and isinstance(df2, pd.DataFrame)
