@@ -129,9 +129,8 @@ class Config:
         """Memory length in the paper's sense: vectors carried between segments."""
         if self.model.name == "transformer_xl":
             return self.model.mem_len or self.data.seg_len
-        if self.model.name in ("crt", "transformer_rnn_memory") and self.model.memory:
-            return 1
-        return 0
+        has_memory = self.model.name == "transformer_rnn_memory" or (self.model.name == "crt" and self.model.memory)
+        return int(has_memory)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
