@@ -185,7 +185,10 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
         PROFILE_NOTES.get(profile, f"Profile {profile}."),
         "",
     ]
-    notes = {(r.model, r.rnn, int(r.seg_len)): r.note for r in ref.itertuples() if r.note}
+    # Notes that single out rows ("from the Transformer-XL paper"); one shared by every row is
+    # the table's, not a row's.
+    shared = set(ref["note"]) if ref["note"].nunique() == 1 else set()
+    notes = {(r.model, r.rnn, int(r.seg_len)): r.note for r in ref.itertuples() if r.note and r.note not in shared}
     body = []
     for r in table.itertuples():
         label = model_label(r.model, r.rnn)

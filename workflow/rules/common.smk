@@ -19,12 +19,30 @@ def _read_yaml(path):
         return yaml.safe_load(f) or {}
 
 
+def _int_or_keep(value):
+    return int(value) if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value) else value
+
+
+def _coerce_cli_types(cfg):
+    """`--config` parses lists and mappings with YAML's BaseLoader, i.e. as strings: turn the
+    numbers back into numbers (the schema then checks the rest)."""
+    if cfg.get("data_dir") in ("", "null", "None", "none", "~"):
+        cfg["data_dir"] = None
+    seeds = cfg.get("seeds")
+    if seeds is not None:
+        cfg["seeds"] = [_int_or_keep(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+    if isinstance(cfg.get("layers"), dict):
+        cfg["layers"] = {str(k): _int_or_keep(v) for k, v in cfg["layers"].items()}
+    for key in ("gpu", "threads"):
+        if key in cfg:
+            cfg[key] = _int_or_keep(cfg[key])
+
+
 # Profile settings (workflow/config/<profile>.yaml) under the user's --config keys.
 if config.get("profile") in PROFILES:
     for _key, _value in _read_yaml(WORKFLOW_DIR / "config" / f"{config['profile']}.yaml").items():
         config.setdefault(_key, _value)
-if isinstance(config.get("layers"), dict):
-    config["layers"] = {str(k): v for k, v in config["layers"].items()}
+_coerce_cli_types(config)
 validate(config, "../schemas/config.schema.yaml")
 
 EXPERIMENTS = _read_yaml(WORKFLOW_DIR / "config" / "experiments.yaml")

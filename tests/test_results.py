@@ -1,0 +1,179 @@
+"""Run records, runs CSV schema, merge across machines, and the workflow's plan of runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from crt_repro.results import (RUN_COLUMNS, ResultsError, RunSpec, collect, merge_files, plan_workflow,
+                               read_runs_csv, write_runs_csv)
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())
+
+
+def settings(profile: str) -> dict:
+    return yaml.safe_load((REPO / f"workflow/config/{profile}.yaml").read_text())
+
+
+def run_row(run_id: str, **kw) -> dict:
+    row = {c: "" for c in RUN_COLUMNS}
+    row.update(run_id=run_id, tables="table2_ptb_3layer", profile="smoke", dataset="ptb", model="transformer",
+               layers=3, d_model=32, seg_len=70, mem_len=0, seed=0, steps=20, test_ppl=123.456, valid_ppl=130.0,
+               params=1000, flops_fwd=5.0e7, wall_s=10.5, date="2026-01-01T00:00:00+00:00")
+    row.update(kw)
+    return row
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    write_runs_csv(pd.DataFrame(rows, columns=list(RUN_COLUMNS)), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# merge
+
+
+def test_merge_unites_tags_and_keeps_order(tmp_path):
+    a = write_csv(tmp_path / "a.csv", [run_row("r1"), run_row("r2", seg_len=35)])
+    b = write_csv(tmp_path / "b.csv", [run_row("r2", seg_len=35, tables="table8_ablation"), run_row("r3")])
+    df = merge_files([a, b])
+    assert list(df["run_id"]) == ["r1", "r2", "r3"]
+    assert df.set_index("run_id").loc["r2", "tables"] == "table2_ptb_3layer;table8_ablation"
+    assert list(df.columns[: len(RUN_COLUMNS)]) == list(RUN_COLUMNS)
+
+
+def test_merge_conflict_names_run_id_and_columns(tmp_path):
+    a = write_csv(tmp_path / "a.csv", [run_row("r1"), run_row("r2")])
+    b = write_csv(tmp_path / "b.csv", [run_row("r2", test_ppl=99.0, device="cuda"), run_row("r1")])
+    with pytest.raises(ResultsError) as e:
+        merge_files([a, b])
+    msg = str(e.value)
+    assert "run_id r2" in msg and "test_ppl" in msg and "device" in msg
+    assert "r1" not in msg.replace("run_id r2", "")  # r1 agrees: not reported
+    assert str(a) in msg and str(b) in msg
+
+
+def test_merge_float_text_round_trip_is_not_a_conflict(tmp_path):
+    a = write_csv(tmp_path / "a.csv", [run_row("r1", test_ppl=0.1 + 0.2)])
+    b = tmp_path / "b.csv"
+    b.write_text(a.read_text().replace(repr(0.1 + 0.2), "0.30000000000000004"))
+    assert len(merge_files([a, b])) == 1
+
+
+def test_merge_cli_reports_conflict(tmp_path):
+    a = write_csv(tmp_path / "a.csv", [run_row("r1")])
+    b = write_csv(tmp_path / "b.csv", [run_row("r1", test_ppl=1.0)])
+    p = subprocess.run([sys.executable, "-m", "crt_repro.cli", "merge", str(a), str(b), "-o", str(tmp_path / "m.csv")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "r1" in p.stderr and "test_ppl" in p.stderr
+    assert not (tmp_path / "m.csv").exists()
+    ok = subprocess.run([sys.executable, "-m", "crt_repro.cli", "merge", str(a), str(a), "-o", str(tmp_path / "m.csv")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert len(read_runs_csv(tmp_path / "m.csv")) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# schema
+
+
+def test_missing_column_names_column_and_file(tmp_path):
+    path = write_csv(tmp_path / "runs.csv", [run_row("r1")])
+    df = pd.read_csv(path).drop(columns=["test_ppl"])
+    df.to_csv(path, index=False)
+    with pytest.raises(ResultsError) as e:
+        read_runs_csv(path)
+    assert "'test_ppl'" in str(e.value) and str(path) in str(e.value)
+
+
+def test_non_numeric_cell_is_named(tmp_path):
+    path = write_csv(tmp_path / "runs.csv", [run_row("r1", test_ppl="oops")])
+    with pytest.raises(ResultsError, match="test_ppl.*oops"):
+        read_runs_csv(path)
+
+
+def test_collect_reads_metrics_and_checks_dir_names(tmp_path):
+    metrics = {k: v for k, v in run_row("ptb-x-1").items() if k not in ("tables", "flops_fwd")}
+    d = tmp_path / "ptb-x-1"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    df = collect([d], tags=["table2_ptb_3layer", "table8_ablation"], cost=False, check_dir_names=True)
+    assert list(df.columns) == list(RUN_COLUMNS)
+    assert df.loc[0, "tables"] == "table2_ptb_3layer;table8_ablation"
+    assert df.loc[0, "test_ppl"] == pytest.approx(123.456)
+    other = tmp_path / "renamed"
+    d.rename(other)
+    with pytest.raises(ResultsError, match="holds run 'ptb-x-1'"):
+        collect([other / "metrics.json"], cost=False, check_dir_names=True)
+    with pytest.raises(ResultsError, match="has not finished"):
+        collect([tmp_path / "nowhere"], cost=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+
+
+def test_plan_shares_runs_between_tables():
+    plan = plan_workflow(EXPERIMENTS, settings("paper"), "paper", None)
+    t = {name: set(p.run_ids) for name, p in plan.tables.items()}
+    assert len(t["table2_ptb_3layer"]) == 9
+    # Table 8: Transformer and CRT-NCGRU at 70 are Table 2's runs; the two ablations are new.
+    assert len(t["table8_ablation"] & t["table2_ptb_3layer"]) == 2
+    # Tables 9-12: the NCGRU half is the runs of Tables 2-5.
+    for rnn_table, base in [("table9_ptb_3layer_rnn", "table2_ptb_3layer"), ("table10_ptb_16layer_rnn", "table3_ptb_16layer"),
+                            ("table11_wt103_3layer_rnn", "table4_wt103_3layer"),
+                            ("table12_wt103_16layer_rnn", "table5_wt103_16layer")]:
+        shared = t[rnn_table] & t[base]
+        assert len(shared) == 3 and all("-crt-ncgru-" in r for r in shared)
+    assert len(plan.runs) == 4 * 9 + 2 + 4 * 3
+    crt70 = next(r for r in t["table8_ablation"] if r.startswith("ptb-crt-ncgru-L3-n70-"))
+    assert plan.tags(crt70) == ["table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn"]
+    assert plan.datasets_to_download() == {"ptb", "wt103"}
+
+
+def test_plan_profile_changes_every_run_id():
+    smoke = plan_workflow(EXPERIMENTS, settings("smoke"), "smoke", "../shared/data")
+    cpu = plan_workflow(EXPERIMENTS, settings("cpu"), "cpu", "../shared/data")
+    assert not set(smoke.runs) & set(cpu.runs)
+    assert smoke.tables["table3_ptb_16layer"].layers == 4
+    assert smoke.tables["table5_wt103_16layer"].dataset == "wikitext-2"
+    assert cpu.tables["table3_ptb_16layer"].layers == 16
+    # Without data the smoke profile runs on the generated corpus; PTB and WikiText tables then
+    # share their common cells (3 layers at 70 and 35 tokens).
+    ci = plan_workflow(EXPERIMENTS, settings("smoke"), "smoke", None)
+    assert {s.dataset for s in ci.runs.values()} == {"synthetic"}
+    assert len(set(ci.tables["table2_ptb_3layer"].run_ids) & set(ci.tables["table4_wt103_3layer"].run_ids)) == 6
+    assert ci.datasets_to_download() == set()
+
+
+def test_run_spec_id_is_the_train_cli_config():
+    """The planned id must be the id `crt-repro train` gives the same arguments."""
+    from crt_repro.cli import build_parser
+    from crt_repro.commands import _merge_flag_overrides
+    from crt_repro.config import build_config
+
+    spec = RunSpec("smoke", "ptb", "crt", 3, 35, 1, "gru", ("optim.max_steps=20", "data.batch_size=4"))
+    args = build_parser().parse_args(["train", *spec.train_args(), "--out", "x"])
+    cfg = build_config(args.profile, args.dataset, _merge_flag_overrides(args))
+    assert spec.run_id() == cfg.run_id()
+    assert spec.run_id().startswith("ptb-crt-gru-L3-n35-s1-")
+    assert RunSpec("smoke", "ptb", "crt", 3, 35, 1, "ncgru").run_id() != RunSpec("smoke", "ptb", "crt", 3, 35, 1,
+                                                                                   "gru").run_id()
+
+
+def test_plan_rejects_a_grid_that_is_not_the_papers():
+    bad = yaml.safe_load(yaml.safe_dump(EXPERIMENTS))
+    bad["tables"]["table2_ptb_3layer"]["seg_lens"] = [70, 35]
+    with pytest.raises(ResultsError, match="table2_ptb_3layer.*missing"):
+        plan_workflow(bad, settings("paper"), "paper", None)
+    bad = yaml.safe_load(yaml.safe_dump(EXPERIMENTS))
+    bad["tables"]["table8_ablation"]["models"].append({"model": "transformer_xl"})
+    with pytest.raises(ResultsError, match="not in the paper"):
+        plan_workflow(bad, settings("paper"), "paper", None)

@@ -1,0 +1,163 @@
+"""The Snakemake workflow: targets, which runs a target schedules, rerun behaviour, lint, profiles.
+
+Every test runs Snakemake in a temporary copy of the Snakefile and workflow/, so it never touches
+the repository's results/ (or a workflow someone runs there).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from crt_repro.report.reference import reference_rows
+from crt_repro.report.tables import PPL_COLUMNS
+from crt_repro.results import RunSpec
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SNAKEMAKE = shutil.which("snakemake", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+
+# A smoke config small enough to run for real in a test: the generated corpus (no data_dir), a few
+# steps. (--config parses mappings as YAML.)
+TINY = ["profile=smoke",
+        "set={optim.max_steps: 2, optim.warmup_steps: 1, data.batch_size: 2, data.eval_batch_size: 2, "
+        "data.max_eval_segments: 2}"]
+
+
+@pytest.fixture
+def wf(tmp_path) -> Path:
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    return tmp_path
+
+
+def snakemake(wd: Path, *args: str, check: bool = True) -> str:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    p = subprocess.run([SNAKEMAKE, *args], cwd=wd, env=env, capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    if check:
+        assert p.returncode == 0, out[-4000:]
+    return out
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run."""
+    block = out.split("Job stats:", 1)[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def train_run_ids(out: str) -> set[str]:
+    return set(re.findall(r"wildcards: run_id=(\S+)", out))
+
+
+def expected_run_ids(table: str, profile: str, dataset: str, layers: int, sets=(), seeds=(0,)) -> set[str]:
+    return {RunSpec(profile, dataset, r.model, layers, int(r.seg_len), s, r.rnn or None, tuple(sets)).run_id()
+            for r in reference_rows(table, "ppl").itertuples() for s in seeds}
+
+
+def test_fig5_schedules_exactly_table2s_runs(wf):
+    out = snakemake(wf, "-n", "fig5_ptb_3layer")  # default: paper profile, data downloaded
+    counts = job_counts(out)
+    assert counts["train"] == 9
+    assert set(counts) == {"train", "download_ptb", "collect_table_runs", "figure", "fig5_ptb_3layer"}
+    assert train_run_ids(out) == expected_run_ids("table2", "paper", "ptb", 3)
+
+
+def test_default_target_is_all_and_runs_are_shared(wf):
+    out = snakemake(wf, "-n", "--config", "profile=smoke", "data_dir=../shared/data")
+    counts = job_counts(out)
+    assert counts["all"] == 1
+    # 9 cells x 4 tables (2-5) + 2 ablations (Table 8) + 3 GRU cells x 4 tables (9-12): shared runs once
+    assert counts["train"] == 50
+    assert counts["ppl_table"] == 9 and counts["cost_table"] == 2 and counts["figure"] == 2
+    assert "download_ptb" not in counts  # data_dir given
+
+
+def test_profile_change_changes_the_runs(wf):
+    smoke = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=smoke", "data_dir=x"))
+    cpu = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))
+    assert len(smoke) == len(cpu) == 9 and not smoke & cpu
+    # the smoke profile's 16-layer tables run 4 layers; its WikiText tables run WikiText-2
+    t5 = train_run_ids(snakemake(wf, "-n", "table5_wt103_16layer", "--config", "profile=smoke", "data_dir=x"))
+    assert t5 and all(r.startswith("wikitext-2-") and "-L4-" in r for r in t5)
+    two_seeds = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=smoke", "data_dir=x",
+                                        "seeds=[0,1]"))
+    assert len(two_seeds) == 18 and smoke < two_seeds
+
+
+def test_bad_config_is_rejected(wf):
+    out = snakemake(wf, "-n", "--config", "profile=huge", check=False)
+    assert "profile" in out and "huge" in out and "validat" in out.lower()
+    out = snakemake(wf, "-n", "--config", "profil=smoke", check=False)
+    assert "'profil' was unexpected" in out
+
+
+@pytest.mark.slow
+def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
+    """Table 8 for real on the generated corpus (4 tiny runs), then the same target again."""
+    out = snakemake(wf, "--cores", "2", "table8_ablation", "--config", *TINY)
+    assert job_counts(out)["train"] == 4
+    table = pd.read_csv(wf / "results/tables/table8_ablation.csv", keep_default_na=False)
+    assert tuple(table.columns) == PPL_COLUMNS
+    assert list(table["model"]) == ["transformer", "transformer_rnn_memory", "transformer_rnn_posenc", "crt"]
+    assert set(table["dataset"]) == {"synthetic"} and set(table["profile"]) == {"smoke"}
+    md = (wf / "results/tables/table8_ablation.md").read_text()
+    assert "NOT comparable" in md and "synthetic" in md
+    # every run directory is named by the id of the run it holds, and Table 2 would reuse two of them
+    runs = {p.name for p in (wf / "results/runs").iterdir()}
+    assert len(runs) == 4
+    sets = tuple(f"{k}={v}" for k, v in sorted(yaml.safe_load(TINY[1].split("=", 1)[1]).items()))
+    assert len(runs & expected_run_ids("table2", "smoke", "synthetic", 3, sets)) == 2
+    for name in ("train", "collect", "tables"):
+        assert any((wf / "results/logs" / name).iterdir()) and any((wf / "results/benchmarks" / name).iterdir())
+
+    again = snakemake(wf, "-n", "table8_ablation", "--config", *TINY)
+    assert "Nothing to be done" in again, again[-2000:]
+
+    # the report holds the table (report() flag, category Tables)
+    snakemake(wf, "--report", "report.html", "table8_ablation", "--config", *TINY)
+    html = (wf / "report.html").read_text(errors="replace")
+    assert "table8_ablation.csv" in html and "Tables" in html
+
+    other = snakemake(wf, "-n", "table8_ablation", "--config", *TINY[1:], "profile=cpu", "data_dir=x")
+    ids = train_run_ids(other)
+    assert job_counts(other)["train"] == 4 and not ids & runs
+
+
+def test_lint_is_clean(wf):
+    for config in (["profile=smoke"], ["profile=paper"]):
+        out = snakemake(wf, "--lint", "--config", *config)
+        assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+
+
+def test_slurm_profile_dry_run(wf):
+    out = snakemake(wf, "-n", "--profile", "workflow/profiles/slurm", "fig5_ptb_3layer")
+    assert job_counts(out)["train"] == 9
+    train_blocks = [b for b in out.split("rule train:")[1:]]
+    assert train_blocks and all(re.search(r"resources: .*\bgpu=1\b", b.split("\n\n")[0]) for b in train_blocks)
+    out = snakemake(wf, "-n", "--profile", "workflow/profiles/slurm", "table2_ptb_3layer",
+                    "--config", "profile=smoke", "data_dir=x")
+    assert all(re.search(r"resources: .*\bgpu=0\b", b.split("\n\n")[0]) for b in out.split("rule train:")[1:])
+
+
+def test_every_paper_target_is_a_rule(wf):
+    targets = set(snakemake(wf, "--list-target-rules").split())
+    assert {"all", "all_tables", "all_figures", "table1_complexity", "table2_ptb_3layer", "table3_ptb_16layer",
+            "table4_wt103_3layer", "table5_wt103_16layer", "table6_cost", "table8_ablation", "table9_ptb_3layer_rnn",
+            "table10_ptb_16layer_rnn", "table11_wt103_3layer_rnn", "table12_wt103_16layer_rnn", "fig5_ptb_3layer",
+            "fig6_ptb_16layer"} <= targets
