@@ -5,6 +5,7 @@ the repository's results/ (or a workflow someone runs there).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -145,6 +146,8 @@ def test_lint_is_clean(wf):
         assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="needs snakemake-executor-plugin-slurm (pip install -e '.[slurm]')")
 def test_slurm_profile_dry_run(wf):
     out = snakemake(wf, "-n", "--profile", "workflow/profiles/slurm", "fig5_ptb_3layer")
     assert job_counts(out)["train"] == 9
