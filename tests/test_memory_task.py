@@ -29,14 +29,6 @@ SEG, N_SEG = 8, 3
 STEPS, BATCH, LR = 120, 64, 3e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On 2 shared cores, intra-op threads spin against other processes: one thread is ~10x faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def batch(g: torch.Generator, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     keys = torch.randint(0, N_KEYS, (b,), generator=g)

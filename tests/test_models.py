@@ -2,7 +2,6 @@
 attention against a naive implementation, parameter counts against paper Table 1."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest

@@ -39,15 +39,6 @@ def _reference_ncgru(m: NCGRU, x, h0):
     return torch.stack(outs, 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: OpenMP threads only add overhead, and on a shared 2-core machine a
-    # second thread that waits for a busy core makes the small ops of a step 10-20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class _Task:
     """A small delayed-copy regression task trained with AdamW."""
