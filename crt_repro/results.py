@@ -9,7 +9,10 @@ name the same directory and the run is trained once.
 
 ``runs.csv`` has one row per run, columns ``RUN_COLUMNS``. ``tables`` lists the tables that use
 the run, ';'-separated. ``flops_fwd`` is the forward FLOPs of one segment at batch 1 (fvcore,
-``crt_repro.cost.forward_cost``; one multiply-add = 2 FLOPs).
+``crt_repro.cost.forward_cost``; one multiply-add = 2 FLOPs). A CSV holding video runs (Tables 7
+and 13) has the further columns ``VIDEO_RUN_COLUMNS`` (empty for language runs): frames per clip,
+image size, test mCA and top-1 (fractions, as in metrics.json) and the checkpoint the run started
+from (``model.init_from``).
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ NUMERIC_COLUMNS = (
     "layers", "d_model", "seg_len", "mem_len", "seed", "steps", "valid_loss", "valid_ppl", "test_loss", "test_ppl",
     "params", "flops_fwd", "train_tokens_per_s", "wall_s", "peak_mem_mb",
 )
+VIDEO_RUN_COLUMNS = ("frames", "image_size", "test_mca", "test_top1", "init_from")
+VIDEO_NUMERIC_COLUMNS = ("frames", "image_size", "test_mca", "test_top1")
 TAG_SEP = ";"
 COST_CACHE = "cost.json"
 
@@ -83,7 +88,21 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
     row["flops_fwd"] = ""
     if cost and "test_ppl" in metrics:  # language models; the video tables cost their own way
         row["flops_fwd"] = run_cost(run_dir, metrics.get("run_id", ""))["flops_fwd"]
+    if "test_mca" in metrics:
+        row.update(video_record(run_dir, metrics))
     return row
+
+
+def video_record(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``VIDEO_RUN_COLUMNS`` of a video run (clip settings from its config.yaml)."""
+    from crt_repro.config import load_config_file
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ResultsError(f"{config} does not exist: the video run in {run_dir} has no config")
+    cfg = load_config_file(config)
+    return {"frames": cfg.data.frames, "image_size": cfg.model.image_size, "test_mca": metrics["test_mca"],
+            "test_top1": metrics.get("test_top1", ""), "init_from": cfg.model.init_from or ""}
 
 
 def run_cost(run_dir: Path, run_id: str) -> dict[str, Any]:
@@ -113,7 +132,8 @@ def collect(paths: Sequence[str | Path], tags: Sequence[str] = (), cost: bool = 
     import pandas as pd
 
     rows = [run_record(p, tags, cost=cost, check_dir_name=check_dir_names) for p in paths]
-    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    video = any("test_mca" in r for r in rows)
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS) + (list(VIDEO_RUN_COLUMNS) if video else [])).fillna("")
 
 
 def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
@@ -225,20 +245,30 @@ def select_runs(df: "pd.DataFrame", tag: str | None = None, **equal: Any) -> "pd
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The arguments of one ``crt-repro train`` call (without --data-dir/--out)."""
+    """The arguments of one ``crt-repro train`` call (without --data-dir/--out).
+
+    ``layers`` / ``seg_len`` None leave them to the profile (the video runs: their depth is the
+    profile's, and they have no segment length). ``init_run`` is the run whose checkpoint this
+    one starts from (the video tables' second stage); its path is in ``sets`` as
+    ``model.init_from``, so it is part of the run id.
+    """
 
     profile: str
     dataset: str
     model: str
-    layers: int
-    seg_len: int
+    layers: int | None
+    seg_len: int | None
     seed: int
     rnn: str | None = None
     sets: tuple[str, ...] = ()
+    init_run: str | None = None
 
     def train_args(self) -> list[str]:
-        args = ["--profile", self.profile, "--dataset", self.dataset, "--model", self.model,
-                "--layers", str(self.layers), "--seg-len", str(self.seg_len)]
+        args = ["--profile", self.profile, "--dataset", self.dataset, "--model", self.model]
+        if self.layers is not None:
+            args += ["--layers", str(self.layers)]
+        if self.seg_len is not None:
+            args += ["--seg-len", str(self.seg_len)]
         if self.rnn:
             args += ["--rnn", self.rnn]
         args += ["--seed", str(self.seed)]
@@ -271,6 +301,15 @@ class TablePlan:
 
 
 @dataclass
+class VideoTablePlan:
+    name: str
+    reference: str  # table key in the reference CSV (table7)
+    paper_dataset: str  # smarthome
+    dataset: str  # what this profile runs (smoke: synthetic-video)
+    run_ids: list[str] = field(default_factory=list)  # the measured rows' runs (not their first stage)
+
+
+@dataclass
 class Plan:
     profile: str
     data_dir: str | None
@@ -278,12 +317,15 @@ class Plan:
     tables: dict[str, TablePlan]
     figures: dict[str, str]  # figure -> table whose runs it plots
     cost_tables: list[str]
+    # Tables 7 and 13: kept apart from the language runs (their own workflow rules).
+    video_runs: dict[str, RunSpec] = field(default_factory=dict)
+    video_tables: dict[str, VideoTablePlan] = field(default_factory=dict)
 
     def datasets_to_download(self) -> set[str]:
         return {s.dataset for s in self.runs.values() if s.dataset != "synthetic"} if self.data_dir is None else set()
 
     def tags(self, run_id: str) -> list[str]:
-        return [t for t, p in self.tables.items() if run_id in p.run_ids]
+        return [t for t, p in {**self.tables, **self.video_tables}.items() if run_id in p.run_ids]
 
 
 def _sets(overrides: dict[str, Any] | None) -> tuple[str, ...]:
@@ -304,6 +346,8 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
     (paper dataset -> this profile's), ``datasets_without_data_dir`` (applied after ``datasets``
     when no data_dir is given), ``set`` (section.key -> value: extra overrides of every run).
     Every (model, rnn, seg_len) of a table must be a row of the paper's table, and vice versa.
+    The video tables (``video_tables``) are planned by `plan_video` (settings ``video_set``,
+    ``video_two_stage``, ``k400_checkpoint``).
     """
     from crt_repro.report.reference import load_reference, reference_rows
 
@@ -344,4 +388,77 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
     for fig, table in figures.items():
         if table not in tables:
             raise ResultsError(f"experiments: figure {fig} plots the runs of {table!r}, which is not a table")
-    return Plan(profile, data_dir, runs, tables, figures, list(experiments.get("cost_tables") or []))
+    video_runs, video_tables = plan_video(experiments, settings, profile, ref)
+    return Plan(profile, data_dir, runs, tables, figures, list(experiments.get("cost_tables") or []),
+                video_runs, video_tables)
+
+
+RUNS_DIR = "results/runs"
+
+
+def run_checkpoint(run_id: str, runs_dir: str = RUNS_DIR) -> str:
+    """Where the workflow's run ``run_id`` keeps its checkpoint (``crt_repro.train.CHECKPOINT``)."""
+    return f"{runs_dir}/{run_id}/checkpoint.pt"
+
+
+def plan_video(experiments: dict[str, Any], settings: dict[str, Any], profile: str, reference,
+               runs_dir: str = RUNS_DIR) -> tuple[dict[str, RunSpec], dict[str, VideoTablePlan]]:
+    """The runs of the video tables (``video_tables`` of experiments.yaml).
+
+    The rows of the paper's table that give a frame count (``seg_len`` in the reference CSV) are
+    the paper's own models and are measured: their (model, rnn) set must equal the table's
+    ``models``. The other rows are other papers' numbers, shown as reference rows.
+
+    settings: ``seeds``, ``datasets`` (smarthome -> what this profile runs), ``video_set``
+    (section.key -> value overrides of every video run), ``video_two_stage`` (a model entry's
+    ``init_from: timesformer`` starts it from the checkpoint of the TimeSformer run with the same
+    settings and seed, the paper's second stage; that run is planned even where no row of the
+    table needs it) and ``k400_checkpoint`` (the official TimeSformer weights every TimeSformer
+    run starts from, the paper's first stage; null: from scratch).
+    """
+    from crt_repro.report.reference import reference_rows
+
+    seeds = [int(s) for s in settings.get("seeds") or [0]]
+    ds_map = dict(settings.get("datasets") or {})
+    sets = _sets(settings.get("video_set"))
+    two_stage = bool(settings.get("video_two_stage", True))
+    k400 = settings.get("k400_checkpoint")
+    runs: dict[str, RunSpec] = {}
+    tables: dict[str, VideoTablePlan] = {}
+
+    def spec_of(dataset: str, model: str, rnn: str | None, seed: int, init_model: str | None) -> RunSpec:
+        extra, init_run = (), None
+        if init_model is not None and two_stage:
+            first = spec_of(dataset, init_model, None, seed, None)
+            init_run = first.run_id()
+            runs.setdefault(init_run, first)
+            extra = (f"model.init_from={run_checkpoint(init_run, runs_dir)}",)
+        elif model == "timesformer" and k400:
+            extra = (f"model.init_from={k400}",)
+        return RunSpec(profile, dataset, model, None, None, seed, rnn, tuple(sorted(sets + extra)), init_run)
+
+    for name, t in (experiments.get("video_tables") or {}).items():
+        key = t.get("reference") or name.split("_")[0]
+        rows = reference_rows(key, "mca", reference)
+        paper_cells = {(r.model, r.rnn) for r in rows.itertuples() if not _isna(r.seg_len)}
+        ours = {(m["model"], m.get("rnn") or "") for m in t["models"]}
+        if ours != paper_cells:
+            raise ResultsError(f"experiments: {name} does not match the measured rows of the paper's {key}: "
+                               f"not in the paper {sorted(ours - paper_cells)}, missing {sorted(paper_cells - ours)}")
+        dataset = ds_map.get(t["dataset"], t["dataset"])
+        plan = VideoTablePlan(name, key, t["dataset"], dataset)
+        for m in t["models"]:
+            for seed in seeds:
+                spec = spec_of(dataset, m["model"], m.get("rnn") or None, seed, m.get("init_from"))
+                rid = spec.run_id()
+                runs.setdefault(rid, spec)
+                if rid not in plan.run_ids:
+                    plan.run_ids.append(rid)
+        tables[name] = plan
+    return runs, tables
+
+
+def _isna(v: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(v))

@@ -85,3 +85,26 @@ def test_mismatch_lists_the_keys(tmp_path: Path, k400):
     assert "missing (1): blocks.1.temporal_fc.weight" in msg
     assert "unexpected (1): blocks.1.temporal_fcX.weight" in msg
     assert "norm.weight: checkpoint (33,), model (32,)" in msg
+
+
+def test_a_timesformer_runs_checkpoint_starts_crvit(tmp_path: Path):
+    """The paper's second stage: model.init_from = the TimeSformer run's checkpoint.pt."""
+    from crt_repro.config import build_config
+    from crt_repro.models import build_model
+    from crt_repro.train import train
+
+    fast = {"optim": {"max_steps": 2, "warmup_steps": 1}, "run": {"device": "cpu"}}
+    train(build_config("smoke", "synthetic-video", {"model": {"name": "timesformer"}, **fast}), tmp_path / "ts",
+          progress=False)
+    stage1 = torch.load(tmp_path / "ts" / "checkpoint.pt", weights_only=True)["model"]
+    cfg = build_config("smoke", "synthetic-video", {"model": {"name": "crvit", "rnn": "gru",
+                                                              "init_from": str(tmp_path / "ts" / "checkpoint.pt")}})
+    crvit = build_model(cfg, 4)
+    state = crvit.state_dict()
+    backbone = [k for k in stage1 if not k.startswith("head.")]
+    assert backbone and all(torch.equal(state[k], stage1[k]) for k in backbone)
+    assert state["head.weight"].shape == (4, 2 * cfg.model.d_model)   # CR-ViT's own head, fresh
+    assert any(k.startswith("memory_rnn.") for k in state)
+    with pytest.raises(FileNotFoundError, match="model.init_from"):
+        build_model(build_config("smoke", "synthetic-video", {"model": {"name": "crvit",
+                                                                        "init_from": str(tmp_path / "none.pt")}}), 4)

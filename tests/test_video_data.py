@@ -124,3 +124,25 @@ def test_synthetic_set_is_deterministic_and_moves_as_labelled(tmp_path: Path):
         for f0, f1 in zip(frames[:-1], frames[1:]):   # best circular shift from frame to frame
             moves.add(min(shifts, key=lambda s: float((torch.roll(f0, s, (0, 1)) - f1).abs().mean())))
         assert len(moves) == 1 and moves.pop() in {(dr, dc), (2 * dr, 2 * dc)}
+
+
+def test_cached_frames_give_the_same_clips(tmp_path: Path, monkeypatch):
+    import crt_repro.video.smarthome as smarthome
+
+    make_synthetic_videos(tmp_path, n_per_class=5, seed=1)   # subjects cycle: 3 train, 2 test per class
+    kw = dict(n_frames=8, resize=36, crop=32, class_names=SYNTHETIC_CLASSES)
+    for split, train in (("train", True), ("test", False)):
+        plain = SmarthomeClips(tmp_path, split, **kw)
+        cached = SmarthomeClips(tmp_path, split, cache_frames=True, **kw)
+        for rounds in range(2):   # the second round reads the cache
+            for i in range(len(plain)):
+                a, la = plain.load(i, torch.Generator().manual_seed(10 * i + rounds))
+                b, lb = cached.load(i, torch.Generator().manual_seed(10 * i + rounds))
+                assert torch.equal(a, b) and la == lb
+        assert len(cached._frames) == len(cached)
+    decodes = []
+    monkeypatch.setattr(smarthome, "read_frames", lambda *a: decodes.append(a) or read_frames(*a))
+    cached = SmarthomeClips(tmp_path, "train", cache_frames=True, **kw)
+    for _ in range(3):
+        cached.load(0, torch.Generator().manual_seed(0))
+    assert len(decodes) == 1   # each file decoded once

@@ -6,6 +6,17 @@ does not say which split it reports; test is the convention of the Transformer-X
 compares with), ``ppl_std`` the sample standard deviation over seeds (empty for one seed),
 ``delta`` = ppl - paper_ppl. ``layers``, ``memory_len`` and ``dataset`` are those of our runs, which
 a scale profile may change (the markdown says so).
+
+Video tables (7, 13; kind ``mca``) have the CSV columns ``MCA_COLUMNS`` and one row per row of the
+paper's table, in the paper's order. ``source`` is ``measured`` for the paper's own models (its
+TimeSformer and CR-ViT rows, which give a frame count) and ``reference_only`` for the other
+methods the paper lists (their numbers as printed; every column of ours is empty). ``mca`` is the
+mean over seeds of the test mean class accuracy in percent (the paper's unit), ``mca_std`` its
+sample standard deviation, ``delta`` = mca - paper_mca, ``top1`` the mean test top-1 accuracy in
+percent; ``layers``, ``frames`` and ``dataset`` are those of our runs; ``init_from`` says where the
+runs started (``timesformer run`` for the workflow's two-stage CR-ViT runs, a file name, or empty:
+from scratch); ``note`` is the reference CSV's note on the paper's row.
+`ppl_table_from_csv` and `ppl_markdown` (the ``crt-repro table`` command's) build either kind.
 """
 from __future__ import annotations
 
@@ -20,13 +31,16 @@ from crt_repro.results import ResultsError, select_runs
 
 PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "n_seeds", "delta",
                "profile", "dataset")
+MCA_COLUMNS = ("model", "rnn", "source", "layers", "frames", "paper_mca", "mca", "mca_std", "n_seeds", "delta", "top1",
+               "init_from", "profile", "dataset", "note")
+MEASURED, REFERENCE_ONLY = "measured", "reference_only"
 
 
 @dataclass(frozen=True)
 class TableInfo:
     number: int
     title: str  # the paper's caption, shortened
-    kind: str = "ppl"  # ppl | cost
+    kind: str = "ppl"  # ppl | cost | mca
 
 
 TABLES: dict[str, TableInfo] = {
@@ -36,14 +50,19 @@ TABLES: dict[str, TableInfo] = {
     "table4_wt103_3layer": TableInfo(4, "WikiText-103 perplexity, 3-layer models"),
     "table5_wt103_16layer": TableInfo(5, "WikiText-103 perplexity, 16-layer models"),
     "table6_cost": TableInfo(6, "WikiText-103 16-layer models: parameters and inference time", "cost"),
+    "table7_smarthome": TableInfo(7, "Toyota Smarthome, cross-subject mean class accuracy: comparison with "
+                                     "state-of-the-art methods", "mca"),
     "table8_ablation": TableInfo(8, "Ablation on Word PTB, 3-layer models, 70-token segments"),
     "table9_ptb_3layer_rnn": TableInfo(9, "Word PTB perplexity, 3-layer CRT with GRU and NCGRU"),
     "table10_ptb_16layer_rnn": TableInfo(10, "Word PTB perplexity, 16-layer CRT with GRU and NCGRU"),
     "table11_wt103_3layer_rnn": TableInfo(11, "WikiText-103 perplexity, 3-layer CRT with GRU and NCGRU"),
     "table12_wt103_16layer_rnn": TableInfo(12, "WikiText-103 perplexity, 16-layer CRT with GRU and NCGRU"),
+    "table13_smarthome_rnn": TableInfo(13, "Toyota Smarthome, cross-subject mean class accuracy: CR-ViT with NCGRU "
+                                          "and GRU", "mca"),
 }
 PPL_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "ppl")
 COST_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "cost")
+MCA_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "mca")
 
 MODEL_NAMES = {
     "transformer": "Transformer",
@@ -51,9 +70,27 @@ MODEL_NAMES = {
     "crt": "CRT",
     "transformer_rnn_memory": "Transformer + RNN memory",
     "transformer_rnn_posenc": "Transformer + RNN pos. enc.",
+    # Table 7
+    "timesformer": "TimeSformer",
+    "crvit": "CR-ViT",
+    "2s_agcn": "2s-AGCN",
+    "posec3d": "PoseC3D",
+    "hyperformer": "Hyperformer",
+    "vpn": "VPN",
+    "assemblenet_pp": "AssembleNet++",
+    "unik": "UNIK",
+    "video_swin": "Video Swin",
+    "motionformer": "Motionformer",
+    "mmnet": "MMNet",
+    "timesformer_2d_sim": "TimeSformer + 2D-SIM",
+    "timesformer_3d_sim": "TimeSformer + 3D-SIM",
+    "pi_vit": "PI-ViT",
 }
 DATASET_NAMES = {"ptb": "Word PTB", "wt103": "WikiText-103", "wikitext-2": "WikiText-2",
-                 "synthetic": "synthetic corpus (generated)"}
+                 "synthetic": "synthetic corpus (generated)",
+                 "smarthome": "Toyota Smarthome (cross-subject)",
+                 "toyota_smarthome": "Toyota Smarthome (cross-subject)",
+                 "synthetic-video": "synthetic moving-square videos, generated, 4 classes"}
 PROFILE_NOTES = {
     "smoke": "**Smoke profile: tiny models trained for a few steps on a slice of the data. These numbers only "
              "check that the pipeline runs; they are NOT comparable to the paper's.**",
@@ -74,7 +111,7 @@ def table_info(name: str) -> TableInfo:
 def model_label(model: str, rnn: str) -> str:
     label = MODEL_NAMES.get(model, model)
     if rnn:
-        label += f"-{rnn.upper()}" if model == "crt" else f" ({rnn.upper()})"
+        label += f"-{rnn.upper()}" if model in ("crt", "crvit") else f" ({rnn.upper()})"
     return label
 
 
@@ -137,11 +174,100 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
 
 def ppl_table_from_csv(name: str, runs_csv: str | Path, profile: str | None = None, dataset: str | None = None,
                        reference: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The runs of ``runs_csv`` tagged with ``name`` (and of the profile/dataset, if given)."""
+    """The runs of ``runs_csv`` tagged with ``name`` (and of the profile/dataset, if given).
+    A video table (Tables 7, 13) is built by `build_mca_table`."""
     from crt_repro.results import read_runs_csv
 
     runs = select_runs(read_runs_csv(runs_csv), tag=name, profile=profile, dataset=dataset)
+    if table_info(name).kind == "mca":
+        return build_mca_table(name, runs, reference, source=str(runs_csv))
     return build_ppl_table(name, runs, reference, source=str(runs_csv))
+
+
+# ---------------------------------------------------------------------------------------------
+# Video tables (7, 13)
+
+
+def _numeric(runs: pd.DataFrame, cols, what: str) -> pd.DataFrame:
+    runs = runs.copy()
+    for col in cols:
+        try:
+            runs[col] = pd.to_numeric(runs[col].replace("", float("nan")))
+        except (ValueError, TypeError):
+            raise ResultsError(f"{what}: column {col!r} holds a non-number") from None
+    return runs
+
+
+def _init_label(values) -> str:
+    """Where a cell's runs started: 'timesformer run' (the workflow's first stage), a file name,
+    or '' (from scratch)."""
+    labels = set()
+    for v in values:
+        v = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        if not v:
+            labels.add("")
+        elif Path(v).name == "checkpoint.pt" and "-timesformer-" in f"-{Path(v).parent.name}-":
+            labels.add("timesformer run")
+        else:
+            labels.add(Path(v).name)
+    return "; ".join(sorted(labels))
+
+
+def build_mca_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | None = None,
+                    source: str = "runs") -> pd.DataFrame:
+    """One row per row of the paper's video table ``name``: its own models measured from the
+    given runs (``RUN_COLUMNS`` + ``VIDEO_RUN_COLUMNS``; every run must belong to a measured
+    row), the other methods as reference-only rows. Errors name the missing cell."""
+    from crt_repro.results import VIDEO_NUMERIC_COLUMNS, VIDEO_RUN_COLUMNS, require_columns
+
+    info = table_info(name)
+    if info.kind != "mca":
+        raise ResultsError(f"{name} is not a video (mCA) table")
+    ref = reference_rows(name, "mca", reference)
+    what = f"{source} ({name})"
+    if runs.empty:
+        raise ResultsError(f"{source}: no runs for {name}")
+    require_columns(runs, VIDEO_RUN_COLUMNS, source)
+    runs = _numeric(runs, VIDEO_NUMERIC_COLUMNS, what)
+    runs["rnn"] = runs["rnn"].map(_norm_rnn)
+    # TimeSformer has no RNN: a run's rnn column may still name the config's (unused) cell.
+    runs.loc[runs["model"] == "timesformer", "rnn"] = ""
+    profile, dataset = (_one(runs, c, what) for c in ("profile", "dataset"))
+    used: set[str] = set()
+    rows = []
+    for r in ref.itertuples():
+        row = {"model": r.model, "rnn": r.rnn, "paper_mca": float(r.value), "note": r.note}
+        if pd.isna(r.seg_len):
+            rows.append({**row, "source": REFERENCE_ONLY, "n_seeds": 0})
+            continue
+        cell = runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn)]
+        desc = f"model={r.model}, rnn={r.rnn or '-'}"
+        if cell.empty:
+            raise ResultsError(f"{what}: no run for the paper's row {desc}")
+        dup = cell[cell["seed"].duplicated(keep=False)]
+        if not dup.empty:
+            raise ResultsError(f"{what}: several runs for {desc} with the same seed, whose settings differ: "
+                               f"{', '.join(dup['run_id'])}")
+        if cell["test_mca"].isna().any():
+            raise ResultsError(f"{what}: run(s) {', '.join(cell[cell['test_mca'].isna()]['run_id'])} have no test_mca")
+        used.update(cell["run_id"])
+        n = len(cell)
+        mca = 100 * float(cell["test_mca"].mean())
+        std = 100 * float(cell["test_mca"].std(ddof=1)) if n > 1 else float("nan")
+        rows.append({**row, "source": MEASURED, "layers": int(_one(cell, "layers", what)),
+                     "frames": int(_one(cell, "frames", what)), "mca": round(mca, 2),
+                     "mca_std": round(std, 2) if n > 1 else float("nan"), "n_seeds": n,
+                     "delta": round(mca - float(r.value), 2), "top1": round(100 * float(cell["test_top1"].mean()), 2),
+                     "init_from": _init_label(cell["init_from"]), "profile": profile, "dataset": dataset})
+    extra = runs[~runs["run_id"].isin(used)]
+    if not extra.empty:
+        cells = sorted({f"model={m}, rnn={r or '-'}" for m, r in zip(extra["model"], extra["rnn"])})
+        raise ResultsError(f"{what}: runs that match no measured row of the paper's {table_key(name)}: "
+                           f"{'; '.join(cells)}")
+    table = pd.DataFrame(rows, columns=list(MCA_COLUMNS))
+    for col in ("layers", "frames", "n_seeds"):
+        table[col] = table[col].astype("Int64")
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +290,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
     info = table_info(name)
+    if info.kind == "mca":
+        return mca_markdown(name, table, reference)
     ref = reference_rows(name, "ppl", reference)
     paper_dataset, paper_layers = ref["dataset"].iloc[0], int(ref["layers"].iloc[0])
     profile, dataset, layers = table["profile"].iloc[0], table["dataset"].iloc[0], int(table["layers"].iloc[0])
@@ -197,6 +325,54 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
                      f"{r.paper_ppl:.1f}", _fmt(r.ppl), _fmt(r.ppl_std), f"{r.delta:+.2f}"])
     lines.append(markdown_table(["Model", "Memory / seg len", "Layers", "Paper PPL", "Ours PPL", "± std (seeds)",
                                  "Δ"], body))
+    return "\n".join(lines)
+
+
+def mca_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
+    info = table_info(name)
+    ref = reference_rows(name, "mca", reference)
+    measured = table[table["source"] == MEASURED]
+    profile, dataset = measured["profile"].iloc[0], measured["dataset"].iloc[0]
+    paper_dataset = "smarthome"
+    ds = DATASET_NAMES.get(dataset, dataset)
+    if dataset != paper_dataset:
+        ds += f" (standing in for the paper's {DATASET_NAMES[paper_dataset]})"
+    paper_frames = sorted({int(v) for v in ref["seg_len"].dropna()})
+    frames = sorted({int(v) for v in measured["frames"]})
+    fr = ", ".join(map(str, frames)) + (f" (the paper: {', '.join(map(str, paper_frames))})"
+                                        if frames != paper_frames else "")
+    n_seeds = sorted({int(v) for v in measured["n_seeds"]})
+    inits = sorted({v for v in measured["init_from"] if v})
+    lines = [
+        f"# Table {info.number}: {info.title}",
+        "",
+        f"Profile: **{profile}**. Dataset: **{ds}**. Frames per clip: **{fr}**. "
+        f"Layers: **{', '.join(str(int(v)) for v in sorted(set(measured['layers'])))}**. "
+        f"Seeds per measured row: {', '.join(map(str, n_seeds))}.",
+        "",
+        "Metric: mean class accuracy (mCA, %) on the cross-subject test split; top-1 accuracy beside it. "
+        "Δ = ours − paper. *Measured* rows are our runs; *reference* rows are the other methods' numbers "
+        "as the paper prints them (no run of ours).",
+        "",
+    ]
+    if "timesformer run" in inits:
+        lines += ["Two-stage training as in the paper (section 5.3): the CR-ViT runs start from the checkpoint "
+                  "of the TimeSformer run of the same settings and seed. The paper trains the stages 15 and 40 "
+                  "epochs; our runs train each stage for the profile's optim.max_steps.", ""]
+    lines += [PROFILE_NOTES.get(profile, f"Profile {profile}."), ""]
+    # A note on several rows ("cross-subject") is the table's protocol, said in the header.
+    counts = ref["note"].value_counts()
+    body = []
+    for r in table.itertuples():
+        note = r.note if r.note and counts.get(r.note, 0) == 1 else ""
+        label = model_label(r.model, r.rnn) + (f" [{note}]" if note else "")
+        if r.source == REFERENCE_ONLY:
+            body.append([label, "reference", f"{r.paper_mca:.1f}", "–", "–", "–", "–", "–"])
+        else:
+            body.append([label + (f" (from {r.init_from})" if r.init_from else ""), "measured", f"{r.paper_mca:.1f}",
+                         _fmt(r.mca), _fmt(r.mca_std), f"{r.delta:+.2f}", _fmt(r.top1), f"{int(r.frames)}"])
+    lines.append(markdown_table(["Model", "Source", "Paper mCA", "Ours mCA", "± std (seeds)", "Δ", "Ours top-1",
+                                 "Frames"], body))
     return "\n".join(lines)
 
 

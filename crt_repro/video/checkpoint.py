@@ -2,7 +2,8 @@
 
 The paper initialises TimeSformer from "the Kinetics 400 pretrained weights from TimeSformer",
 trains it on Smarthome for 15 epochs, then adds the CR-ViT changes and trains 40 more (section
-5.3). Both hand-overs go through `load_backbone`.
+5.3). Both hand-overs go through `load_backbone` (`model.init_from`: the official file, or the
+TimeSformer run's `checkpoint.pt`; the workflow's two-stage runs use the latter).
 
 Official format (facebookresearch/TimeSformer, e.g. `TimeSformer_divST_8x32_224_K400.pyth`, a
 SlowFast checkpoint): a dict whose 'model_state' is the state dict of the `TimeSformer` wrapper,
@@ -46,12 +47,22 @@ class LoadReport:
 
 
 def read_timesformer_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """The model state dict of an official TimeSformer checkpoint, in VideoViT's names.
+    """The model state dict of a TimeSformer checkpoint, in VideoViT's names: an official one
+    ('model_state'), a run's `checkpoint.pt` of `crt-repro train` ('model', VideoViT's own
+    names: the paper's second stage starts from the first stage's run), or a bare state dict.
 
     The file is unpickled with `weights_only=True` unless `trusted` (needed only if the file
     holds objects other than tensors, numbers, strings and containers)."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=not trusted)
-    state = ckpt.get("model_state", ckpt)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: no checkpoint file {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+    if "model_state" in ckpt:
+        state = ckpt["model_state"]
+    elif isinstance(ckpt.get("model"), dict) and "optimizer" in ckpt:   # crt_repro.train's checkpoint
+        state = ckpt["model"]
+    else:
+        state = ckpt
     return official_to_native(state)
 
 

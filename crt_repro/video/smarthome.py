@@ -95,13 +95,26 @@ def prepare_clip(frames: torch.Tensor, resize: int, crop: int, train: bool,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 [T, H, W, C] -> normalised float [T, C, crop, crop] (see the module docstring)."""
+    return crop_normalise(resize_frames(frames, resize, crop), crop, train, mean, std, generator)
+
+
+def resize_frames(frames: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """uint8 [T, H, W, C] -> float [T, C, H', W'] in [0, 1], short side `resize` (each side at
+    least `crop`). Frame by frame, so resizing a clip and then picking frames is picking and
+    then resizing."""
     x = frames.permute(0, 3, 1, 2).float().div_(255)
     H, W = x.shape[-2:]
     scale = resize / min(H, W)
     size = (max(crop, round(H * scale)), max(crop, round(W * scale)))
     if size != (H, W):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    top, left = [_crop_start(n, crop, train, generator) for n in size]
+    return x
+
+
+def crop_normalise(x: torch.Tensor, crop: int, train: bool, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Resized float [T, C, H', W'] -> the `crop` square (random or centre), normalised."""
+    top, left = [_crop_start(n, crop, train, generator) for n in x.shape[-2:]]
     x = x[:, :, top:top + crop, left:left + crop]
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
@@ -119,13 +132,18 @@ class SmarthomeClips(Dataset):
 
     `train` (default: split == 'train') selects random frame offsets and random crops.
     `class_names` fixes the label ids; a clip whose activity is not in it is an error.
+    `cache_frames` keeps every clip's frames, decoded and resized (float), in memory after its
+    first load, so each file is decoded and resized once; for small sets such as the synthetic
+    one (a Smarthome clip of ~1000 frames at 256 px would take ~0.8 GB). The clips returned are
+    the same either way.
     """
 
     def __init__(self, root: str | Path, split: str = "train", n_frames: int = 16,
                  resize: int = 256, crop: int = 224, train: bool | None = None,
                  class_names: Sequence[str] = SMARTHOME_CLASSES,
                  train_subjects: frozenset[str] = CS_TRAIN_SUBJECTS,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 cache_frames: bool = False):
         self.clips = split_clips(find_clips(root), split, train_subjects)
         if not self.clips:
             raise ValueError(f"no {split} clips under {root}")
@@ -138,6 +156,8 @@ class SmarthomeClips(Dataset):
         self.n_frames, self.resize, self.crop = n_frames, resize, crop
         self.train = split == "train" if train is None else train
         self.mean, self.std = tuple(mean), tuple(std)
+        self.cache_frames = cache_frames
+        self._frames: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -148,7 +168,16 @@ class SmarthomeClips(Dataset):
     def load(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
         """Clip `i`; its random frame offsets and crop (in training) are drawn from `generator`."""
         path = self.clips[i].path
-        indices = segment_indices(count_frames(path), self.n_frames, self.train, generator)
-        frames = read_frames(path, indices)
-        clip = prepare_clip(frames, self.resize, self.crop, self.train, self.mean, self.std, generator)
+        if not self.cache_frames:
+            indices = segment_indices(count_frames(path), self.n_frames, self.train, generator)
+            frames = read_frames(path, indices)
+            clip = prepare_clip(frames, self.resize, self.crop, self.train, self.mean, self.std, generator)
+            return clip, self.labels[i]
+        if i not in self._frames:
+            # max(1, .): a clip without frames fails in read_frames, naming the file
+            frames = read_frames(path, range(max(1, count_frames(path))))
+            self._frames[i] = resize_frames(frames, self.resize, self.crop)
+        resized = self._frames[i]
+        picked = resized[segment_indices(len(resized), self.n_frames, self.train, generator)]
+        clip = crop_normalise(picked, self.crop, self.train, self.mean, self.std, generator)
         return clip, self.labels[i]

@@ -9,14 +9,29 @@ Clips are real H.264 mp4 files named `Move.<Dir>_pXX_rYY_vZZ_cWW.mp4`, with subj
 sides of the cross-subject split, so they go through the same loader (`SmarthomeClips` with
 `class_names=SYNTHETIC_CLASSES`) and the same split as the real data. Everything is drawn from
 one numpy generator seeded by `seed`.
+
+`synthetic_video_dir` generates a set once into the data cache (`crt_repro.data.corpus.
+default_cache_dir()`, env `CRT_REPRO_CACHE`), in a folder named by a hash of its generation
+parameters (and the PyAV version, whose encoder writes the bytes), and hands the same folder to
+every later caller. The folder appears atomically: written under a temporary name beside it,
+then renamed, so a reader never sees a half-written set and two processes generating it at once
+both end up reading one complete copy.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from crt_repro.video.decode import write_video
+
+CACHE_VERSION = 1   # bump when the clips a given set of parameters yields change
+PARAMS_FILE = "params.json"
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("Move.Down", "Move.Left", "Move.Right", "Move.Up")
 _DIRECTION = {"Move.Down": (1, 0), "Move.Left": (0, -1), "Move.Right": (0, 1), "Move.Up": (-1, 0)}
@@ -60,3 +75,41 @@ def make_synthetic_videos(out_dir: str | Path, n_per_class: int = 25, seed: int 
             write_video(out_dir / name, frames, fps=fps)
             paths.append(out_dir / name)
     return paths
+
+
+def synthetic_params(n_per_class: int = 25, seed: int = 0, size: int = 32, n_frames: int = 16,
+                     square: int = 8, fps: int = 8) -> dict:
+    """Everything that decides the bytes of a generated set: its cache key."""
+    import av
+
+    return {"version": CACHE_VERSION, "av": av.__version__, "n_per_class": n_per_class, "seed": seed,
+            "size": size, "n_frames": n_frames, "square": square, "fps": fps}
+
+
+def synthetic_video_dir(cache_dir: str | Path | None = None, n_per_class: int = 25, seed: int = 0,
+                        size: int = 32, n_frames: int = 16, square: int = 8, fps: int = 8) -> Path:
+    """The folder of the synthetic set with these parameters, generated on first use (see the
+    module docstring). `cache_dir` defaults to the package's data cache."""
+    if cache_dir is None:
+        from crt_repro.data.corpus import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    params = synthetic_params(n_per_class, seed, size, n_frames, square, fps)
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(cache_dir).expanduser() / "synthetic-video" / f"n{n_per_class}-seed{seed}-{size}px-{digest}"
+    if root.is_dir():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        make_synthetic_videos(tmp, n_per_class=n_per_class, seed=seed, size=size, n_frames=n_frames,
+                              square=square, fps=fps)
+        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not root.is_dir():   # not "another process got there first"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

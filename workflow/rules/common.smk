@@ -26,8 +26,12 @@ def _int_or_keep(value):
 def _coerce_cli_types(cfg):
     """`--config` parses lists and mappings with YAML's BaseLoader, i.e. as strings: turn the
     numbers back into numbers (the schema then checks the rest)."""
-    if cfg.get("data_dir") in ("", "null", "None", "none", "~"):
-        cfg["data_dir"] = None
+    for key in ("data_dir", "smarthome_dir", "k400_checkpoint"):
+        if cfg.get(key) in ("", "null", "None", "none", "~"):
+            cfg[key] = None
+    if isinstance(cfg.get("video_two_stage"), str):
+        cfg["video_two_stage"] = {"true": True, "false": False}.get(cfg["video_two_stage"].lower(),
+                                                                      cfg["video_two_stage"])
     seeds = cfg.get("seeds")
     if seeds is not None:
         cfg["seeds"] = [_int_or_keep(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
@@ -50,6 +54,8 @@ validate(EXPERIMENTS, "../schemas/experiments.schema.yaml")
 
 PROFILE = config["profile"]
 DATA_DIR = config["data_dir"]
+SMARTHOME_DIR = config["smarthome_dir"]  # checked by the video runs that need it (video.smk)
+K400_CHECKPOINT = config["k400_checkpoint"]
 PLAN = plan_workflow(EXPERIMENTS, config, PROFILE, DATA_DIR)
 GPU = int(config["gpu"])
 TRAIN_THREADS = int(config["threads"])
@@ -119,7 +125,7 @@ def figure_files(name):
     return [f"figures/{name}.png", f"figures/{name}.pdf"]
 
 
-ALL_TABLE_FILES = [f for t in [*PLAN.cost_tables, *PLAN.tables] for f in table_files(t)]
+ALL_TABLE_FILES = [f for t in [*PLAN.cost_tables, *PLAN.tables, *PLAN.video_tables] for f in table_files(t)]
 ALL_FIGURE_FILES = [f for fig in PLAN.figures for f in figure_files(fig)]
 
 # Software of every job: the package's `crt-repro` CLI. Jobs run in the current environment;

@@ -73,7 +73,7 @@ rule cost_table:
 
 rule runs_csv:
     input:
-        [table_runs_csv(t) for t in PLAN.tables],
+        [table_runs_csv(t) for t in [*PLAN.tables, *PLAN.video_tables]],
     output:
         report("results/runs.csv", caption="../report/runs.rst", category="Runs"),
     log:
