@@ -125,11 +125,17 @@ class Config:
         return self.model.name in VIDEO_MODELS
 
     @property
+    def seg_len(self) -> int:
+        """Tokens per segment; for a video model, frames per iteration (the paper's Table 7)."""
+        return self.model.n_frames if self.is_video else self.data.seg_len
+
+    @property
     def mem_len(self) -> int:
         """Memory length in the paper's sense: vectors carried between segments."""
         if self.model.name == "transformer_xl":
             return self.model.mem_len or self.data.seg_len
-        has_memory = self.model.name == "transformer_rnn_memory" or (self.model.name == "crt" and self.model.memory)
+        has_memory = self.model.name in ("transformer_rnn_memory", "crvit") or (
+            self.model.name == "crt" and self.model.memory)
         return int(has_memory)
 
     def to_dict(self) -> dict[str, Any]:

@@ -261,7 +261,7 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         "rnn": m.rnn if uses_rnn(m) else "",
         "layers": m.n_layer,
         "d_model": m.d_model,
-        "seg_len": cfg.data.seg_len,
+        "seg_len": cfg.seg_len,
         "mem_len": cfg.mem_len,
         "seed": cfg.run.seed,
         "steps": cfg.optim.max_steps,
