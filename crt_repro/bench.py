@@ -101,7 +101,7 @@ class Runner:
 
     Built from a Config: device and bf16 from ``cfg.run``, batch from ``cfg.data.batch_size``."""
 
-    def __init__(self, cfg: Config, vocab: int, seed: int = 0):
+    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=MODES):
         from crt_repro.models import build_model
         from crt_repro.train import make_optimizer, resolve_device
 
@@ -119,7 +119,7 @@ class Runner:
         self.x1 = self.x[:1].contiguous()
         self.states = {m: None for m in MODES}
         self.step_count = 0
-        self.warm_states()
+        self.warm_states(modes)
 
     @classmethod
     def from_spec(cls, spec: BenchSpec, seed: int = 0) -> "Runner":
@@ -131,10 +131,10 @@ class Runner:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     @torch.no_grad()
-    def warm_states(self) -> None:
-        """Carried states of full size (XL: mem_len states per layer) for every mode."""
+    def warm_states(self, modes=MODES) -> None:
+        """Carried states of full size (XL: mem_len states per layer) for these modes."""
         self.model.eval()
-        for mode in MODES:
+        for mode in modes:
             x = self.x1 if mode == "stream" else self.x
             state = self.model.init_state(x.shape[0], self.device)
             if state is not None:
@@ -280,7 +280,7 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                 else:
                     peak = float("nan")
                 row = {"model": spec.model, "rnn": spec.rnn if uses_rnn(r.cfg.model) else "", "seg_len": n,
-                       "batch": b, "mode": mode, "ms_per_batch": round(ms, 3),
+                       "batch": b, "mode": mode, "ms_per_batch": round(ms, 4),
                        "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
                        "state_bytes": state_bytes(r.states[mode])}
                 rows.append(row)
@@ -323,9 +323,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: no CUDA device is available")
     print(machine_note(args.device) + f"; d_model {args.d_model}, {args.layers} layers, batch {args.batch}, "
           f"vocab {args.vocab}, {'bf16 autocast' if args.bf16 else 'fp32'}", flush=True)
+    def progress(row):
+        print("  " + " ".join(f"{k}={row[k]}" for k in CSV_COLUMNS), file=sys.stderr, flush=True)
+
     rows = bench(args.models, args.seg_lens, d_model=args.d_model, layers=args.layers, batch=args.batch,
                  vocab=args.vocab, device=args.device, bf16=args.bf16, modes=args.modes, warmup=args.warmup,
-                 repeats=args.repeats, memory=not args.no_mem)
+                 repeats=args.repeats, memory=not args.no_mem, progress=progress)
     print(format_table(rows))
     print(machine_note(args.device).replace("#", "# after:"))
     if args.csv:

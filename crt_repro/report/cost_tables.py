@@ -136,7 +136,7 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
         if device is not None:
             cfg.run.device = device
         cfgs.append(cfg)
-        runners.append(Runner(cfg, vocab))
+        runners.append(Runner(cfg, vocab, modes=("forward",)))
     ms = time_round_robin(runners, "forward", warmup, repeats)
     dev = runners[0].device
     dev_name = "cpu"
