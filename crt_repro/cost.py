@@ -389,16 +389,17 @@ def _forward_cost(cfg: Config, vocab_size: int, device: str) -> dict[str, Any]:
 
 
 def cost_config(model: str, *, layers: int, seg_len: int, d_model: int, rnn: str = "gru",
-                n_head: int | None = None, d_inner: int | None = None, profile: str = "smoke",
-                dataset: str = "synthetic") -> Config:
+                n_head: int | None = None, d_inner: int | None = None, tie_embeddings: bool = True,
+                profile: str = "smoke", dataset: str = "synthetic") -> Config:
     """A Config for a cost query: the profile's defaults with these sizes. ``n_head`` defaults to
     the first of 10, 8, 4, 2, 1 dividing d_model (it does not change the MACs); ``d_inner`` to
-    4 x d_model."""
+    4 x d_model. Embeddings are tied (the paper profile's setting) unless ``tie_embeddings=False``;
+    that changes ``params`` only."""
     if n_head is None:
         n_head = next(h for h in (10, 8, 4, 2, 1) if d_model % h == 0)
     overrides = {
         "model": {"name": model, "rnn": rnn, "n_layer": layers, "d_model": d_model, "n_head": n_head,
-                  "d_inner": d_inner if d_inner is not None else 4 * d_model},
+                  "d_inner": d_inner if d_inner is not None else 4 * d_model, "tie_embeddings": tie_embeddings},
         "data": {"seg_len": seg_len},
     }
     return build_config(profile, dataset, overrides)
@@ -427,7 +428,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from crt_repro import atomic
 
     cfg = cost_config(args.model, layers=args.layers, seg_len=args.seg_len, d_model=args.d_model,
-                      rnn=args.rnn, n_head=args.n_head, d_inner=args.d_inner)
+                      rnn=args.rnn, n_head=args.n_head, d_inner=args.d_inner, tie_embeddings=not args.untied)
     row = cost_row(cfg, args.vocab)
     width = max(map(len, CSV_COLUMNS))
     for k in CSV_COLUMNS:
@@ -449,5 +450,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-head", type=int, help="default: 10, 8, 4, 2 or 1, the first dividing d_model")
     p.add_argument("--d-inner", type=int, help="default: 4 x d_model")
     p.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000, PTB)")
+    p.add_argument("--untied", action="store_true", help="separate softmax weights (default: tied to the embedding)")
     p.add_argument("--csv", help="also write the row to this CSV (atomic)")
     p.set_defaults(func=cmd_cost)

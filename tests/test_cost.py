@@ -196,3 +196,10 @@ def test_table1_rows_in_paper_order():
         assert r.flops_no_softmax < r.flops
     # XL costs more than the Transformer at the same segment; CRT's extra is its RNNs + one token
     assert (df["flops"].iloc[1::3].values > df["flops"].iloc[0::3].values).all()
+
+
+def test_untied_embeddings_add_the_softmax_weights_to_params_only():
+    tied = cost.forward_cost(_cfg("transformer", "gru", 1, 8, 16), VOCAB)
+    untied = cost.forward_cost(_cfg("transformer", "gru", 1, 8, 16, tie_embeddings=False), VOCAB)
+    assert untied["params"] - tied["params"] == VOCAB * 16
+    assert untied["macs_fwd"] == tied["macs_fwd"]
