@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from crt_repro.config import Config, build_config, uses_rnn
 

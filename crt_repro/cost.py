@@ -272,7 +272,7 @@ def _rnn_macs(kind: str, n: int, d: int) -> dict[str, int]:
 def formula_breakdown(cfg: Config, vocab_size: int) -> dict[str, int]:
     """Our exact MAC count of one segment's forward (batch 1), term by term; see the module doc."""
     m = cfg.model
-    name, L, d, F, h = m.name, m.n_layer, m.d_model, m.d_inner, m.n_head
+    name, L, d, F = m.name, m.n_layer, m.d_model, m.d_inner
     n, V = cfg.data.seg_len, vocab_size
     ln = LN_PER_ELEMENT
     terms: dict[str, int] = {}
