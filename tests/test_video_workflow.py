@@ -5,57 +5,30 @@ Every test runs Snakemake in a temporary copy of the Snakefile and workflow/ (ne
 repository's results/)."""
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import (
+    REPO,
+    copy_workflow,
+    job_counts,
+    needs_snakemake,
+    snakemake,
+    train_run_ids,
+)
 
 from crt_repro.report.tables import MCA_COLUMNS, MEASURED, REFERENCE_ONLY
 from crt_repro.results import plan_workflow, run_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+pytestmark = needs_snakemake
 EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())
 
 
 @pytest.fixture
 def wf(tmp_path) -> Path:
-    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
-    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
-    return tmp_path
-
-
-def snakemake(wd: Path, *args: str, check: bool = True) -> str:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    p = subprocess.run([SNAKEMAKE, *args], cwd=wd, env=env, capture_output=True, text=True, timeout=600)
-    out = p.stdout + p.stderr
-    if check:
-        assert p.returncode == 0, out[-4000:]
-    return out
-
-
-def job_counts(out: str) -> dict[str, int]:
-    block = out.split("Job stats:", 1)[1]
-    counts = {}
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    counts.pop("total", None)
-    return counts
-
-
-def train_run_ids(out: str) -> set[str]:
-    return set(re.findall(r"wildcards: run_id=(\S+)", out))
+    return copy_workflow(tmp_path)
 
 
 def settings(profile: str, **kw) -> dict:

@@ -6,25 +6,25 @@ the repository's results/ (or a workflow someone runs there).
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import (
+    copy_workflow,
+    job_counts,
+    needs_snakemake,
+    snakemake,
+    train_run_ids,
+)
 
 from crt_repro.report.reference import reference_rows
 from crt_repro.report.tables import PPL_COLUMNS
 from crt_repro.results import RunSpec
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+pytestmark = needs_snakemake
 
 # A smoke config small enough to run for real in a test: the generated corpus (no data_dir), a few
 # steps. (--config parses mappings as YAML.)
@@ -35,35 +35,7 @@ TINY = ["profile=smoke",
 
 @pytest.fixture
 def wf(tmp_path) -> Path:
-    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
-    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
-    return tmp_path
-
-
-def snakemake(wd: Path, *args: str, check: bool = True) -> str:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    p = subprocess.run([SNAKEMAKE, *args], cwd=wd, env=env, capture_output=True, text=True, timeout=600)
-    out = p.stdout + p.stderr
-    if check:
-        assert p.returncode == 0, out[-4000:]
-    return out
-
-
-def job_counts(out: str) -> dict[str, int]:
-    """The 'Job stats' table of a (dry) run."""
-    block = out.split("Job stats:", 1)[1]
-    counts = {}
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    counts.pop("total", None)
-    return counts
-
-
-def train_run_ids(out: str) -> set[str]:
-    return set(re.findall(r"wildcards: run_id=(\S+)", out))
+    return copy_workflow(tmp_path)
 
 
 def expected_run_ids(table: str, profile: str, dataset: str, layers: int, sets=(), seeds=(0,)) -> set[str]:
