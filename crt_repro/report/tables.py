@@ -127,6 +127,19 @@ def _one(runs: pd.DataFrame, col: str, what: str):
     return values[0]
 
 
+def _row_runs(cell: pd.DataFrame, desc: str, what: str, metric: str) -> pd.DataFrame:
+    """The runs (one per seed) behind one paper row; an error naming the row if they don't fit."""
+    if cell.empty:
+        raise ResultsError(f"{what}: no run for the paper's row {desc}")
+    dup = cell[cell["seed"].duplicated(keep=False)]
+    if not dup.empty:
+        raise ResultsError(f"{what}: several runs for {desc} with the same seed, whose settings differ: "
+                           f"{', '.join(dup['run_id'])}")
+    if cell[metric].isna().any():
+        raise ResultsError(f"{what}: run(s) {', '.join(cell[cell[metric].isna()]['run_id'])} have no {metric}")
+    return cell
+
+
 def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | None = None,
                     source: str = "runs") -> pd.DataFrame:
     """One row per row of the paper's table ``name``, from the given runs (numeric DataFrame with
@@ -144,16 +157,8 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
     used: set[str] = set()
     rows = []
     for r in ref.itertuples():
-        cell = runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn) & (runs["seg_len"] == int(r.seg_len))]
-        desc = f"model={r.model}, rnn={r.rnn or '-'}, seg_len={r.seg_len}"
-        if cell.empty:
-            raise ResultsError(f"{what}: no run for the paper's row {desc}")
-        dup = cell[cell["seed"].duplicated(keep=False)]
-        if not dup.empty:
-            raise ResultsError(f"{what}: several runs for {desc} with the same seed, whose settings differ: "
-                               f"{', '.join(dup['run_id'])}")
-        if cell["test_ppl"].isna().any():
-            raise ResultsError(f"{what}: run(s) {', '.join(cell[cell['test_ppl'].isna()]['run_id'])} have no test_ppl")
+        cell = _row_runs(runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn) & (runs["seg_len"] == int(r.seg_len))],
+                         f"model={r.model}, rnn={r.rnn or '-'}, seg_len={r.seg_len}", what, "test_ppl")
         used.update(cell["run_id"])
         ppl = float(cell["test_ppl"].mean())
         n = len(cell)
@@ -240,16 +245,8 @@ def build_mca_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
         if pd.isna(r.seg_len):
             rows.append({**row, "source": REFERENCE_ONLY, "n_seeds": 0})
             continue
-        cell = runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn)]
-        desc = f"model={r.model}, rnn={r.rnn or '-'}"
-        if cell.empty:
-            raise ResultsError(f"{what}: no run for the paper's row {desc}")
-        dup = cell[cell["seed"].duplicated(keep=False)]
-        if not dup.empty:
-            raise ResultsError(f"{what}: several runs for {desc} with the same seed, whose settings differ: "
-                               f"{', '.join(dup['run_id'])}")
-        if cell["test_mca"].isna().any():
-            raise ResultsError(f"{what}: run(s) {', '.join(cell[cell['test_mca'].isna()]['run_id'])} have no test_mca")
+        cell = _row_runs(runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn)],
+                         f"model={r.model}, rnn={r.rnn or '-'}", what, "test_mca")
         used.update(cell["run_id"])
         n = len(cell)
         mca = 100 * float(cell["test_mca"].mean())
