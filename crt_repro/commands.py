@@ -7,7 +7,9 @@ import json
 from crt_repro.config import LM_MODELS, PROFILES, VIDEO_MODELS, build_config, parse_overrides
 
 
-def _merge_flag_overrides(args: argparse.Namespace) -> dict:
+def train_overrides(args: argparse.Namespace) -> dict:
+    """The config overrides that `crt-repro train` builds from its flags and --set; the workflow
+    computes run ids through this same function, so its ids are the CLI's."""
     overrides = parse_overrides(args.set or [])
     flags = {
         ("model", "name"): args.model,
@@ -27,7 +29,7 @@ def _merge_flag_overrides(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from crt_repro.train import train
 
-    cfg = build_config(args.profile, args.dataset, _merge_flag_overrides(args))
+    cfg = build_config(args.profile, args.dataset, train_overrides(args))
     metrics = train(cfg, args.out)
     print(json.dumps({k: metrics[k] for k in ("run_id", "valid_loss", "test_loss") if k in metrics} |
                      {k: v for k, v in metrics.items() if k.endswith(("_ppl", "_mca", "_top1"))}, indent=2))

@@ -278,12 +278,12 @@ class RunSpec:
 
     def config(self):
         """The Config ``crt-repro train`` builds from these arguments (the CLI's own code path)."""
-        from crt_repro.commands import _merge_flag_overrides
+        from crt_repro.commands import train_overrides
         from crt_repro.config import build_config
 
         ns = argparse.Namespace(set=list(self.sets), model=self.model, layers=self.layers, rnn=self.rnn,
                                 seg_len=self.seg_len, data_dir=None, seed=self.seed, device=None)
-        return build_config(self.profile, self.dataset, _merge_flag_overrides(ns))
+        return build_config(self.profile, self.dataset, train_overrides(ns))
 
     def run_id(self) -> str:
         return self.config().run_id()
