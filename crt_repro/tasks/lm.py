@@ -48,19 +48,15 @@ class LMTask:
 
     def eval_stream(self, split: str) -> SegmentStream:
         ids = {"valid": self.corpus.valid, "test": self.corpus.test}[split]
-        return SegmentStream(batchify(ids, self.cfg.data.eval_batch_size).to(self.device), self.cfg.data.seg_len)
+        return SegmentStream(batchify(ids, self.cfg.data.eval_batch_size).to(self.device), self.cfg.data.seg_len,
+                             max_segments=self.cfg.data.max_eval_segments)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """Token-weighted mean NLL over the whole split (or the profile's cap), state carried."""
-        stream = self.eval_stream(split)
-        n = len(stream)
-        if self.cfg.data.max_eval_segments is not None:
-            n = min(n, self.cfg.data.max_eval_segments)
         state = model.init_state(self.cfg.data.eval_batch_size, self.device)
         nll, count = 0.0, 0
-        for i in range(n):
-            x, y = stream.segment(i)
+        for _, x, y in self.eval_stream(split):
             hidden, state = model(x, state)
             nll += model.head.loss(hidden, y).item() * y.numel()
             count += y.numel()
