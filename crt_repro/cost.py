@@ -24,10 +24,12 @@ What fvcore counts here
   Lq x Lk product: that is what the dense kernels compute and what the paper's ``n^2 d`` terms
   assume; a kernel that skips masked blocks does about half of it.
 * ``aten::gru`` (0 out of the box; our handle): ``T*B*3*H*(I+H)`` per layer and direction (input
-  and recurrent products; biases and gate arithmetic are element-wise).
-* NCGRU's loop runs through ``aten::linear``/``aten::mm`` that fvcore counts; its two autograd
-  Functions get handles too (``_CayleyW``: the H^3 product ``(I+A)^-1 A`` that builds
-  W = (I+A)^-1 (I-A) D once per forward; ``_NCGRUScan``: T*B*H*3H, only traced with grad on).
+  and recurrent products; biases and gate arithmetic are element-wise). Our own cells do not use
+  it, but a model brought to the harness may.
+* Our GRU and NCGRU: the input projection is an ``aten::linear`` that fvcore counts; the recurrence
+  runs through ``aten::mm``/``aten::addmm`` (counted) without grad and through the autograd Function
+  ``_GatedScan`` with grad (our handle: T*B*H*3H). NCGRU's ``_CayleyW`` gets a handle too: the H^3
+  product ``(I+A)^-1 A`` that builds W = (I+A)^-1 (I-A) D once per forward.
 * ``aten::layer_norm``: fvcore's own estimate, 5 per element (affine). The only non-matmul term;
   our formula reproduces it so that the two agree exactly.
 Every other op (embedding lookup, GELU, softmax inside SDPA, sigmoid, adds, ...) is element-wise
@@ -130,14 +132,22 @@ def _gru_handle(inputs, outputs) -> int:
     return steps_times_batch * sum(s[0] * s[1] for s in weights if s is not None and len(s) == 2)
 
 
+def _mm_handle(inputs, outputs) -> int:
+    """``aten::mm(a [M,K], b [K,N])``: M*K*N. fvcore's own handle rejects the ``out=`` form, whose
+    third input is the output buffer; the recurrent scan writes its per-step products that way."""
+    (m, k), (_, n) = _shape(inputs[0]), _shape(inputs[1])
+    return m * k * n
+
+
 def _cayley_handle(inputs, outputs) -> int:
     """NCGRU's ``_CayleyW(A, inv, d)``: W = inv - inv @ A, one H x H x H product."""
     h = _shape(inputs[0])[0]
     return h**3
 
 
-def _ncgru_scan_handle(inputs, outputs) -> int:
-    """NCGRU's ``_NCGRUScan(xp [B,T,3H], h0, r_cat [H,3H], b_mod)``: one [B,H] x [H,3H] per step."""
+def _gated_scan_handle(inputs, outputs) -> int:
+    """The GRU and NCGRU recurrence ``_GatedScan(xp [B,T,3H], h0, r_cat [H,3H], ...)``: one
+    [B,H] x [H,3H] product per step."""
     b, t, h3 = _shape(inputs[0])
     return t * b * (h3 // 3) * h3
 
@@ -145,8 +155,9 @@ def _ncgru_scan_handle(inputs, outputs) -> int:
 EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": _sdpa_handle,
     "aten::gru": _gru_handle,
+    "aten::mm": _mm_handle,
     "prim::PythonOp._CayleyW": _cayley_handle,
-    "prim::PythonOp._NCGRUScan": _ncgru_scan_handle,
+    "prim::PythonOp._GatedScan": _gated_scan_handle,
 }
 
 

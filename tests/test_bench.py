@@ -77,6 +77,22 @@ def test_cli_writes_csv_and_table(tmp_path, capsys):
     assert "load average" in text and "ms/batch" in text and "crt-gru" in text
 
 
+def test_macs_ratio_column_is_the_cost_models_ratio():
+    """"MACs x TR" is fvcore's forward count of each model over the Transformer's (cost.py's numbers)."""
+    from crt_repro.cost import forward_cost
+
+    kw = dict(d_model=16, layers=2, vocab=20)
+    macs = bench.forward_macs(["transformer", "crt-gru"], [5], **kw)
+    tr = forward_cost(bench.BenchSpec("transformer", "", 5, **kw).config(), 20)["macs_fwd"]
+    crt = forward_cost(bench.BenchSpec("crt", "gru", 5, **kw).config(), 20)["macs_fwd"]
+    assert macs == {("transformer", 5): tr, ("crt-gru", 5): crt} and crt > tr
+    rows = bench.bench(["transformer", "crt-gru"], [5], modes=["train"], **TINY)
+    table = bench.format_table(rows, macs).splitlines()
+    assert "MACs x TR" in table[0]
+    crt_line = next(line for line in table if line.startswith("crt-gru"))
+    assert f"{crt / tr:.2f}" in crt_line.split()
+
+
 def test_table6_rows_in_paper_order_with_paper_numbers():
     from crt_repro.report.cost_tables import TABLE6_COLUMNS, table6_cost
     from crt_repro.report.reference import load_reference

@@ -241,7 +241,7 @@ def test_xl_attention_equals_naive_relative_attention(mlen):
 # layers), so each is checked under the d_inner it implies. Where we differ, it is in the linear
 # terms: we count every bias and LayerNorm of a layer, 4 d (q, k, v, out biases) + d_inner + d
 # (FFN biases) + 4 d (two LayerNorms); the paper does not say which vectors its 6 d and 4 d count.
-# XL adds W_r (d^2) and u, v (2 d) per layer, which Table 1 leaves out. nn.GRU has two bias
+# XL adds W_r (d^2) and u, v (2 d) per layer, which Table 1 leaves out. Our GRU, like nn.GRU, has two bias
 # vectors per gate (6 d per GRU) where the paper's 6 d for both GRUs is one per gate (appendix B).
 
 
@@ -278,7 +278,7 @@ def test_param_counts_against_table1(d):
     paper_crt = (12 + 8 * L) * d * d + (6 + 4 * L) * d
     ours_crt = L * layer_params(crt) + extra_params(crt)
     assert layer_params(crt) == 8 * d * d + 4 * d + 2 * d + d + 4 * d  # = 8 d^2 + 11 d
-    assert extra_params(crt) == 2 * (6 * d * d + 6 * d)  # two nn.GRU(d, d)
+    assert extra_params(crt) == 2 * (6 * d * d + 6 * d)  # two GRUs (d, d), both biases kept as in torch.nn.GRU
     assert ours_crt - paper_crt == 6 * d + L * 7 * d  # GRU's second bias set; our layer's linear terms
 
 

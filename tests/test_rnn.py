@@ -134,15 +134,32 @@ def test_parameter_counts():
     assert sum(p.numel() for p in nc.parameters()) == 3 * h * i + 3 * h * h + 4 * h
 
 
-def test_gru_wrapper_equals_nn_gru():
+def test_gru_equals_nn_gru_forward_and_gradients():
+    """Our GRU (gates z | r | n, h @ weight_hh) is torch.nn.GRU (gates r | z | n, weight_hh @ h)."""
     _seed()
-    m = make_rnn("gru", 5, 7)
-    ref = torch.nn.GRU(5, 7, batch_first=True)
-    ref.load_state_dict({k.removeprefix("gru."): v for k, v in m.state_dict().items()})
-    x, h0 = torch.randn(3, 6, 5), torch.randn(3, 7)
+    m = make_rnn("gru", 5, 7).double()
+    ref = torch.nn.GRU(5, 7, batch_first=True).double()
+    to_rzn = lambda t: torch.cat([t[7:14], t[:7], t[14:]])  # noqa: E731
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(to_rzn(m.weight_ih))
+        ref.weight_hh_l0.copy_(to_rzn(m.weight_hh.t()))
+        ref.bias_ih_l0.copy_(to_rzn(m.bias_ih))
+        ref.bias_hh_l0.copy_(to_rzn(m.bias_hh))
+    x = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     out, h = m(x, h0)
     out_ref, h_ref = ref(x, h0.unsqueeze(0))
-    assert torch.equal(out, out_ref) and torch.equal(h, h_ref[0])
+    assert torch.allclose(out, out_ref, atol=1e-12) and torch.equal(h, out[:, -1])
+    with torch.no_grad():  # the inference path (no saved tensors) computes the same
+        assert torch.equal(m(x, h0)[0], out)
+    wts = torch.randn_like(out)
+    ours = [x, h0, m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh]
+    theirs = [x, h0, ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]
+    g = torch.autograd.grad((out * wts).sum() + h.square().sum(), ours)
+    g_ref = list(torch.autograd.grad((out_ref * wts).sum() + h_ref.square().sum(), theirs))
+    g_ref[2:] = [to_rzn(g_ref[2]), to_rzn(g_ref[3]).t(), to_rzn(g_ref[4]), to_rzn(g_ref[5])]
+    for name, a, b in zip(["x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"], g, g_ref):
+        assert torch.allclose(a, b, atol=1e-10), name
 
 
 @pytest.mark.parametrize("kind", KINDS)

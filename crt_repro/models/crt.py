@@ -35,7 +35,7 @@ Choices where the paper is silent (the config key that exposes each, where one e
   segment is modelled alone, like the baseline.
 
 Parameters beyond the Transformer layers (paper Table 1, CRT-GRU: 12 d^2 + 6 d for the two RNNs):
-``torch.nn.GRU`` keeps two bias vectors per gate (b_ih, b_hh), so each GRU has 6 d^2 + 6 d, i.e.
+Our GRU keeps two bias vectors per gate (b_ih, b_hh) as ``torch.nn.GRU`` does, so each has 6 d^2 + 6 d, i.e.
 12 d^2 + 12 d for both; the paper's 6 d is one bias per gate (appendix B, eq. 4). NCGRU stores
 6 d^2 + 4 d each (see ``rnn.py``).
 """

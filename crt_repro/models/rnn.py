@@ -7,7 +7,9 @@ Interface (every cell; ``batch_first``)::
 
 ``h_last`` equals ``outputs[:, -1]`` (``h0`` when T == 0). Outputs come back in the dtype of ``x``;
 both cells run under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (matrix products in bf16,
-gate arithmetic and the carried hidden state of NCGRU in fp32).
+gate arithmetic and the carried hidden state in fp32). Both run on one gated recurrence with a
+hand-written backward (``gated_scan``); they differ in the candidate activation (tanh, modReLU) and
+in how the recurrent matrix is made (free, orthogonal by the Cayley transform).
 
 Modules that define ``post_step(step)`` (NCGRU does) must have it called by the training loop after
 every ``optimizer.step()``::
@@ -18,7 +20,7 @@ every ``optimizer.step()``::
 
 Parameter counts (trainable entries, i.e. ``sum(p.numel())``; I = input size, H = hidden size)
 -------------------------------------------------------------------------------------------
-* GRU (``torch.nn.GRU``, one layer): ``3*H*I + 3*H*H + 6*H`` (W_ih, W_hh and the two biases
+* GRU (one layer, as ``torch.nn.GRU``): ``3*H*I + 3*H*H + 6*H`` (W_ih, W_hh and the two biases
   b_ih, b_hh that PyTorch keeps, 3H each).
 * NCGRU: ``3*H*I + 3*H*H + 4*H``: input weights [U_z|U_r|U_in] 3HI, gate biases b_z, b_r and
   candidate bias b 3H, recurrent gate weights [U_z|U_r] 2H^2, the skew-symmetric A stored as a full
@@ -30,6 +32,7 @@ Parameter counts (trainable entries, i.e. ``sum(p.numel())``; I = input size, H 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -37,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RNN_KINDS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "ncgru_scan"]
+__all__ = ["RNN_KINDS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "gated_scan"]
 
 RNN_KINDS = ("gru", "ncgru")
 
@@ -83,38 +86,16 @@ def _check_inputs(x: Tensor, h0: Tensor | None, input_size: int, hidden_size: in
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The autocast dtype in effect for ``device_type``, or None when autocast is off."""
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
 
-# --------------------------------------------------------------------------------------------------
-# GRU
-# --------------------------------------------------------------------------------------------------
-
-
-class GRU(nn.Module):
-    """One-layer ``torch.nn.GRU`` (fused aten kernel) behind the common interface.
-
-    ``h' = z*h + (1-z)*n`` with ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`` (PyTorch's GRU).
-    The input is cast to the parameter dtype (outside autocast ``nn.GRU`` rejects a bf16 input with
-    fp32 weights); under autocast ``nn.GRU`` itself runs its matrix products in bf16. Outputs are
-    returned in the dtype of ``x``.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.gru = nn.GRU(input_size, hidden_size, num_layers=1, batch_first=True)
-
-    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h0 = _check_inputs(x, h0, self.input_size, self.hidden_size)
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape[0], 0, self.hidden_size), h0.to(x.dtype)
-        pdt = self.gru.weight_hh_l0.dtype
-        out, hn = self.gru(x.to(pdt), h0.to(pdt).unsqueeze(0).contiguous())
-        return out.to(x.dtype), hn[0].to(x.dtype)
+def _autocast_off(device_type: str):
+    # The meta device (cost counting) has no autocast at all, and torch.autocast rejects it.
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,141 +136,220 @@ def cayley_weight(a: Tensor, inv: Tensor, d: Tensor) -> Tensor:
     return _CayleyW.apply(a, inv, d)
 
 
+
 # --------------------------------------------------------------------------------------------------
-# NCGRU recurrence with a hand-written backward through time
+# The gated recurrence both cells share, with a hand-written backward through time
 # --------------------------------------------------------------------------------------------------
 
-
-def _modrelu(v: Tensor, b: Tensor) -> Tensor:
-    return torch.sign(v) * torch.relu(v.abs() + b)
+CANDIDATES = ("tanh", "modrelu")
 
 
-def _scan_forward(xp: Tensor, h0: Tensor, r_cat: Tensor, b_mod: Tensor, save: bool):
-    """The sequential part. xp [B,T,3H] (input projections + biases, state dtype), h0 [B,H],
-    r_cat = [U_z | U_r | W] [H,3H] (compute dtype), b_mod [H].
+def _candidate_(v: Tensor, kind: str, b_mod: Tensor | None) -> Tensor:
+    """The candidate activation, in place on ``v``: tanh (GRU) or modReLU(v) = sign(v) relu(|v| + b_mod)."""
+    if kind == "tanh":
+        return v.tanh_()
+    s = torch.sign(v)
+    return v.abs_().add_(b_mod).relu_().mul_(s)
 
-    Returns the states [B,T,H] and, when ``save``, what backward needs, all time-major and written
-    in place by the step loop (no extra ops): states [T+1,B,H] (h0 first), the recurrent
-    products g [T,B,3H] (compute dtype), the gates z|r [T,B,2H] and the candidates c [T,B,H].
+
+def _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind: str, save: bool):
+    """The sequential part. xp [B,T,3H] (input projections + input biases, gates z | r | candidate),
+    h0 [B,H] (state dtype), r_cat [H,3H] and b_hh [3H] or None (compute dtype).
+
+    Per step: g = h @ r_cat (+ b_hh), z | r = sigmoid(x + g), c = act(x_c + r * g_c),
+    h' = z h + (1 - z) c. Everything is written in place into time-major buffers, which are
+    what backward needs when ``save``: states [T+1,B,H] (h0 first), g [T,B,3H] (compute dtype) and
+    pre [T,B,3H] holding z | r | c. Without ``save`` the g and pre buffers hold one step.
+
+    Why this shape: at batch 32 and H 256 a step is one small matrix product plus a few tiny
+    elementwise ops, so the time goes to per-op overhead. One product per step (the three
+    recurrent matrices side by side), one add for all three gates, in-place activations and
+    no per-step Python slicing beyond what ``unbind`` prepared keep the op count at seven.
     """
     b, t_len, h3 = xp.shape
     h = h3 // 3
-    xt = xp.transpose(0, 1).contiguous()  # [T,B,3H]: contiguous per-step slices
-    x_zr, x_c = xt[..., : 2 * h], xt[..., 2 * h :]
-    cast = r_cat.dtype != h0.dtype
-    sdt, dev = xp.dtype, xp.device
-    if save:
-        states = torch.empty(t_len + 1, b, h, dtype=sdt, device=dev)
-        states[0] = h0
-        g_all = torch.empty(t_len, b, h3, dtype=r_cat.dtype, device=dev)
-        zr_all = torch.empty(t_len, b, 2 * h, dtype=sdt, device=dev)
-        c_all = torch.empty(t_len, b, h, dtype=sdt, device=dev)
-    outs = []
+    sdt, cdt, dev = h0.dtype, r_cat.dtype, h0.device
+    xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev).copy_(xp.transpose(0, 1))  # time-major
+    steps = t_len if save else 1
+    states = torch.empty(t_len + 1, b, h, dtype=sdt, device=dev)
+    states[0] = h0
+    g_buf = torch.empty(steps, b, h3, dtype=cdt, device=dev)
+    pre_buf = torch.empty(steps, b, h3, dtype=sdt, device=dev)
+    xs, hs = xt.unbind(0), states.unbind(0)
+    gs, pres = g_buf.unbind(0), pre_buf.unbind(0)
+    cast = cdt != sdt
     state = h0
     for t in range(t_len):
-        hm = state.to(r_cat.dtype) if cast else state
-        if save:
-            g = torch.mm(hm, r_cat, out=g_all[t])  # ONE matmul per step: h @ [U_z | U_r | W]
-            zr = torch.sigmoid(x_zr[t] + g[:, : 2 * h], out=zr_all[t])
-            r = zr[:, h:]
-            v = torch.addcmul(x_c[t], r, g[:, 2 * h :])
-            c = torch.mul(torch.sign(v), torch.relu(v.abs() + b_mod), out=c_all[t])
-            state = torch.lerp(c, state, zr[:, :h], out=states[t + 1])  # z*h + (1-z)*c
-        else:
-            g = torch.mm(hm, r_cat)
-            zr = torch.sigmoid(x_zr[t] + g[:, : 2 * h])
-            c = _modrelu(torch.addcmul(x_c[t], zr[:, h:], g[:, 2 * h :]), b_mod)
-            state = torch.lerp(c, state, zr[:, :h])
-            outs.append(state)
-    if save:
-        return states[1:].transpose(0, 1).contiguous(), (states, g_all, zr_all, c_all)
-    return torch.stack(outs, dim=1), None
+        i = t if save else 0
+        hm = state.to(cdt) if cast else state
+        g = torch.mm(hm, r_cat, out=gs[i]) if b_hh is None else torch.addmm(b_hh, hm, r_cat, out=gs[i])
+        pre = torch.add(xs[t], g, out=pres[i])  # the candidate third is overwritten below
+        zr = pre[:, : 2 * h].sigmoid_()
+        v = torch.addcmul(xs[t][:, 2 * h :], zr[:, h:], g[:, 2 * h :], out=pre[:, 2 * h :])
+        state = torch.lerp(_candidate_(v, kind, b_mod), state, zr[:, :h], out=hs[t + 1])
+    out = states[1:].transpose(0, 1).contiguous()
+    return out, ((states, g_buf, pre_buf) if save else None)
 
 
-class _NCGRUScan(torch.autograd.Function):
-    """Recurrence of NCGRU as one autograd node.
+class _GatedScan(torch.autograd.Function):
+    """The recurrence as one autograd node.
 
-    Forward runs the time loop without recording a graph; the step loop writes the states, the
-    recurrent products and the gates straight into preallocated [T, ...] tensors that backward
-    reuses (no recomputation). Backward forms every per-step coefficient for all time steps at
-    once, runs the sequential part of BPTT (one small matmul and three elementwise ops per step)
-    and the weight gradient as one [3H, T*B] x [T*B, H] product. Autocast is off inside; the
-    caller chooses the dtypes (r_cat in the compute dtype, everything else in the state dtype).
+    Forward runs the time loop without recording a graph and keeps its buffers for backward (no
+    recomputation). Backward forms every per-step coefficient for all time steps at once, runs the
+    sequential part of BPTT (one small matrix product and three elementwise ops per step) and the
+    recurrent weight gradient as one [3H, T*B] x [T*B, H] product. Autocast is off inside; the
+    caller chooses the dtypes (r_cat and b_hh in the compute dtype, the rest in the state dtype).
     """
 
     @staticmethod
-    def forward(ctx, xp: Tensor, h0: Tensor, r_cat: Tensor, b_mod: Tensor) -> Tensor:
-        with torch.autocast(xp.device.type, enabled=False):
-            out, saved = _scan_forward(xp, h0, r_cat, b_mod, save=True)
+    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind):
+        with _autocast_off(xp.device.type):
+            out, saved = _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=True)
+        ctx.kind = kind
+        ctx.has_b_hh = b_hh is not None
         ctx.save_for_backward(r_cat, *saved)
         return out
 
     @staticmethod
-    def backward(ctx, d_out: Tensor):
-        with torch.autocast(d_out.device.type, enabled=False):
-            return _scan_backward(ctx.needs_input_grad, d_out, *ctx.saved_tensors)
+    def backward(ctx, d_out):
+        with _autocast_off(d_out.device.type):
+            grads = _scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors)
+        d_xp, d_h0, d_r, d_b_hh, d_b_mod = grads
+        return d_xp, d_h0, d_r, d_b_hh if ctx.has_b_hh else None, d_b_mod, None
 
 
-def _scan_backward(needs, d_out, r_cat, states, g_all, zr_all, c_all):
+def _scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
     t_len, b, h3 = g_all.shape
     h = h3 // 3
     sdt, cdt, dev = states.dtype, r_cat.dtype, states.device
-    d_out = d_out.to(sdt)
     h_prev = states[:-1]  # [T,B,H]
-    z, r = zr_all[..., :h], zr_all[..., h:]
-    c = c_all
+    z, r, c = pre_all[..., :h], pre_all[..., h : 2 * h], pre_all[..., 2 * h :]
     one_m_z = torch.rsub(z, 1.0)
-    # c = sign(v) relu(|v| + b_mod): dc/dv = 1 and dc/db_mod = sign(v) = sign(c) where c != 0, else 0.
-    sign_c = torch.sign(c)
-    k_v = one_m_z * sign_c.abs()  # dh_t -> dv_t   (a float mask: much faster than c != 0 here)
+    if kind == "tanh":
+        dc_dv = torch.addcmul(torch.ones_like(c), c, c, value=-1.0)  # 1 - c^2
+    else:  # modReLU: dc/dv = 1 and dc/db_mod = sign(v) = sign(c) where c != 0, else 0
+        sign_c = torch.sign(c)
+        dc_dv = sign_c.abs()
+    k_v = one_m_z.mul(dc_dv)  # dh_t -> dv_t
     # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c), laid out [T,B,3,H] like the
-    # columns of r_cat; filled in place (few full-size temporaries: each is a fresh allocation).
+    # columns of r_cat; filled in place.
     k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
     k_z, k_r, k_c = k.unbind(2)
-    torch.mul(k_v, r, out=k_c)  # (1-z) [c != 0] r
+    torch.mul(k_v, r, out=k_c)  # (1-z) act' r
     torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
-    k_r.addcmul_(k_r, r, value=-1.0)  # (1-z) [c != 0] r (1-r) g_c
+    k_r.addcmul_(k_r, r, value=-1.0)  # (1-z) act' r (1-r) g_c
     torch.sub(h_prev, c, out=k_z).mul_(z).mul_(one_m_z)  # (h - c) z (1-z)
-    d_out_t = d_out.transpose(0, 1)
-    r_t = r_cat.t()
+    # The gradient on g_t = h_{t-1} @ r_cat goes straight into the compute dtype: it only feeds
+    # products in that dtype (the step's BPTT product, the weight gradient, the input projection's
+    # backward under autocast).
     d_h = torch.empty(t_len, b, h, dtype=sdt, device=dev)  # total gradient on h_t
-    d_g = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)  # gradient on g_t = h_{t-1} @ r_cat
-    cast = cdt != sdt
+    d_g = torch.empty(t_len, b, 3, h, dtype=cdt, device=dev)
+    d_outs, d_hs, d_gs = d_out.to(sdt).transpose(0, 1).unbind(0), d_h.unbind(0), d_g.unbind(0)
+    ks, zs = k.unbind(0), z.unbind(0)
+    r_t = r_cat.t()
     carry = torch.zeros(b, h, dtype=sdt, device=dev)
     for t in range(t_len - 1, -1, -1):
-        dh = torch.add(d_out_t[t], carry, out=d_h[t])
-        dg = torch.mul(k[t], dh.unsqueeze(1), out=d_g[t]).view(b, h3)
-        mm = torch.mm(dg.to(cdt) if cast else dg, r_t)
-        carry = torch.addcmul(mm, dh, z[t])
+        dh = torch.add(d_outs[t], carry, out=d_hs[t])
+        dg = torch.mul(ks[t], dh.unsqueeze(1), out=d_gs[t]).view(b, h3)
+        carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
     d_g = d_g.view(t_len, b, h3)
-    d_xp = d_h0 = d_r = d_b = None
+    d_xp = d_r = d_b_hh = d_b_mod = None
     if needs[2]:
-        d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3).to(cdt)
+        d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3)
     if needs[3]:
-        d_b = one_m_z.mul_(d_h).mul_(sign_c).sum(dim=(0, 1))
+        d_b_hh = d_g.sum(dim=(0, 1), dtype=sdt)
+    if needs[4]:
+        d_b_mod = one_m_z.mul_(d_h).mul_(sign_c).sum(dim=(0, 1))
     if needs[0]:
-        torch.mul(d_h, k_v, out=d_g[..., 2 * h :])  # candidate input: dv, not dv * r (d_r is done)
-        d_xp = d_g.transpose(0, 1)
-    if needs[1]:
-        d_h0 = carry
-    return d_xp, d_h0, d_r, d_b
+        d_xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev)
+        d_xt[..., : 2 * h] = d_g[..., : 2 * h]
+        torch.mul(d_h, k_v, out=d_xt[..., 2 * h :])  # candidate input: dv, not dv * r
+        d_xp = d_xt.transpose(0, 1)
+    return d_xp, carry if needs[1] else None, d_r, d_b_hh, d_b_mod
 
 
-def ncgru_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_mod: Tensor) -> Tensor:
-    """States [B,T,H] of the NCGRU recurrence given input projections xp [B,T,3H] (z, r, candidate;
-    biases included), h0 [B,H], r_cat = [U_z | U_r | W] [H,3H] and the modReLU bias [H]."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, h0, r_cat, b_mod)):
-        return _NCGRUScan.apply(xp, h0, r_cat, b_mod)
-    with torch.autocast(xp.device.type, enabled=False):
-        return _scan_forward(xp, h0, r_cat, b_mod, save=False)[0]
+def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
+               kind: str) -> Tensor:
+    """States [B,T,H] of the gated recurrence (see ``_scan_forward``) for candidate ``kind``
+    ("tanh": GRU, with the recurrent bias b_hh; "modrelu": NCGRU, with its bias b_mod)."""
+    if kind not in CANDIDATES:
+        raise ValueError(f"unknown candidate activation {kind!r}; valid: {CANDIDATES}")
+    tensors = (xp, h0, r_cat, b_hh, b_mod)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind)
+    with _autocast_off(xp.device.type):
+        return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=False)[0]
 
+
+class _GatedCell(nn.Module):
+    """What GRU and NCGRU share: the dtype policy and the input projection of the whole segment.
+
+    Under autocast the products run in the autocast dtype and the gate arithmetic and the carried
+    state in the parameters' dtype (fp32); outputs come back in the dtype of x.
+    """
+
+    def _scan(self, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor, recurrent: Tensor,
+              b_hh: Tensor | None, b_mod: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
+        sdt = weight_ih.dtype
+        cdt = _autocast_dtype(x.device.type) or sdt
+        # One product for the whole segment; under autocast F.linear runs it in the autocast dtype.
+        xp = F.linear(x if cdt != sdt else x.to(sdt), weight_ih, bias_ih)
+        b_hh = None if b_hh is None else b_hh.to(cdt)
+        out = gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind).to(x.dtype)
+        return out, out[:, -1]
+
+
+# --------------------------------------------------------------------------------------------------
+# GRU
+# --------------------------------------------------------------------------------------------------
+
+
+class GRU(_GatedCell):
+    """One-layer GRU with PyTorch's equations, on the shared gated recurrence::
+
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)      r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   h' = z * h + (1 - z) * n
+
+    Parameters, gates in the order z | r | n: ``weight_ih`` [3H, I], ``bias_ih`` [3H],
+    ``weight_hh`` [H, 3H] (applied as h @ weight_hh, the layout the scan multiplies by) and
+    ``bias_hh`` [3H]; both biases are kept, as ``torch.nn.GRU`` keeps them, so the parameter count
+    is torch's. Initialisation U(-1/sqrt(H), 1/sqrt(H)) as torch's. Not ``torch.nn.GRU`` itself:
+    its CPU kernel runs fp32 products step by step and records about fifteen autograd nodes per
+    step, which made CRT-GRU's train step 1.2x the Transformer's at batch 32 (``crt-repro bench``).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        h = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))
+        self.bias_ih = nn.Parameter(torch.empty(3 * h))
+        self.weight_hh = nn.Parameter(torch.empty(h, 3 * h))
+        self.bias_hh = nn.Parameter(torch.empty(3 * h))
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            p.uniform_(-k, k)
+
+    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h0 = _check_inputs(x, h0, self.input_size, self.hidden_size)
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape[0], 0, self.hidden_size), h0.to(x.dtype)
+        return self._scan(x, h0, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh, None, "tanh")
 
 # --------------------------------------------------------------------------------------------------
 # NCGRU module
 # --------------------------------------------------------------------------------------------------
 
 
-class NCGRU(nn.Module):
+class NCGRU(_GatedCell):
     """Neumann-Cayley orthogonal GRU (Mucllari et al. 2022, arXiv 2208.06496), as DESIGN.md fixes it.
 
     ::
@@ -301,7 +361,7 @@ class NCGRU(nn.Module):
 
     Implementation: the input projections of the whole segment are one matmul before the loop;
     the three recurrent products are one matmul per step, ``h @ [Z_h | R_h | W]``; the recurrence
-    is a single autograd node with a hand-written BPTT (see ``_NCGRUScan``).
+    is a single autograd node with a hand-written BPTT (see ``_GatedScan``, shared with GRU).
 
     Choices (and why):
 
@@ -487,15 +547,6 @@ class NCGRU(nn.Module):
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), h0.to(x.dtype)
         self._check_fresh()
-        sdt = self.A.dtype  # state / gate-arithmetic dtype
-        ac = _autocast_dtype(x.device.type)
-        cdt = ac if ac is not None else sdt  # dtype of the matrix products
         w = cayley_weight(self.A, self.inv, self.d)
-        r_cat = torch.cat([self.weight_hh_zr, w], dim=1).to(cdt)  # cast once per segment
-        if ac is None:
-            xp = F.linear(x.to(sdt), self.weight_ih, self.bias)
-        else:
-            xp = F.linear(x, self.weight_ih, self.bias)  # autocast: one bf16 matmul for the segment
-        out = ncgru_scan(xp.to(sdt), h0.to(sdt), r_cat, self.b_mod)
-        out = out.to(x.dtype)
-        return out, out[:, -1]
+        recurrent = torch.cat([self.weight_hh_zr, w], dim=1)  # h @ [U_z | U_r | W]: one product a step
+        return self._scan(x, h0, self.weight_ih, self.bias, recurrent, None, self.b_mod, "modrelu")
