@@ -290,21 +290,23 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
     return rows
 
 
-def forward_macs(models, seg_lens, *, d_model: int, layers: int, vocab: int) -> dict[tuple[str, int], int]:
-    """fvcore MACs of one segment's forward (batch 1, softmax layer included) per (model, seg_len):
+def forward_macs(models, seg_lens, batches, *, d_model: int, layers: int, vocab: int
+                 ) -> dict[tuple[str, int, int], int]:
+    """fvcore MACs of one segment's forward (softmax layer included) per (model, seg_len, batch):
     the arithmetic a model does, to read its time ratio against."""
-    from crt_repro.cost import forward_cost
+    from crt_repro.cost import segment_macs
 
     macs = {}
     for spec_name in models:
         name, rnn = parse_model(spec_name)
         for n in seg_lens:
             cfg = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, vocab=vocab).config()
-            macs[spec_name, n] = forward_cost(cfg, vocab)["macs_fwd"]
+            for b in batches:
+                macs[spec_name, n, b] = segment_macs(cfg, vocab, batch=b)
     return macs
 
 
-def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int], int] | None = None) -> str:
+def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], int] | None = None) -> str:
     """Readable table: one line per row, ratios to the Transformer at the same seg_len and mode,
     and ms per token for the streaming rows. With ``macs`` (see ``forward_macs``) a "MACs x TR"
     column sets each time ratio beside the ratio of arithmetic: where the two are equal, a model's
@@ -318,8 +320,8 @@ def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int], int] | 
         name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
         ref = base.get((r["seg_len"], r["mode"]))
         ratio = f"{r['ms_per_batch'] / ref:.2f}" if ref else ""
-        ref_macs = macs.get(("transformer", r["seg_len"]))
-        own_macs = macs.get((name, r["seg_len"]))
+        ref_macs = macs.get(("transformer", r["seg_len"], r["batch"]))
+        own_macs = macs.get((name, r["seg_len"], r["batch"]))
         macs_ratio = f"{own_macs / ref_macs:.2f}" if own_macs and ref_macs else ""
         per_tok = f"{1000.0 / r['tokens_per_s']:.3f}" if r["tokens_per_s"] else ""
         lines.append(f"{name:<16} {r['seg_len']:>4} {r['batch']:>5} {r['mode']:<8} {r['ms_per_batch']:>10.2f} "
@@ -349,7 +351,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = bench(args.models, args.seg_lens, d_model=args.d_model, layers=args.layers, batch=args.batch,
                  vocab=args.vocab, device=args.device, bf16=args.bf16, modes=args.modes, warmup=args.warmup,
                  repeats=args.repeats, memory=not args.no_mem, progress=progress)
-    macs = forward_macs(args.models, args.seg_lens, d_model=args.d_model, layers=args.layers, vocab=args.vocab)
+    macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), d_model=args.d_model,
+                        layers=args.layers, vocab=args.vocab)
     print(format_table(rows, macs))
     print(machine_note(args.device).replace("#", "# after:"))
     if args.csv:

@@ -369,26 +369,10 @@ def forward_cost(cfg: Config, vocab_size: int, device: str = "meta") -> dict[str
 
     The count depends on shapes only, so by default the model is built and traced on the meta
     device (no storage, no arithmetic: a 16 x 410 model counts in about a second). NCGRU cannot
-    run on meta tensors (its forward compares its cached inverse by value and asks autocast about
-    the device type), so NCGRU models, and any model that fails on meta, are counted in fp32 on
+    run on meta tensors (its forward compares its cached inverse by value), so NCGRU models, and any model that fails on meta, are counted in fp32 on
     CPU (same count; the tests check meta against CPU).
     """
-    cfg = _cpu_fp32(cfg)
-    if device == "meta" and uses_rnn(cfg.model) and cfg.model.rnn == "ncgru":
-        device = "cpu"
-    if device == "meta":
-        try:
-            return _forward_cost(cfg, vocab_size, "meta")
-        except (NotImplementedError, RuntimeError):
-            device = "cpu"
-    return _forward_cost(cfg, vocab_size, device)
-
-
-def _forward_cost(cfg: Config, vocab_size: int, device: str) -> dict[str, Any]:
-    model = build_eval_model(cfg, vocab_size, device)
-    state = warm_state(model, cfg, vocab_size, device=device)
-    idx = torch.zeros(1, cfg.data.seg_len, dtype=torch.long, device=device)
-    macs, _, _ = count_macs(model, idx, state)
+    model, macs = _count_on(cfg, vocab_size, 1, device)
     m = cfg.model
     return {
         "params": count_params(model),
@@ -397,6 +381,31 @@ def _forward_cost(cfg: Config, vocab_size: int, device: str) -> dict[str, Any]:
         "formula_macs": formula_macs(cfg, vocab_size),
         "paper_formula_flops": paper_formula_flops(m.name, m.n_layer, cfg.data.seg_len, m.d_model),
     }
+
+
+def segment_macs(cfg: Config, vocab_size: int, batch: int = 1, device: str = "meta") -> int:
+    """fvcore MACs of one segment's forward for ``batch`` streams. Not batch x the batch-1 count:
+    NCGRU builds its recurrent matrix (d^3) once per segment, whatever the batch."""
+    return _count_on(cfg, vocab_size, batch, device)[1]
+
+
+def _count_on(cfg: Config, vocab_size: int, batch: int, device: str) -> tuple[nn.Module, int]:
+    cfg = _cpu_fp32(cfg)
+    if device == "meta" and uses_rnn(cfg.model) and cfg.model.rnn == "ncgru":
+        device = "cpu"
+    if device == "meta":
+        try:
+            return _count(cfg, vocab_size, batch, "meta")
+        except (NotImplementedError, RuntimeError):
+            device = "cpu"
+    return _count(cfg, vocab_size, batch, device)
+
+
+def _count(cfg: Config, vocab_size: int, batch: int, device: str) -> tuple[nn.Module, int]:
+    model = build_eval_model(cfg, vocab_size, device)
+    state = warm_state(model, cfg, vocab_size, batch=batch, device=device)
+    idx = torch.zeros(batch, cfg.data.seg_len, dtype=torch.long, device=device)
+    return model, count_macs(model, idx, state)[0]
 
 
 def cost_config(model: str, *, layers: int, seg_len: int, d_model: int, rnn: str = "gru",

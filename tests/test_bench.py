@@ -78,19 +78,23 @@ def test_cli_writes_csv_and_table(tmp_path, capsys):
 
 
 def test_macs_ratio_column_is_the_cost_models_ratio():
-    """"MACs x TR" is fvcore's forward count of each model over the Transformer's (cost.py's numbers)."""
-    from crt_repro.cost import forward_cost
+    """"MACs x TR" is fvcore's forward count of each model over the Transformer's at the row's batch."""
+    from crt_repro.cost import forward_cost, segment_macs
 
     kw = dict(d_model=16, layers=2, vocab=20)
-    macs = bench.forward_macs(["transformer", "crt-gru"], [5], **kw)
+    macs = bench.forward_macs(["transformer", "crt-ncgru"], [5], [1, 3], **kw)
     tr = forward_cost(bench.BenchSpec("transformer", "", 5, **kw).config(), 20)["macs_fwd"]
-    crt = forward_cost(bench.BenchSpec("crt", "gru", 5, **kw).config(), 20)["macs_fwd"]
-    assert macs == {("transformer", 5): tr, ("crt-gru", 5): crt} and crt > tr
-    rows = bench.bench(["transformer", "crt-gru"], [5], modes=["train"], **TINY)
+    nc_cfg = bench.BenchSpec("crt", "ncgru", 5, **kw).config()
+    nc = forward_cost(nc_cfg, 20)["macs_fwd"]
+    assert macs[("transformer", 5, 1)] == tr and macs[("crt-ncgru", 5, 1)] == nc > tr
+    assert macs[("transformer", 5, 3)] == 3 * tr
+    # NCGRU's d^3 Cayley product is paid once per segment, not once per stream
+    assert macs[("crt-ncgru", 5, 3)] == segment_macs(nc_cfg, 20, batch=3) == 3 * nc - 2 * 2 * 16**3
+    rows = bench.bench(["transformer", "crt-ncgru"], [5], modes=["train"], **TINY)
     table = bench.format_table(rows, macs).splitlines()
     assert "MACs x TR" in table[0]
-    crt_line = next(line for line in table if line.startswith("crt-gru"))
-    assert f"{crt / tr:.2f}" in crt_line.split()
+    crt_line = next(line for line in table if line.startswith("crt-ncgru"))
+    assert f"{macs[('crt-ncgru', 5, 3)] / (3 * tr):.2f}" in crt_line.split()
 
 
 def test_table6_rows_in_paper_order_with_paper_numbers():
