@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crt_repro.models.rnn import GRU, NCGRU, RNN_KINDS, cayley_weight, make_rnn
+from crt_repro.models import rnn as rnn_module
+from crt_repro.models.rnn import GRU, NCGRU, RNN_KINDS, SMALL_CPU_BATCH, cayley_weight, make_rnn
 
 KINDS = ["gru", "ncgru"]
+B_BF16 = SMALL_CPU_BATCH  # the smallest CPU batch whose step products run in bf16 under autocast
 
 
 def _seed(s=0):
@@ -166,8 +168,8 @@ def test_gru_equals_nn_gru_forward_and_gradients():
 def test_bf16_autocast_forward_backward(kind):
     _seed()
     m = make_rnn(kind, 8, 16)
-    x = torch.randn(4, 9, 8, requires_grad=True)
-    h0 = torch.randn(4, 16)
+    x = torch.randn(B_BF16, 9, 8, requires_grad=True)
+    h0 = torch.randn(B_BF16, 16)
     out32, _ = m(x, h0)
     g32 = torch.autograd.grad(out32.square().sum(), [x, *m.parameters()])
     for xin in (x, x.bfloat16()):  # fp32 input (embedding) and bf16 input (a bf16 linear's output)
@@ -182,12 +184,30 @@ def test_bf16_autocast_forward_backward(kind):
             assert ((a - b).norm() / b.norm()) < 0.15
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_small_cpu_batches_step_in_fp32_under_autocast(kind, monkeypatch):
+    seen = []
+    real = rnn_module.gated_scan
+
+    def spy(xp, h0, r_cat, *args):
+        seen.append(r_cat.dtype)
+        return real(xp, h0, r_cat, *args)
+
+    monkeypatch.setattr(rnn_module, "gated_scan", spy)
+    m = make_rnn(kind, 8, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for b in (1, SMALL_CPU_BATCH - 1, SMALL_CPU_BATCH):
+            m(torch.randn(b, 3, 8), None)
+    m(torch.randn(1, 3, 8), None)  # no autocast: fp32 at any batch
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
+
+
 def test_ncgru_bf16_backward_matches_emulated_reference():
     """Under autocast the fused backward must be the exact gradient of the bf16 forward: compare
     with autograd through the same forward written with explicit bf16 roundings."""
     _seed()
     m = make_rnn("ncgru", 8, 16)
-    x, h0 = torch.randn(4, 9, 8, requires_grad=True), torch.randn(4, 16)
+    x, h0 = torch.randn(B_BF16, 9, 8, requires_grad=True), torch.randn(B_BF16, 16)
     bf = lambda t: t.bfloat16().float()  # noqa: E731
     h_size = 16
     w = cayley_weight(m.A, m.inv, m.d)

@@ -281,19 +281,28 @@ def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod
         return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=False)[0]
 
 
+# Below this many streams a CPU step product runs in fp32 even under autocast: at [B,256] x [256,768]
+# oneDNN's bf16 product costs a fixed ~20-35 us (it repacks the weight on every call) while MKL's
+# fp32 one costs ~15 us at B=1; bf16 wins from about B=8 (crt-repro bench, stream mode).
+SMALL_CPU_BATCH = 8
+
+
 class _GatedCell(nn.Module):
     """What GRU and NCGRU share: the dtype policy and the input projection of the whole segment.
 
-    Under autocast the products run in the autocast dtype and the gate arithmetic and the carried
-    state in the parameters' dtype (fp32); outputs come back in the dtype of x.
+    Under autocast the products run in the autocast dtype (except the per-step products of a
+    small CPU batch, see ``SMALL_CPU_BATCH``) and the gate arithmetic and the carried state in the
+    parameters' dtype (fp32); outputs come back in the dtype of x.
     """
 
     def _scan(self, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor, recurrent: Tensor,
               b_hh: Tensor | None, b_mod: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
         sdt = weight_ih.dtype
-        cdt = _autocast_dtype(x.device.type) or sdt
+        autocast = _autocast_dtype(x.device.type)
         # One product for the whole segment; under autocast F.linear runs it in the autocast dtype.
-        xp = F.linear(x if cdt != sdt else x.to(sdt), weight_ih, bias_ih)
+        xp = F.linear(x if autocast else x.to(sdt), weight_ih, bias_ih)
+        small_cpu = x.device.type == "cpu" and x.shape[0] < SMALL_CPU_BATCH
+        cdt = autocast if autocast and not small_cpu else sdt
         b_hh = None if b_hh is None else b_hh.to(cdt)
         out = gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind).to(x.dtype)
         return out, out[:, -1]
