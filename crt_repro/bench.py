@@ -255,8 +255,9 @@ def measure_memory_subprocess(spec: BenchSpec, mode: str, timeout: float = 600) 
 
 
 def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, layers: int = 3, batch: int = 32,
-          vocab: int = 10000, device: str = "cpu", bf16: bool = False, modes=MODES, warmup: int = 2,
-          repeats: int = 7, memory: bool = True, progress=None) -> list[dict[str, Any]]:
+          vocab: int = 10000, device: str = "cpu", bf16: bool = False, n_head: int | None = None,
+          d_inner: int | None = None, modes=MODES, warmup: int = 2, repeats: int = 7, memory: bool = True,
+          progress=None) -> list[dict[str, Any]]:
     """Rows with ``CSV_COLUMNS`` for every model x seg_len x mode (see the module docstring)."""
     rows = []
     for n in seg_lens:
@@ -264,7 +265,7 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
         for spec_name in models:
             name, rnn = parse_model(spec_name)
             spec = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, batch=batch, vocab=vocab, device=device,
-                             bf16=bf16)
+                             bf16=bf16, n_head=n_head, d_inner=d_inner)
             runners.append((spec_name, spec, Runner.from_spec(spec)))
         for mode in modes:
             medians = time_round_robin([r for _, _, r in runners], mode, warmup, repeats)
@@ -290,8 +291,8 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
     return rows
 
 
-def forward_macs(models, seg_lens, batches, *, d_model: int, layers: int, vocab: int
-                 ) -> dict[tuple[str, int, int], int]:
+def forward_macs(models, seg_lens, batches, *, d_model: int, layers: int, vocab: int, n_head: int | None = None,
+                 d_inner: int | None = None) -> dict[tuple[str, int, int], int]:
     """fvcore MACs of one segment's forward (softmax layer included) per (model, seg_len, batch):
     the arithmetic a model does, to read its time ratio against."""
     from crt_repro.cost import segment_macs
@@ -300,7 +301,8 @@ def forward_macs(models, seg_lens, batches, *, d_model: int, layers: int, vocab:
     for spec_name in models:
         name, rnn = parse_model(spec_name)
         for n in seg_lens:
-            cfg = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, vocab=vocab).config()
+            cfg = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, vocab=vocab, n_head=n_head,
+                            d_inner=d_inner).config()
             for b in batches:
                 macs[spec_name, n, b] = segment_macs(cfg, vocab, batch=b)
     return macs
@@ -349,10 +351,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("  " + " ".join(f"{k}={row[k]}" for k in CSV_COLUMNS), file=sys.stderr, flush=True)
 
     rows = bench(args.models, args.seg_lens, d_model=args.d_model, layers=args.layers, batch=args.batch,
-                 vocab=args.vocab, device=args.device, bf16=args.bf16, modes=args.modes, warmup=args.warmup,
+                 vocab=args.vocab, device=args.device, bf16=args.bf16, n_head=args.n_head, d_inner=args.d_inner,
+                 modes=args.modes, warmup=args.warmup,
                  repeats=args.repeats, memory=not args.no_mem, progress=progress)
     macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), d_model=args.d_model,
-                        layers=args.layers, vocab=args.vocab)
+                        layers=args.layers, vocab=args.vocab, n_head=args.n_head, d_inner=args.d_inner)
     print(format_table(rows, macs))
     print(machine_note(args.device).replace("#", "# after:"))
     if args.csv:
@@ -368,6 +371,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg-lens", nargs="+", type=int, default=[17, 35, 70])
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--n-head", type=int, help="default: 4, 8, 10, 2 or 1, the first dividing d_model")
+    p.add_argument("--d-inner", type=int, help="default: 4 x d_model")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000, PTB)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

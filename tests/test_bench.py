@@ -65,6 +65,7 @@ def test_peak_memory_in_fresh_process_grows_with_the_work():
 def test_cli_writes_csv_and_table(tmp_path, capsys):
     out = tmp_path / "bench.csv"
     rc = cli_main(["bench", "--models", "transformer", "crt-gru", "--seg-lens", "4", "--d-model", "8", "--layers", "1",
+                   "--n-head", "2", "--d-inner", "12",
                    "--batch", "2", "--vocab", "10", "--warmup", "0", "--repeats", "1", "--no-mem", "--csv", str(out)])
     assert rc == 0
     with out.open() as f:
