@@ -376,7 +376,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000, PTB)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AMX matmuls)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AVX-512 BF16 or AMX matmuls where the CPU has them)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
