@@ -161,10 +161,10 @@ def _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind: str, save: bool):
     what backward needs when ``save``: states [T+1,B,H] (h0 first), g [T,B,3H] (compute dtype) and
     pre [T,B,3H] holding z | r | c. Without ``save`` the g and pre buffers hold one step.
 
-    Why this shape: at batch 32 and H 256 a step is one small matrix product plus a few tiny
-    elementwise ops, so the time goes to per-op overhead. One product per step (the three
-    recurrent matrices side by side), one add for all three gates, in-place activations and
-    no per-step Python slicing beyond what ``unbind`` prepared keep the op count at seven.
+    Why this shape: a step is one small matrix product plus a few tiny elementwise ops, each with a
+    fixed cost of several microseconds. One product per step (the three recurrent matrices side by
+    side), one add for all three gates, in-place activations and no per-step Python slicing beyond
+    what ``unbind`` prepared keep a GRU step at seven ops.
     """
     b, t_len, h3 = xp.shape
     h = h3 // 3
@@ -206,16 +206,13 @@ class _GatedScan(torch.autograd.Function):
         with _autocast_off(xp.device.type):
             out, saved = _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=True)
         ctx.kind = kind
-        ctx.has_b_hh = b_hh is not None
         ctx.save_for_backward(r_cat, *saved)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         with _autocast_off(d_out.device.type):
-            grads = _scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors)
-        d_xp, d_h0, d_r, d_b_hh, d_b_mod = grads
-        return d_xp, d_h0, d_r, d_b_hh if ctx.has_b_hh else None, d_b_mod, None
+            return *_scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors), None
 
 
 def _scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
@@ -282,8 +279,8 @@ def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod
 
 
 # Below this many streams a CPU step product runs in fp32 even under autocast: at [B,256] x [256,768]
-# oneDNN's bf16 product costs a fixed ~20-35 us (it repacks the weight on every call) while MKL's
-# fp32 one costs ~15 us at B=1; bf16 wins from about B=8 (crt-repro bench, stream mode).
+# oneDNN's bf16 product costs a fixed ~20-35 us a call while MKL's fp32 one costs ~15 us at B=1;
+# bf16 wins from about B=8 (measured on the development machine; crt-repro bench, stream mode).
 SMALL_CPU_BATCH = 8
 
 
