@@ -18,6 +18,11 @@ model before repeat r+1 of any), after ``warmup`` untimed iterations each, so th
 processes on a shared machine falls on all models alike; the median of ``repeats`` is reported.
 CUDA timings synchronise before reading the clock.
 
+Reading the ratios: the printed table puts each model's time over the Transformer's ("x TR")
+beside its multiply-adds over the Transformer's ("MACs x TR", fvcore at the row's batch). A time
+ratio above the MAC ratio is overhead (small ops, memory traffic) that an implementation could
+remove; one at or below it is the model's arithmetic. The CSV holds the timings only.
+
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, per
 configuration, in the timing process. On CPU there is no allocator statistic, and
 ``getrusage().ru_maxrss`` is the peak RSS over the whole *process lifetime*: it never goes down,
