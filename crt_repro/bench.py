@@ -355,12 +355,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(row):
         print("  " + " ".join(f"{k}={row[k]}" for k in CSV_COLUMNS), file=sys.stderr, flush=True)
 
-    rows = bench(args.models, args.seg_lens, d_model=args.d_model, layers=args.layers, batch=args.batch,
-                 vocab=args.vocab, device=args.device, bf16=args.bf16, n_head=args.n_head, d_inner=args.d_inner,
-                 modes=args.modes, warmup=args.warmup,
-                 repeats=args.repeats, memory=not args.no_mem, progress=progress)
-    macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), d_model=args.d_model,
-                        layers=args.layers, vocab=args.vocab, n_head=args.n_head, d_inner=args.d_inner)
+    # The timed models and the counted ones must have the same widths.
+    widths = dict(d_model=args.d_model, layers=args.layers, vocab=args.vocab, n_head=args.n_head,
+                  d_inner=args.d_inner)
+    rows = bench(args.models, args.seg_lens, batch=args.batch, device=args.device, bf16=args.bf16,
+                 modes=args.modes, warmup=args.warmup, repeats=args.repeats, memory=not args.no_mem,
+                 progress=progress, **widths)
+    macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
     print(format_table(rows, macs))
     print(machine_note(args.device).replace("#", "# after:"))
     if args.csv:
@@ -381,7 +382,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000, PTB)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AVX-512 BF16 or AMX matmuls where the CPU has them)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (CPU: AVX-512 BF16 or AMX matmuls where the CPU has them)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
