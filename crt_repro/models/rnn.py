@@ -278,10 +278,11 @@ def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod
         return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=False)[0]
 
 
-# Below this many streams a CPU step product runs in fp32 even under autocast: at [B,256] x [256,768]
-# oneDNN's bf16 product costs a fixed ~20-35 us a call while MKL's fp32 one costs ~15 us at B=1;
-# bf16 wins from about B=8 (measured on the development machine; crt-repro bench, stream mode).
-SMALL_CPU_BATCH = 8
+# Below this many streams a CPU step product runs in fp32 even under autocast. Timed on the 2-core
+# AMD EPYC this was developed on, torch.mm of [B,256] x [256,768] with operands already cast (as
+# the scan runs its steps): fp32 15 us at B=1 and 32-44 us at B=2..8; bf16 23-30 us at B=1..8.
+# So only a single stream (batch-1 streaming) is faster in fp32.
+SMALL_CPU_BATCH = 2
 
 
 class _GatedCell(nn.Module):
