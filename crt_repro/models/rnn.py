@@ -321,8 +321,8 @@ class GRU(_GatedCell):
     ``weight_hh`` [H, 3H] (applied as h @ weight_hh, the layout the scan multiplies by) and
     ``bias_hh`` [3H]; both biases are kept, as ``torch.nn.GRU`` keeps them, so the parameter count
     is torch's. Initialisation U(-1/sqrt(H), 1/sqrt(H)) as torch's. Not ``torch.nn.GRU`` itself:
-    its CPU kernel runs fp32 products step by step and records about fifteen autograd nodes per
-    step. With it, CRT-GRU's train step was 1.21 / 1.18 / 1.16x the Transformer's at seg 17 / 35 /
+    on CPU it decomposes into per-step ops and records about fifteen autograd nodes per step
+    (ours: thirteen per call, whatever the length). With it, CRT-GRU's train step was 1.21 / 1.18 / 1.16x the Transformer's at seg 17 / 35 /
     70, against 1.16 / 1.14 / 1.12x on the fused scan, in one back-to-back pair of runs
     (``crt-repro bench --d-model 256 --layers 3 --batch 32 --bf16 --modes train``).
     """
