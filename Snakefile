@@ -57,13 +57,13 @@ rule all:
     input:
         ALL_TABLE_FILES,
         ALL_FIGURE_FILES,
-        "results/runs.csv",
+        f"{RESULTS}/runs.csv",
 
 
 rule all_tables:
     input:
         ALL_TABLE_FILES,
-        "results/runs.csv",
+        f"{RESULTS}/runs.csv",
 
 
 rule all_figures:

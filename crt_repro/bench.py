@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,12 +107,12 @@ class Runner:
 
     def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=MODES):
         from crt_repro.models import build_model
-        from crt_repro.train import make_optimizer, resolve_device
+        from crt_repro.train import make_optimizer, resolve_device, resolve_precision
 
         self.cfg = cfg
         self.vocab = vocab
         self.device = resolve_device(cfg.run.device)
-        self.bf16 = cfg.run.bf16
+        self.precision = resolve_precision(cfg, self.device)
         torch.manual_seed(seed)
         self.model = build_model(cfg, vocab).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
@@ -131,9 +130,9 @@ class Runner:
         return cls(spec.config(), spec.vocab, seed)
 
     def autocast(self):
-        if not self.bf16:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        from crt_repro.train import autocast
+
+        return autocast(self.precision, self.device)
 
     @torch.no_grad()
     def warm_states(self, modes=MODES) -> None:
@@ -159,7 +158,7 @@ class Runner:
             with self.autocast():
                 hidden, state = model(self.x, state)
                 loss = model.head.loss(hidden, self.y)
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad()
             loss.backward()
             self.opt.step()
             post_step(model, self.step_count)

@@ -44,15 +44,24 @@ class ModelConfig:
     dropout_attn: float = 0.0  # attention probabilities
     dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
     tie_embeddings: bool = True
+    activation: str = "gelu"  # gelu | relu (Transformer-XL's): the feed-forward non-linearity
     # Transformer-XL: hidden states kept per layer; None means "= seg_len" (the paper's tables).
     mem_len: int | None = None
+    # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
+    eval_mem_len: int | None = None
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal
+    pos_rnn_init: str = "memory"  # memory | zeros: the position RNN's initial state
+    memory_input: str = "final_ln"  # final_ln | raw: what the memory RNN reads of the last layer
+    # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
+    # form), or before it, (r * h) W (the paper's appendix).
+    rnn_reset: str = "after"
     # NCGRU
     ncgru_neumann_order: int = 2
     ncgru_exact_every: int = 100
     ncgru_n_negative: int | None = None  # -1 entries of the fixed diagonal D; null: d_model // 10
+    ncgru_candidate_bias: bool = True  # a candidate bias b besides modReLU's own
     # video (TimeSformer / CR-ViT)
     image_size: int = 224
     patch_size: int = 16
@@ -80,12 +89,17 @@ class DataConfig:
     frames: int = 16
     resize: int = 256
     crop: int = 224
+    # Pixel normalisation: kinetics (mean 0.45, std 0.225: TimeSformer's K400 checkpoint was
+    # trained with it) | imagenet (0.485/0.456/0.406, 0.229/0.224/0.225).
+    normalize: str = "kinetics"
     num_workers: int = 0
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | sgd (with momentum; TimeSformer's fine-tuning recipe)
     lr: float = 2.5e-4
+    momentum: float = 0.9  # sgd only
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.0
     beta1: float = 0.9
@@ -94,22 +108,38 @@ class OptimConfig:
     # the output rows of words absent from a small training slice.
     eps: float = 1e-8
     warmup_steps: int = 0
-    max_steps: int = 1000
+    warmup_ratio: float = 0.0  # warm-up as a fraction of the run (equal tokens at every seg_len)
+    schedule: str = "cosine"  # cosine (to lr * min_lr_ratio) | step (lr * step_gamma at each of lr_steps)
+    lr_steps: list[float] = field(default_factory=list)  # fractions of the run, e.g. [0.733, 0.933]
+    step_gamma: float = 0.1
+    # The training budget: exactly one of these. Tokens (targets trained on) or epochs keep every
+    # run of a table on the same data whatever its segment length; steps are derived from them.
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_epochs: float | None = None
     clip: float = 0.25
     # One optimiser step covers this many consecutive segments of every stream. CRT's gradient
     # crosses them through the memory; every other model sees the same tokens per step, so the
     # models stay comparable step for step.
     bptt_segments: int = 2
+    # NCGRU's skew-symmetric A: trained by the shared optimizer ("shared"), or by an optimizer of
+    # its own (rmsprop | adam) at ncgru_a_lr, as scoRNN/NC-GRU train it.
+    ncgru_a_optimizer: str = "shared"
+    ncgru_a_lr: float | None = None
 
 
 @dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # bf16 autocast on CPU and CUDA
+    # bf16 autocast: auto = where the hardware runs bf16 natively (CUDA with bf16, CPUs with
+    # AVX512-BF16 or AMX), fp32 elsewhere; the precision used is recorded in metrics.json.
+    bf16: bool | str = "auto"
     checkpoint_every: int = 200
     log_every: int = 10
-    eval_every: int = 0  # 0: evaluate at the end only
+    eval_every: int = 0  # validation every this many steps; 0: see n_evals
+    n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
+    report: str = "last"  # last | best_valid: the checkpoint whose test metrics are reported
 
 
 @dataclass
@@ -153,21 +183,29 @@ class Config:
         for k in ("data_dir", "num_workers"):
             data.pop(k)
         if not uses_rnn(self.model):
-            for k in ("rnn", *NCGRU_KEYS):
+            for k in ("rnn", "rnn_reset", *NCGRU_KEYS):
                 m.pop(k)
         elif self.model.rnn == "gru":
             for k in NCGRU_KEYS:
                 m.pop(k)
         if self.model.name != "transformer_xl":
             m.pop("mem_len")
+            m.pop("eval_mem_len")
         if self.model.name != "crt":
             m.pop("memory")
             m.pop("pos_encoding")
+        if self.model.name not in CRT_MODELS:
+            m.pop("pos_rnn_init")
+            m.pop("memory_input")
+        o = d["optim"]
+        if not (uses_rnn(self.model) and self.model.rnn == "ncgru"):
+            o.pop("ncgru_a_optimizer")
+            o.pop("ncgru_a_lr")
         video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
                       "vit_memory_scope", "vit_loss_iterations", "init_from")
         for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings"):
             m.pop(k, None)
-        for k in ("frames", "resize", "crop") if not self.is_video else ("seg_len", "max_train_tokens"):
+        for k in ("frames", "resize", "crop", "normalize") if not self.is_video else ("seg_len", "max_train_tokens"):
             data.pop(k)
         return d
 
@@ -181,7 +219,8 @@ class Config:
         return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative")
+NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
+CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
 
 
 def uses_rnn(m: ModelConfig) -> bool:
@@ -191,9 +230,9 @@ def uses_rnn(m: ModelConfig) -> bool:
 def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
     """The keyword arguments of ``crt_repro.models.rnn.make_rnn`` that ``m`` sets."""
     if m.rnn != "ncgru":
-        return {}
-    return {"neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
-            "n_negative": m.ncgru_n_negative}
+        return {"reset": m.rnn_reset}
+    return {"reset": m.rnn_reset, "neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
+            "n_negative": m.ncgru_n_negative, "candidate_bias": m.ncgru_candidate_bias}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +255,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):
@@ -285,6 +329,24 @@ def canonical_dataset(name: str) -> str:
     return name
 
 
+# Keys of which one is set: overriding one replaces the profile's choice among them.
+ALTERNATIVES = (("max_steps", "max_tokens", "max_epochs"), ("warmup_steps", "warmup_ratio"))
+
+
+def _replacing_alternatives(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--set optim.max_steps=N`` on a profile with a token budget means N steps instead."""
+    optim = overrides.get("optim")
+    if not isinstance(optim, dict):
+        return overrides
+    optim = dict(optim)
+    for group in ALTERNATIVES:
+        if any(k in optim for k in group):
+            for k in group:
+                if k not in optim and k in (base.get("optim") or {}):
+                    optim[k] = None if k.startswith("max_") else 0
+    return {**overrides, "optim": optim}
+
+
 def load_profile(profile: str) -> dict[str, Any]:
     if profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
@@ -302,8 +364,11 @@ def build_config(profile: str, dataset: str, overrides: dict[str, Any] | None = 
     dataset = canonical_dataset(dataset)
     per_dataset = raw.pop("datasets", {}) or {}
     merged = _merge(raw, per_dataset.get(dataset, {}))
+    per_model = merged.pop("models", {}) or {}
+    name = (overrides or {}).get("model", {}).get("name") or merged.get("model", {}).get("name")
+    merged = _merge(merged, per_model.get(name, {}))
     merged = _merge(merged, {"data": {"dataset": dataset}})
-    merged = _merge(merged, overrides or {})
+    merged = _merge(merged, _replacing_alternatives(merged, overrides or {}))
     cfg = Config(profile=profile)
     _fill(cfg, {k: v for k, v in merged.items() if k != "profile"}, "")
     cfg.data.dataset = canonical_dataset(cfg.data.dataset)
@@ -356,7 +421,13 @@ def validate(cfg: Config) -> None:
     _require(m.ncgru_n_negative is None or 0 <= m.ncgru_n_negative <= m.d_model, "model.ncgru_n_negative",
              m.ncgru_n_negative, "must be in [0, d_model] or null")
     _require(m.ncgru_exact_every >= 1, "model.ncgru_exact_every", m.ncgru_exact_every, "must be >= 1")
+    _require(m.eval_mem_len is None or m.eval_mem_len >= 1, "model.eval_mem_len", m.eval_mem_len,
+             "must be >= 1 (or null for = mem_len)")
+    for key, choices in (("activation", ("gelu", "relu")), ("pos_rnn_init", ("memory", "zeros")),
+                         ("memory_input", ("final_ln", "raw")), ("rnn_reset", ("after", "before"))):
+        _require(getattr(m, key) in choices, f"model.{key}", getattr(m, key), f"must be {' or '.join(choices)}")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
+    _require(d.normalize in ("kinetics", "imagenet"), "data.normalize", d.normalize, "must be kinetics or imagenet")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
     _require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "must be >= 1")
     _require(d.max_train_tokens is None or d.max_train_tokens >= 2, "data.max_train_tokens", d.max_train_tokens,
@@ -381,16 +452,43 @@ def validate(cfg: Config) -> None:
         _require(m.vit_loss_iterations in ("all", "last"), "model.vit_loss_iterations", m.vit_loss_iterations,
                  "must be all or last")
         _require(0.0 <= m.vit_drop_path < 1.0, "model.vit_drop_path", m.vit_drop_path, "must be in [0, 1)")
+    _require(o.name in ("adamw", "sgd"), "optim.name", o.name, "must be adamw or sgd")
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
+    _require(o.schedule in ("cosine", "step"), "optim.schedule", o.schedule, "must be cosine or step")
+    _require(all(0 < f < 1 for f in o.lr_steps) and o.lr_steps == sorted(o.lr_steps), "optim.lr_steps",
+             o.lr_steps, "must be increasing fractions of the run, each in (0, 1)")
+    _require(0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "must be in (0, 1]")
+    budgets = {k: getattr(o, k) for k in ("max_steps", "max_tokens", "max_epochs") if getattr(o, k) is not None}
+    _require(len(budgets) == 1, "optim.max_steps/max_tokens/max_epochs", budgets or None,
+             "set exactly one training budget (the others null)")
+    _require(all(v > 0 for v in budgets.values()), f"optim.{next(iter(budgets), 'max_steps')}",
+             next(iter(budgets.values()), None), "must be > 0")
+    _require(o.max_tokens is None or not cfg.is_video, "optim.max_tokens", o.max_tokens,
+             "is a language-model budget; a video run takes optim.max_epochs or optim.max_steps")
+    _require(0.0 <= o.warmup_ratio < 1.0, "optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1)")
+    _require(not (o.warmup_ratio and o.warmup_steps), "optim.warmup_ratio", o.warmup_ratio,
+             f"set warm-up in steps or as a ratio, not both (optim.warmup_steps={o.warmup_steps})")
+    _require(o.ncgru_a_optimizer in ("shared", "rmsprop", "adam"), "optim.ncgru_a_optimizer",
+             o.ncgru_a_optimizer, "must be shared, rmsprop or adam")
+    _require((o.ncgru_a_lr is None) == (o.ncgru_a_optimizer == "shared"), "optim.ncgru_a_lr", o.ncgru_a_lr,
+             "is the learning rate of NCGRU's own A optimizer: set it (> 0) exactly when "
+             "optim.ncgru_a_optimizer is not shared")
+    _require(o.ncgru_a_lr is None or o.ncgru_a_lr > 0, "optim.ncgru_a_lr", o.ncgru_a_lr, "must be > 0")
     _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2", (o.beta1, o.beta2), "must be in [0, 1)")
     _require(o.eps > 0, "optim.eps", o.eps, "must be > 0")
-    _require(o.max_steps >= 1, "optim.max_steps", o.max_steps, "must be >= 1")
-    _require(0 <= o.warmup_steps <= o.max_steps, "optim.warmup_steps", o.warmup_steps, "must be in [0, max_steps]")
+    _require(o.warmup_steps >= 0 and (o.max_steps is None or o.warmup_steps <= o.max_steps), "optim.warmup_steps",
+             o.warmup_steps, "must be in [0, max_steps]")
     _require(o.clip >= 0, "optim.clip", o.clip, "must be >= 0 (0 disables clipping)")
     _require(o.bptt_segments >= 1, "optim.bptt_segments", o.bptt_segments, "must be >= 1")
     _require(r.device in ("auto", "cpu", "cuda"), "run.device", r.device, "must be auto, cpu or cuda")
+    _require(isinstance(r.bf16, bool) or r.bf16 == "auto", "run.bf16", r.bf16, "must be true, false or auto")
+    _require(r.n_evals >= 0, "run.n_evals", r.n_evals, "must be >= 0")
+    _require(not (r.n_evals and r.eval_every), "run.n_evals", r.n_evals,
+             f"give validations as a count or an interval, not both (run.eval_every={r.eval_every})")
+    _require(r.report in ("last", "best_valid"), "run.report", r.report, "must be last or best_valid")
     _require(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "must be >= 1")
     _require(r.log_every >= 1, "run.log_every", r.log_every, "must be >= 1")
     _require(r.eval_every >= 0, "run.eval_every", r.eval_every, "must be >= 0")

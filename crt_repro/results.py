@@ -1,7 +1,6 @@
-"""Run records, the ``runs.csv`` schema, merging CSVs from several machines, and the plan of runs
-each paper table needs (the workflow's experiment expansion).
+"""Run records, the ``runs.csv`` schema and merging CSVs from several machines.
 
-A run is one ``crt-repro train`` invocation; its directory ``results/runs/<run_id>/`` holds
+A run is one ``crt-repro train`` invocation; its directory ``results/<profile>/runs/<run_id>/`` holds
 ``config.yaml`` and, once finished, ``metrics.json`` (see ``crt_repro.train``). ``run_id`` is
 ``Config.run_id()``: a readable prefix and a hash of every setting that changes the result, so two
 tables that need the same run (Table 8's Transformer and CRT-NCGRU at 70 tokens are Table 2's)
@@ -16,10 +15,8 @@ from (``model.init_from``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -28,13 +25,18 @@ if TYPE_CHECKING:  # pandas is imported lazily: the Snakefile imports this modul
 
 RUN_COLUMNS = (
     "run_id", "tables", "profile", "dataset", "model", "rnn", "layers", "d_model", "seg_len", "mem_len", "seed",
-    "steps", "valid_loss", "valid_ppl", "test_loss", "test_ppl", "params", "flops_fwd", "train_tokens_per_s",
-    "wall_s", "peak_mem_mb", "git_sha", "torch_version", "device", "date",
+    "steps", "train_tokens", "epochs", "precision", "reported_step", "valid_loss", "valid_ppl", "test_loss",
+    "test_ppl", "params", "flops_fwd", "train_tokens_per_s", "wall_s", "peak_mem_mb", "data_files", "git_sha",
+    "torch_version", "device", "date",
 )
 NUMERIC_COLUMNS = (
-    "layers", "d_model", "seg_len", "mem_len", "seed", "steps", "valid_loss", "valid_ppl", "test_loss", "test_ppl",
-    "params", "flops_fwd", "train_tokens_per_s", "wall_s", "peak_mem_mb",
+    "layers", "d_model", "seg_len", "mem_len", "seed", "steps", "train_tokens", "epochs", "reported_step",
+    "valid_loss", "valid_ppl", "test_loss", "test_ppl", "params", "flops_fwd", "train_tokens_per_s", "wall_s",
+    "peak_mem_mb",
 )
+# Columns that describe the machine a run ran on, not its result: rows of one run from two
+# machines may differ in them (merge keeps the first).
+MACHINE_COLUMNS = ("train_tokens_per_s", "wall_s", "peak_mem_mb", "git_sha", "torch_version", "device", "date")
 VIDEO_RUN_COLUMNS = ("frames", "image_size", "test_mca", "test_top1", "init_from")
 VIDEO_NUMERIC_COLUMNS = ("frames", "image_size", "test_mca", "test_top1")
 TAG_SEP = ";"
@@ -85,6 +87,9 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
             "and the package's disagree (was the config or a profile changed while the workflow ran?)")
     row: dict[str, Any] = {c: metrics.get(c, "") for c in RUN_COLUMNS}
     row["tables"] = TAG_SEP.join(sorted(set(tags)))
+    row["train_tokens"] = metrics.get("train_items", "")
+    row["epochs"] = round(metrics["train_epochs"], 4) if "train_epochs" in metrics else ""
+    row["data_files"] = data_files_cell(metrics.get("data_files") or {})
     row["flops_fwd"] = ""
     if cost and "test_ppl" in metrics:  # language models; the video tables cost their own way
         row["flops_fwd"] = run_cost(run_dir, metrics.get("run_id", ""))["flops_fwd"]
@@ -103,6 +108,11 @@ def video_record(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config_file(config)
     return {"frames": cfg.data.frames, "image_size": cfg.model.image_size, "test_mca": metrics["test_mca"],
             "test_top1": metrics.get("test_top1", ""), "init_from": cfg.model.init_from or ""}
+
+
+def data_files_cell(files: dict[str, dict]) -> str:
+    """``name=sha256[:16]`` per file, ';'-separated: names the files whose content differs."""
+    return TAG_SEP.join(f"{name}={entry['sha256'][:16]}" for name, entry in sorted(files.items()))
 
 
 def run_cost(run_dir: Path, run_id: str) -> dict[str, Any]:
@@ -209,7 +219,8 @@ def merge_runs(frames: Sequence[tuple[str, "pd.DataFrame"]]) -> "pd.DataFrame":
                 merged[rid], source_of[rid] = dict(row), name
                 continue
             old = merged[rid]
-            diff = [c for c in columns if c != "tables" and not _same(str(old.get(c, "")), str(row.get(c, "")))]
+            diff = [c for c in columns if c not in ("tables", *MACHINE_COLUMNS)
+                    and not _same(str(old.get(c, "")), str(row.get(c, "")))]
             if diff:
                 detail = "; ".join(f"{c}: {old.get(c, '')!r} ({source_of[rid]}) vs {row.get(c, '')!r} ({name})"
                                    for c in diff)
@@ -237,228 +248,3 @@ def select_runs(df: "pd.DataFrame", tag: str | None = None, **equal: Any) -> "pd
         if value is not None:
             mask &= df[col] == value
     return df[mask]
-
-
-# ---------------------------------------------------------------------------------------------
-# Experiment plan: which runs each table needs (the workflow's expansion of experiments.yaml)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """The arguments of one ``crt-repro train`` call (without --data-dir/--out).
-
-    ``layers`` / ``seg_len`` None leave them to the profile (the video runs: their depth is the
-    profile's, and they have no segment length). ``init_run`` is the run whose checkpoint this
-    one starts from (the video tables' second stage); its path is in ``sets`` as
-    ``model.init_from``, so it is part of the run id.
-    """
-
-    profile: str
-    dataset: str
-    model: str
-    layers: int | None
-    seg_len: int | None
-    seed: int
-    rnn: str | None = None
-    sets: tuple[str, ...] = ()
-    init_run: str | None = None
-
-    def train_args(self) -> list[str]:
-        args = ["--profile", self.profile, "--dataset", self.dataset, "--model", self.model]
-        if self.layers is not None:
-            args += ["--layers", str(self.layers)]
-        if self.seg_len is not None:
-            args += ["--seg-len", str(self.seg_len)]
-        if self.rnn:
-            args += ["--rnn", self.rnn]
-        args += ["--seed", str(self.seed)]
-        for kv in self.sets:
-            args += ["--set", kv]
-        return args
-
-    def config(self):
-        """The Config ``crt-repro train`` builds from these arguments (the CLI's own code path)."""
-        from crt_repro.commands import train_overrides
-        from crt_repro.config import build_config
-
-        ns = argparse.Namespace(set=list(self.sets), model=self.model, layers=self.layers, rnn=self.rnn,
-                                seg_len=self.seg_len, data_dir=None, seed=self.seed, device=None)
-        return build_config(self.profile, self.dataset, train_overrides(ns))
-
-    def run_id(self) -> str:
-        return self.config().run_id()
-
-
-@dataclass
-class TablePlan:
-    name: str
-    reference: str  # table key in the reference CSV (table2)
-    paper_dataset: str
-    dataset: str  # what this profile runs
-    paper_layers: int
-    layers: int
-    run_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class VideoTablePlan:
-    name: str
-    reference: str  # table key in the reference CSV (table7)
-    paper_dataset: str  # smarthome
-    dataset: str  # what this profile runs (smoke: synthetic-video)
-    run_ids: list[str] = field(default_factory=list)  # the measured rows' runs (not their first stage)
-
-
-@dataclass
-class Plan:
-    profile: str
-    data_dir: str | None
-    runs: dict[str, RunSpec]
-    tables: dict[str, TablePlan]
-    figures: dict[str, str]  # figure -> table whose runs it plots
-    cost_tables: list[str]
-    # Tables 7 and 13: kept apart from the language runs (their own workflow rules).
-    video_runs: dict[str, RunSpec] = field(default_factory=dict)
-    video_tables: dict[str, VideoTablePlan] = field(default_factory=dict)
-
-    def datasets_to_download(self) -> set[str]:
-        return {s.dataset for s in self.runs.values() if s.dataset != "synthetic"} if self.data_dir is None else set()
-
-    def tags(self, run_id: str) -> list[str]:
-        return [t for t, p in {**self.tables, **self.video_tables}.items() if run_id in p.run_ids]
-
-
-def _sets(overrides: dict[str, Any] | None) -> tuple[str, ...]:
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return "null" if v is None else str(v)
-
-    return tuple(f"{k}={fmt(v)}" for k, v in sorted((overrides or {}).items()))
-
-
-def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile: str,
-                  data_dir: str | None, reference=None) -> Plan:
-    """Expand ``experiments`` (workflow/config/experiments.yaml) under one profile's workflow
-    settings (workflow/config/<profile>.yaml merged with the user's --config) into runs.
-
-    settings: ``seeds`` (list), ``layers`` (paper layer count -> this profile's), ``datasets``
-    (paper dataset -> this profile's), ``datasets_without_data_dir`` (applied after ``datasets``
-    when no data_dir is given), ``set`` (section.key -> value: extra overrides of every run).
-    Every (model, rnn, seg_len) of a table must be a row of the paper's table, and vice versa.
-    The video tables (``video_tables``) are planned by `plan_video` (settings ``video_set``,
-    ``video_two_stage``, ``k400_checkpoint``).
-    """
-    from crt_repro.report.reference import load_reference, reference_rows
-
-    ref = load_reference() if reference is None else reference
-    seeds = [int(s) for s in settings.get("seeds") or [0]]
-    layer_map = {int(k): int(v) for k, v in (settings.get("layers") or {}).items()}
-    ds_map = dict(settings.get("datasets") or {})
-    no_data = dict(settings.get("datasets_without_data_dir") or {}) if data_dir is None else {}
-    sets = _sets(settings.get("set"))
-    runs: dict[str, RunSpec] = {}
-    tables: dict[str, TablePlan] = {}
-    for name, t in (experiments.get("tables") or {}).items():
-        key = t.get("reference") or name.split("_")[0]
-        rows = reference_rows(key, "ppl", ref)
-        paper_cells = {(r.model, r.rnn, int(r.seg_len)) for r in rows.itertuples()}
-        ours = {(m["model"], m.get("rnn") or "", int(n)) for m in t["models"] for n in t["seg_lens"]}
-        if ours != paper_cells:
-            extra, missing = sorted(ours - paper_cells), sorted(paper_cells - ours)
-            raise ResultsError(f"experiments: {name} does not match the paper's {key}: "
-                               f"not in the paper {extra}, missing {missing}")
-        dataset = ds_map.get(t["dataset"], t["dataset"])
-        dataset = no_data.get(dataset, dataset)
-        layers = layer_map.get(int(t["layers"]), int(t["layers"]))
-        plan = TablePlan(name, key, t["dataset"], dataset, int(t["layers"]), layers)
-        for m in t["models"]:
-            for n in t["seg_lens"]:
-                for seed in seeds:
-                    spec = RunSpec(profile, dataset, m["model"], layers, int(n), seed, m.get("rnn") or None, sets)
-                    rid = spec.run_id()
-                    if rid in runs and runs[rid] != spec:
-                        # Two routes to one config (e.g. an rnn flag a model ignores): keep the first.
-                        spec = runs[rid]
-                    runs.setdefault(rid, spec)
-                    if rid not in plan.run_ids:
-                        plan.run_ids.append(rid)
-        tables[name] = plan
-    figures = dict(experiments.get("figures") or {})
-    for fig, table in figures.items():
-        if table not in tables:
-            raise ResultsError(f"experiments: figure {fig} plots the runs of {table!r}, which is not a table")
-    video_runs, video_tables = plan_video(experiments, settings, profile, ref)
-    return Plan(profile, data_dir, runs, tables, figures, list(experiments.get("cost_tables") or []),
-                video_runs, video_tables)
-
-
-RUNS_DIR = "results/runs"
-
-
-def run_checkpoint(run_id: str, runs_dir: str = RUNS_DIR) -> str:
-    """Where the workflow's run ``run_id`` keeps its checkpoint (``crt_repro.train.CHECKPOINT``)."""
-    return f"{runs_dir}/{run_id}/checkpoint.pt"
-
-
-def plan_video(experiments: dict[str, Any], settings: dict[str, Any], profile: str, reference,
-               runs_dir: str = RUNS_DIR) -> tuple[dict[str, RunSpec], dict[str, VideoTablePlan]]:
-    """The runs of the video tables (``video_tables`` of experiments.yaml).
-
-    The rows of the paper's table that give a frame count (``seg_len`` in the reference CSV) are
-    the paper's own models and are measured: their (model, rnn) set must equal the table's
-    ``models``. The other rows are other papers' numbers, shown as reference rows.
-
-    settings: ``seeds``, ``datasets`` (smarthome -> what this profile runs), ``video_set``
-    (section.key -> value overrides of every video run), ``video_two_stage`` (a model entry's
-    ``init_from: timesformer`` starts it from the checkpoint of the TimeSformer run with the same
-    settings and seed, the paper's second stage; that run is planned even where no row of the
-    table needs it) and ``k400_checkpoint`` (the official TimeSformer weights every TimeSformer
-    run starts from, the paper's first stage; null: from scratch).
-    """
-    from crt_repro.report.reference import reference_rows
-
-    seeds = [int(s) for s in settings.get("seeds") or [0]]
-    ds_map = dict(settings.get("datasets") or {})
-    sets = _sets(settings.get("video_set"))
-    two_stage = bool(settings.get("video_two_stage", True))
-    k400 = settings.get("k400_checkpoint")
-    runs: dict[str, RunSpec] = {}
-    tables: dict[str, VideoTablePlan] = {}
-
-    def spec_of(dataset: str, model: str, rnn: str | None, seed: int, init_model: str | None) -> RunSpec:
-        extra, init_run = (), None
-        if init_model is not None and two_stage:
-            first = spec_of(dataset, init_model, None, seed, None)
-            init_run = first.run_id()
-            runs.setdefault(init_run, first)
-            extra = (f"model.init_from={run_checkpoint(init_run, runs_dir)}",)
-        elif model == "timesformer" and k400:
-            extra = (f"model.init_from={k400}",)
-        return RunSpec(profile, dataset, model, None, None, seed, rnn, tuple(sorted(sets + extra)), init_run)
-
-    for name, t in (experiments.get("video_tables") or {}).items():
-        key = t.get("reference") or name.split("_")[0]
-        rows = reference_rows(key, "mca", reference)
-        paper_cells = {(r.model, r.rnn) for r in rows.itertuples() if not _isna(r.seg_len)}
-        ours = {(m["model"], m.get("rnn") or "") for m in t["models"]}
-        if ours != paper_cells:
-            raise ResultsError(f"experiments: {name} does not match the measured rows of the paper's {key}: "
-                               f"not in the paper {sorted(ours - paper_cells)}, missing {sorted(paper_cells - ours)}")
-        dataset = ds_map.get(t["dataset"], t["dataset"])
-        plan = VideoTablePlan(name, key, t["dataset"], dataset)
-        for m in t["models"]:
-            for seed in seeds:
-                spec = spec_of(dataset, m["model"], m.get("rnn") or None, seed, m.get("init_from"))
-                rid = spec.run_id()
-                runs.setdefault(rid, spec)
-                if rid not in plan.run_ids:
-                    plan.run_ids.append(rid)
-        tables[name] = plan
-    return runs, tables
-
-
-def _isna(v: Any) -> bool:
-    import pandas as pd
-
-    return bool(pd.isna(v))

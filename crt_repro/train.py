@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 LOG = "log.jsonl"
 CONFIG = "config.yaml"
+BEST = "best.pt"  # model weights of the best validation so far (run.report: best_valid); removed at the end
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,8 +50,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(cfg: Config, device: torch.device):
-    if not cfg.run.bf16:
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: CPUs without them emulate bf16 products, several times slower than
+    fp32 (measured on a 2-core Xeon without them: 62 against 336 GFLOP/s at [2240,256]x[256,1024])."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> str:
+    """'bf16' or 'fp32': what ``run.bf16`` (true | false | auto) means on this device."""
+    if cfg.run.bf16 != "auto":
+        return "bf16" if cfg.run.bf16 else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -59,26 +80,94 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW; weight decay on Linear weights only (not on norms, biases, embeddings or RNN
-    parametrisations such as NCGRU's skew-symmetric A, which decay would bend towards identity)."""
+class Optimizers:
+    """The optimisers of one run, stepped together: the main one, and NCGRU's A optimiser when
+    ``optim.ncgru_a_optimizer`` gives A one of its own (scoRNN/NC-GRU train A apart)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.all = optimizers
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g.setdefault("base_lr", g["lr"])
+
+    def set_lr_factor(self, factor: float) -> None:
+        for opt in self.all:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+
+    @property
+    def lr(self) -> float:
+        return self.all[0].param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.all:
+            opt.step()
+
+    def state_dict(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.all]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for opt, state in zip(self.all, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> Optimizers:
+    """AdamW or SGD with momentum; weight decay on Linear weights only (not on norms, biases,
+    embeddings or RNN parametrisations such as NCGRU's skew-symmetric A, which decay would bend
+    towards identity)."""
+    o = cfg.optim
+    own_a = o.ncgru_a_optimizer != "shared"
+    a_params = {id(m.A): m.A for m in model.modules() if hasattr(m, "A") and hasattr(m, "post_step")} if own_a else {}
     decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in a_params]
     groups = [
-        {"params": [p for p in params if id(p) in decay], "weight_decay": cfg.optim.weight_decay},
+        {"params": [p for p in params if id(p) in decay], "weight_decay": o.weight_decay},
         {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
     ]
-    o = cfg.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    if o.name == "sgd":
+        main = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    else:
+        main = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    optimizers = [main]
+    if a_params:
+        cls = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam}[o.ncgru_a_optimizer]
+        optimizers.append(cls(list(a_params.values()), lr=o.ncgru_a_lr))
+    return Optimizers(optimizers)
 
 
-def lr_factor(step: int, cfg: Config) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length in steps (derived from its budget) and its learning-rate factor per step."""
+
+    total: int
+    warmup: int
+
+    @classmethod
+    def of(cls, cfg: Config, total: int) -> "Schedule":
+        o = cfg.optim
+        warmup = o.warmup_steps if o.warmup_steps else round(o.warmup_ratio * total)
+        return cls(total, min(warmup, total))
+
+    def lr_factor(self, step: int, cfg: Config) -> float:
+        """Linear warm-up, then cosine decay to ``min_lr_ratio`` or a step decay at ``lr_steps``."""
+        o = cfg.optim
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if o.schedule == "step":
+            return o.step_gamma ** sum(step >= round(f * self.total) for f in o.lr_steps)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def eval_steps(self, cfg: Config) -> set[int]:
+        """Steps after which the validation split is evaluated (the end always is, separately)."""
+        r = cfg.run
+        if r.eval_every:
+            return set(range(r.eval_every, self.total, r.eval_every))
+        return {round(k * self.total / r.n_evals) for k in range(1, r.n_evals)} - {0, self.total}
 
 
 def count_params(model: nn.Module) -> int:
@@ -147,30 +236,50 @@ class Logger:
 # Training
 
 
-def save_checkpoint(out: Path, step: int, model, opt, sched, task, clock: dict) -> None:
+def save_checkpoint(out: Path, step: int, model, opt: Optimizers, task, clock: dict, precision: str,
+                    data: dict) -> None:
     atomic.torch_save(out / CHECKPOINT, {
         "step": step,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
         "task": task.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "clock": clock,
+        "precision": precision,
+        "data": data,
     })
 
 
-def load_checkpoint(out: Path, model, opt, sched, task) -> tuple[int, dict]:
+def load_checkpoint(out: Path, model, opt: Optimizers, task) -> dict:
     ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
     task.load_state_dict(ck["task"])
     torch.set_rng_state(ck["rng"]["torch"])
     random.setstate(ck["rng"]["python"])
     if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-    return ck["step"], ck["clock"]
+    return ck
+
+
+def check_same_data(out: Path, recorded: dict | None, current: dict, where: str) -> None:
+    """A run resumed or reported on other data than it was trained on is refused, naming the files."""
+    if recorded is None or recorded == current:
+        return
+    changed = sorted(f for f in set(recorded) | set(current) if recorded.get(f) != current.get(f))
+    detail = "; ".join(f"{f}: {_describe(recorded.get(f))} then, {_describe(current.get(f))} now" for f in changed)
+    raise ConfigError(f"{out} was trained on other data than data.data_dir holds now ({where}): {detail}. "
+                      "Point --data-dir at the data the run used, or train into another --out")
+
+
+def _describe(entry: dict | None) -> str:
+    return "absent" if entry is None else f"{entry['bytes']} bytes, sha256 {entry['sha256'][:12]}"
+
+
+def say(message: str) -> None:
+    """One line of progress on stderr (the workflow's per-job logs keep it)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = None,
@@ -178,73 +287,120 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     """Train ``cfg`` into run directory ``out`` (resuming if it holds a checkpoint) and evaluate.
 
     ``on_step(step)`` is called after every completed step (after its checkpoint, if any); tests
-    use it to interrupt a run. ``progress=None`` shows a bar only on a terminal.
-    Returns the metrics that were written to metrics.json.
+    use it to interrupt a run. ``progress=None`` shows a bar on a terminal and a log line every
+    ``run.log_every`` steps elsewhere. Returns the metrics that were written to metrics.json.
     """
     out = Path(out)
     prepare_run_dir(cfg, out)
-    if (out / METRICS).exists():
-        return json.loads((out / METRICS).read_text())
     device = resolve_device(cfg.run.device)
+    if (out / METRICS).exists():
+        metrics = json.loads((out / METRICS).read_text())
+        if cfg.data.data_dir is not None or cfg.data.dataset == "synthetic":
+            from crt_repro.tasks import data_fingerprint
+
+            check_same_data(out, metrics.get("data_files"), data_fingerprint(cfg), "metrics.json")
+        say(f"{cfg.run_id()}: already finished: {out / METRICS} present")
+        return metrics
+    warn_paper_video_start(cfg)
     seed_everything(cfg.run.seed)
     task = make_task(cfg, device)
+    data = task.data_fingerprint()
     model = build_model(cfg, task.n_out).to(device)
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    step, clock = 0, {"train_s": 0.0, "wall_s": 0.0, "items": 0}
+    schedule = Schedule.of(cfg, task.total_steps(cfg.optim))
+    evals = schedule.eval_steps(cfg)
+    step, precision = 0, resolve_precision(cfg, device)
+    clock = {"train_s": 0.0, "wall_s": 0.0, "items": 0, "best_valid": None}
     if (out / CHECKPOINT).exists():
-        step, clock = load_checkpoint(out, model, opt, sched, task)
+        ck = load_checkpoint(out, model, opt, task)
+        check_same_data(out, ck["data"], data, CHECKPOINT)
+        # The precision a run started with is kept, so that one run is one precision throughout.
+        step, clock, precision = ck["step"], ck["clock"], ck["precision"]
+        say(f"{cfg.run_id()}: resuming from step {step} of {schedule.total} ({CHECKPOINT})")
+    else:
+        say(f"{cfg.run_id()}: {schedule.total} steps ({task.budget_text(cfg.optim)}), {precision}, on {device}")
     log = Logger(out, step)
     started = time.perf_counter()
     wall_at_start = clock["wall_s"]
-
-    bar = tqdm(total=cfg.optim.max_steps, initial=step, desc=cfg.run_id(), unit="step", dynamic_ncols=True,
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    interactive = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=schedule.total, initial=step, desc=cfg.run_id(), unit="step", dynamic_ncols=True,
+               disable=not interactive)
     model.train()
-    while step < cfg.optim.max_steps:
+    while step < schedule.total:
         t0 = time.perf_counter()
-        with autocast(cfg, device):
+        opt.set_lr_factor(schedule.lr_factor(step, cfg))
+        with autocast(precision, device):
             loss, items = task.train_loss(model, step)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1} of run {out}; no metrics written "
                                    "(lower optim.lr or raise optim.warmup_steps)")
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         if cfg.optim.clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
         opt.step()
-        sched.step()
         post_step(model, step)
         step += 1
         dt = time.perf_counter() - t0
         clock["train_s"] += dt
         clock["items"] += items
         bar.update(1)
-        if step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
+        if step % cfg.run.log_every == 0 or step == schedule.total:
             rate = clock["items"] / max(clock["train_s"], 1e-9)
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
-            log.write(step=step, loss=loss.item(), lr=sched.get_last_lr()[0], items_per_s=rate)
-        if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < cfg.optim.max_steps:
-            log.write(step=step, split="valid", **evaluate_model(task, model, cfg, device, "valid"))
-        if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
+            log.write(step=step, loss=loss.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
+            if not interactive:
+                eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
+                say(f"step {step}/{schedule.total} loss {loss.item():.3f} {rate:.0f} items/s "
+                    f"eta {datetime.timedelta(seconds=round(eta))}")
+        if step in evals:
+            r = evaluate_model(task, model, precision, device, "valid")
+            log.write(step=step, split="valid", items=clock["items"], **r)
+            if cfg.run.report == "best_valid" and (clock["best_valid"] is None
+                                                   or r["loss"] < clock["best_valid"]["loss"]):
+                atomic.torch_save(out / BEST, model.state_dict())
+                clock["best_valid"] = {"step": step, "loss": r["loss"]}
+        if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals:
             clock["wall_s"] = wall_at_start + time.perf_counter() - started
-            save_checkpoint(out, step, model, opt, sched, task, clock)
+            save_checkpoint(out, step, model, opt, task, clock, precision, data)
         if on_step is not None:
             on_step(step)
     bar.close()
 
-    results = {split: evaluate_model(task, model, cfg, device, split) for split in ("valid", "test")}
-    for split, r in results.items():
-        log.write(step=step, split=split, **r)
+    final_valid = evaluate_model(task, model, precision, device, "valid")
+    log.write(step=step, split="valid", items=clock["items"], **final_valid)
+    reported = step
+    best = clock["best_valid"]
+    if cfg.run.report == "best_valid" and best is not None and best["loss"] < final_valid["loss"]:
+        model.load_state_dict(torch.load(out / BEST, map_location=device, weights_only=True))
+        reported = best["step"]
+        say(f"reporting the best validation checkpoint, step {reported}")
+    results = {"valid": evaluate_model(task, model, precision, device, "valid") if reported != step else final_valid,
+               "test": evaluate_model(task, model, precision, device, "test")}
+    log.write(step=step, split="test", items=clock["items"], reported_step=reported, **results["test"])
     metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
+    metrics.update(steps=schedule.total, reported_step=reported, precision=precision, data_files=data,
+                   train_epochs=clock["items"] / task.epoch_items)
     atomic.write_json(out / METRICS, metrics)
+    (out / BEST).unlink(missing_ok=True)
+    say(f"{cfg.run_id()}: finished: valid ppl/loss {_headline(results['valid'])}, test {_headline(results['test'])}")
     return metrics
 
 
-def evaluate_model(task, model: nn.Module, cfg: Config, device: torch.device, split: str) -> dict:
+def _headline(r: dict) -> str:
+    return f"{r['ppl']:.2f}" if "ppl" in r else f"loss {r['loss']:.4f}"
+
+
+def warn_paper_video_start(cfg: Config) -> None:
+    if cfg.profile == "paper" and cfg.model.name == "timesformer" and not cfg.model.init_from:
+        say("WARNING: a paper-profile TimeSformer run without a Kinetics-400 checkpoint trains from scratch; the "
+            "paper starts from K400 weights (workflow: --config k400_checkpoint=TimeSformer_divST_8x32_224_K400.pyth)")
+
+
+def evaluate_model(task, model: nn.Module, precision: str, device: torch.device, split: str) -> dict:
     was_training = model.training
     model.eval()
-    with autocast(cfg, device):
+    with autocast(precision, device):
         r = task.evaluate(model, split)
     model.train(was_training)
     return r
@@ -264,7 +420,6 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         "seg_len": cfg.seg_len,
         "mem_len": cfg.mem_len,
         "seed": cfg.run.seed,
-        "steps": cfg.optim.max_steps,
         "params": count_params(model),
         "train_items": clock["items"],
         "train_tokens_per_s": clock["items"] / max(clock["train_s"], 1e-9),
@@ -295,7 +450,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
     model.load_state_dict(ck["model"])
     out = {"run_id": cfg.run_id(), "step": ck["step"]}
     for split in ("valid", "test"):
-        for k, v in evaluate_model(task, model, cfg, device, split).items():
+        for k, v in evaluate_model(task, model, ck["precision"], device, split).items():
             out[f"{split}_{k}"] = v
     return out
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from crt_repro.results import (RUN_COLUMNS, ResultsError, RunSpec, collect, merge_files, plan_workflow,
-                               read_runs_csv, write_runs_csv)
+from crt_repro.plan import RunSpec, plan_workflow
+from crt_repro.results import RUN_COLUMNS, ResultsError, collect, merge_files, read_runs_csv, write_runs_csv
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())

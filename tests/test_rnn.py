@@ -8,9 +8,28 @@ import torch
 import torch.nn.functional as F
 
 from crt_repro.models import rnn as rnn_module
-from crt_repro.models.rnn import GRU, NCGRU, RNN_KINDS, SMALL_CPU_BATCH, cayley_weight, make_rnn
+from crt_repro.models.rnn import (
+    GRU,
+    NCGRU,
+    RESETS,
+    RNN_KINDS,
+    SMALL_CPU_BATCH,
+    cayley_weight,
+    gated_scan,
+    make_rnn,
+)
 
 KINDS = ["gru", "ncgru"]
+# (kind, make_rnn options): every cell configuration
+CONFIGS = [
+    ("gru", {"reset": "after"}),
+    ("gru", {"reset": "before"}),
+    ("ncgru", {"reset": "after"}),
+    ("ncgru", {"reset": "before"}),
+    ("ncgru", {"reset": "after", "candidate_bias": False}),
+    ("ncgru", {"reset": "before", "candidate_bias": False}),
+]
+CONFIG_IDS = [f"{k}-{o['reset']}" + ("-nob" if o.get("candidate_bias") is False else "") for k, o in CONFIGS]
 B_BF16 = SMALL_CPU_BATCH  # the smallest CPU batch whose step products run in bf16 under autocast
 
 
@@ -28,17 +47,148 @@ def _reference_ncgru(m: NCGRU, x, h0):
     w = torch.linalg.solve(eye + a, eye - a) @ torch.diag(m.d)
     u_z, u_r = m.weight_hh_zr[:, :h_size], m.weight_hh_zr[:, h_size:]
     wi_z, wi_r, wi_c = m.weight_ih.split(h_size)
-    b_z, b_r, b_c = m.bias.split(h_size)
+    b_z, b_r, *b_c = m.bias.split(h_size)
+    b_c = b_c[0] if m.candidate_bias else None
     h, outs = h0, []
     for t in range(x.shape[1]):
         xt = x[:, t]
         z = torch.sigmoid(F.linear(xt, wi_z, b_z) + h @ u_z)
         r = torch.sigmoid(F.linear(xt, wi_r, b_r) + h @ u_r)
-        v = F.linear(xt, wi_c, b_c) + r * (h @ w)
+        v = F.linear(xt, wi_c, b_c) + (r * (h @ w) if m.reset == "after" else (r * h) @ w)
         c = torch.sign(v) * torch.relu(v.abs() + m.b_mod)
         h = z * h + (1 - z) * c
         outs.append(h)
     return torch.stack(outs, 1)
+
+
+def _reference_gru(m: GRU, x, h0):
+    """GRU step by step with plain autograd ops: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
+    or with reset before, tanh(W_in x + b_in + W_hn (r * h) + b_hn)."""
+    h_size = m.hidden_size
+    wi_z, wi_r, wi_n = m.weight_ih.split(h_size)
+    bi_z, bi_r, bi_n = m.bias_ih.split(h_size)
+    wh_z, wh_r, wh_n = m.weight_hh.split(h_size, dim=1)
+    bh_z, bh_r, bh_n = m.bias_hh.split(h_size)
+    h, outs = h0, []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        z = torch.sigmoid(F.linear(xt, wi_z, bi_z) + h @ wh_z + bh_z)
+        r = torch.sigmoid(F.linear(xt, wi_r, bi_r) + h @ wh_r + bh_r)
+        rec = r * (h @ wh_n + bh_n) if m.reset == "after" else (r * h) @ wh_n + bh_n
+        n = torch.tanh(F.linear(xt, wi_n, bi_n) + rec)
+        h = z * h + (1 - z) * n
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+def _reference(m, x, h0):
+    return _reference_gru(m, x, h0) if isinstance(m, GRU) else _reference_ncgru(m, x, h0)
+
+
+# The scan as it was before the reset option existed (crt_repro/models/rnn.py at 7db5ccf, verbatim
+# but for the names): the reset="after" path must still compute exactly this, bit for bit.
+
+
+def _frozen_candidate_(v, kind, b_mod):
+    if kind == "tanh":
+        return v.tanh_()
+    s = torch.sign(v)
+    return v.abs_().add_(b_mod).relu_().mul_(s)
+
+
+def _frozen_scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save):
+    b, t_len, h3 = xp.shape
+    h = h3 // 3
+    sdt, cdt, dev = h0.dtype, r_cat.dtype, h0.device
+    xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev).copy_(xp.transpose(0, 1))
+    steps = t_len if save else 1
+    states = torch.empty(t_len + 1, b, h, dtype=sdt, device=dev)
+    states[0] = h0
+    g_buf = torch.empty(steps, b, h3, dtype=cdt, device=dev)
+    pre_buf = torch.empty(steps, b, h3, dtype=sdt, device=dev)
+    xs, hs = xt.unbind(0), states.unbind(0)
+    gs, pres = g_buf.unbind(0), pre_buf.unbind(0)
+    cast = cdt != sdt
+    state = h0
+    for t in range(t_len):
+        i = t if save else 0
+        hm = state.to(cdt) if cast else state
+        g = torch.mm(hm, r_cat, out=gs[i]) if b_hh is None else torch.addmm(b_hh, hm, r_cat, out=gs[i])
+        pre = torch.add(xs[t], g, out=pres[i])
+        zr = pre[:, : 2 * h].sigmoid_()
+        v = torch.addcmul(xs[t][:, 2 * h :], zr[:, h:], g[:, 2 * h :], out=pre[:, 2 * h :])
+        state = torch.lerp(_frozen_candidate_(v, kind, b_mod), state, zr[:, :h], out=hs[t + 1])
+    out = states[1:].transpose(0, 1).contiguous()
+    return out, ((states, g_buf, pre_buf) if save else None)
+
+
+def _frozen_scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
+    t_len, b, h3 = g_all.shape
+    h = h3 // 3
+    sdt, cdt, dev = states.dtype, r_cat.dtype, states.device
+    h_prev = states[:-1]
+    z, r, c = pre_all[..., :h], pre_all[..., h : 2 * h], pre_all[..., 2 * h :]
+    one_m_z = torch.rsub(z, 1.0)
+    if kind == "tanh":
+        dc_dv = torch.addcmul(torch.ones_like(c), c, c, value=-1.0)
+    else:
+        sign_c = torch.sign(c)
+        dc_dv = sign_c.abs()
+    k_v = one_m_z.mul(dc_dv)
+    k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
+    k_z, k_r, k_c = k.unbind(2)
+    torch.mul(k_v, r, out=k_c)
+    torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
+    k_r.addcmul_(k_r, r, value=-1.0)
+    torch.sub(h_prev, c, out=k_z).mul_(z).mul_(one_m_z)
+    d_h = torch.empty(t_len, b, h, dtype=sdt, device=dev)
+    d_g = torch.empty(t_len, b, 3, h, dtype=cdt, device=dev)
+    d_outs, d_hs, d_gs = d_out.to(sdt).transpose(0, 1).unbind(0), d_h.unbind(0), d_g.unbind(0)
+    ks, zs = k.unbind(0), z.unbind(0)
+    r_t = r_cat.t()
+    carry = torch.zeros(b, h, dtype=sdt, device=dev)
+    for t in range(t_len - 1, -1, -1):
+        dh = torch.add(d_outs[t], carry, out=d_hs[t])
+        dg = torch.mul(ks[t], dh.unsqueeze(1), out=d_gs[t]).view(b, h3)
+        carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
+    d_g = d_g.view(t_len, b, h3)
+    d_xp = d_r = d_b_hh = d_b_mod = None
+    if needs[2]:
+        d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3)
+    if needs[3]:
+        d_b_hh = d_g.sum(dim=(0, 1), dtype=sdt)
+    if needs[4]:
+        d_b_mod = one_m_z.mul_(d_h).mul_(sign_c).sum(dim=(0, 1))
+    if needs[0]:
+        d_xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev)
+        d_xt[..., : 2 * h] = d_g[..., : 2 * h]
+        torch.mul(d_h, k_v, out=d_xt[..., 2 * h :])
+        d_xp = d_xt.transpose(0, 1)
+    return d_xp, carry if needs[1] else None, d_r, d_b_hh, d_b_mod
+
+
+class _FrozenGatedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind):
+        with rnn_module._autocast_off(xp.device.type):
+            out, saved = _frozen_scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=True)
+        ctx.kind = kind
+        ctx.save_for_backward(r_cat, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        with rnn_module._autocast_off(d_out.device.type):
+            return *_frozen_scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors), None
+
+
+def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset):
+    assert reset == "after"
+    tensors = (xp, h0, r_cat, b_hh, b_mod)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _FrozenGatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind)
+    with rnn_module._autocast_off(xp.device.type):
+        return _frozen_scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=False)[0]
 
 
 
@@ -121,19 +271,45 @@ def test_make_rnn_unknown_kind():
 
 
 def test_make_rnn_passes_ncgru_options():
-    m = make_rnn("ncgru", 4, 20, neumann_order=3, exact_every=7, n_negative=5)
-    assert (m.neumann_order, m.exact_every, m.n_negative) == (3, 7, 5)
+    m = make_rnn("ncgru", 4, 20, reset="before", candidate_bias=False, neumann_order=3, exact_every=7,
+                 n_negative=5)
+    assert (m.reset, m.candidate_bias, m.neumann_order, m.exact_every, m.n_negative) == (
+        "before", False, 3, 7, 5)
     assert int((m.d < 0).sum()) == 5 and torch.all(m.d.abs() == 1)
-    assert make_rnn("ncgru", 4, 20).n_negative == 2  # default H // 10
-    assert isinstance(make_rnn("gru", 4, 20, neumann_order=3), GRU)
+    m = make_rnn("ncgru", 4, 20)
+    assert (m.reset, m.candidate_bias, m.n_negative) == ("after", True, 2)  # n_negative: H // 10
+    gru = make_rnn("gru", 4, 20, reset="before", candidate_bias=False, neumann_order=3)
+    assert isinstance(gru, GRU) and gru.reset == "before"
+    assert make_rnn("gru", 4, 20).reset == "after"
 
 
-def test_parameter_counts():
+@pytest.mark.parametrize("kind", KINDS)
+def test_invalid_reset(kind):
+    for bad in ("middle", "After", None):
+        with pytest.raises(ValueError) as e:
+            make_rnn(kind, 4, 4, reset=bad)
+        msg = str(e.value)
+        assert "reset" in msg and repr(bad) in msg and all(repr(r) in msg for r in RESETS)
+    with pytest.raises(ValueError, match="reset"):
+        gated_scan(torch.zeros(1, 2, 12), torch.zeros(1, 4), torch.zeros(4, 12), None, None, "tanh", "x")
+
+
+def _n_params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_parameter_counts(reset):
     i, h = 6, 10
-    gru = make_rnn("gru", i, h)
-    nc = make_rnn("ncgru", i, h)
-    assert sum(p.numel() for p in gru.parameters()) == 3 * h * i + 3 * h * h + 6 * h
-    assert sum(p.numel() for p in nc.parameters()) == 3 * h * i + 3 * h * h + 4 * h
+    gru = make_rnn("gru", i, h, reset=reset)
+    nc = make_rnn("ncgru", i, h, reset=reset)
+    nc_nob = make_rnn("ncgru", i, h, reset=reset, candidate_bias=False)
+    assert _n_params(gru) == 3 * h * i + 3 * h * h + 6 * h
+    assert _n_params(make_rnn("gru", i, h, reset=reset, candidate_bias=False)) == _n_params(gru)
+    assert _n_params(nc) == 3 * h * i + 3 * h * h + 4 * h
+    assert _n_params(nc_nob) == 3 * h * i + 3 * h * h + 3 * h == _n_params(nc) - h
+    assert nc_nob.bias.shape == (2 * h,)  # only the candidate's own bias went; b_z, b_r stay
+    assert [n for n, _ in nc.named_parameters()] == [n for n, _ in nc_nob.named_parameters()]
 
 
 def test_gru_equals_nn_gru_forward_and_gradients():
@@ -164,10 +340,10 @@ def test_gru_equals_nn_gru_forward_and_gradients():
         assert torch.allclose(a, b, atol=1e-10), name
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_bf16_autocast_forward_backward(kind):
+@pytest.mark.parametrize("kind,opts", CONFIGS, ids=CONFIG_IDS)
+def test_bf16_autocast_forward_backward(kind, opts):
     _seed()
-    m = make_rnn(kind, 8, 16)
+    m = make_rnn(kind, 8, 16, **opts)
     x = torch.randn(B_BF16, 9, 8, requires_grad=True)
     h0 = torch.randn(B_BF16, 16)
     out32, _ = m(x, h0)
@@ -185,7 +361,8 @@ def test_bf16_autocast_forward_backward(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_small_cpu_batches_step_in_fp32_under_autocast(kind, monkeypatch):
+@pytest.mark.parametrize("reset", RESETS)
+def test_small_cpu_batches_step_in_fp32_under_autocast(kind, reset, monkeypatch):
     seen = []
     real = rnn_module.gated_scan
 
@@ -194,7 +371,7 @@ def test_small_cpu_batches_step_in_fp32_under_autocast(kind, monkeypatch):
         return real(xp, h0, r_cat, *args)
 
     monkeypatch.setattr(rnn_module, "gated_scan", spy)
-    m = make_rnn(kind, 8, 16)
+    m = make_rnn(kind, 8, 16, reset=reset)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for b in (1, SMALL_CPU_BATCH - 1, SMALL_CPU_BATCH):
             m(torch.randn(b, 3, 8), None)
@@ -202,11 +379,12 @@ def test_small_cpu_batches_step_in_fp32_under_autocast(kind, monkeypatch):
     assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
 
 
-def test_ncgru_bf16_backward_matches_emulated_reference():
+@pytest.mark.parametrize("reset", RESETS)
+def test_ncgru_bf16_backward_matches_emulated_reference(reset):
     """Under autocast the fused backward must be the exact gradient of the bf16 forward: compare
     with autograd through the same forward written with explicit bf16 roundings."""
     _seed()
-    m = make_rnn("ncgru", 8, 16)
+    m = make_rnn("ncgru", 8, 16, reset=reset)
     x, h0 = torch.randn(B_BF16, 9, 8, requires_grad=True), torch.randn(B_BF16, 16)
     bf = lambda t: t.bfloat16().float()  # noqa: E731
     h_size = 16
@@ -218,7 +396,10 @@ def test_ncgru_bf16_backward_matches_emulated_reference():
         g = bf(bf(h) @ r_cat)
         z = torch.sigmoid(xp[:, t, :h_size] + g[:, :h_size])
         r = torch.sigmoid(xp[:, t, h_size : 2 * h_size] + g[:, h_size : 2 * h_size])
-        v = xp[:, t, 2 * h_size :] + r * g[:, 2 * h_size :]
+        if reset == "after":
+            v = xp[:, t, 2 * h_size :] + r * g[:, 2 * h_size :]
+        else:
+            v = xp[:, t, 2 * h_size :] + bf(bf(r * h) @ r_cat[:, 2 * h_size :])
         c = torch.sign(v) * torch.relu(v.abs() + m.b_mod)
         h = z * h + (1 - z) * c
         outs.append(h)
@@ -271,17 +452,20 @@ def test_cayley_gradient_equals_autograd_of_explicit_w():
     assert torch.equal(grad_custom, -grad_custom.t())  # skew: optimizer updates keep A skew
 
 
-def test_ncgru_matches_reference_forward_and_all_gradients():
-    """The fused recurrence (hand-written BPTT) against plain autograd, float64."""
+@pytest.mark.parametrize("kind,opts", CONFIGS, ids=CONFIG_IDS)
+def test_matches_reference_forward_and_all_gradients(kind, opts):
+    """The fused recurrence (hand-written BPTT) against plain autograd through a step-by-step
+    loop, float64, for every cell configuration."""
     _seed()
-    m = NCGRU(5, 6, n_negative=2).double()
-    with torch.no_grad():
-        m.b_mod.uniform_(-0.3, 0.3)  # some units inside modReLU's dead zone
+    m = make_rnn(kind, 5, 6, n_negative=2, **opts).double()
+    if kind == "ncgru":
+        with torch.no_grad():
+            m.b_mod.uniform_(-0.3, 0.3)  # some units inside modReLU's dead zone
     x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     out, h = m(x, h0)
-    ref = _reference_ncgru(m, x, h0)
-    assert torch.allclose(out, ref, atol=1e-12)
+    ref = _reference(m, x, h0)
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0) and torch.equal(h, out[:, -1])
     with torch.no_grad():  # the inference path (no saved tensors) computes the same
         assert torch.equal(m(x, h0)[0], out)
     wts = torch.randn_like(out)
@@ -292,7 +476,52 @@ def test_ncgru_matches_reference_forward_and_all_gradients():
     for name, a, b in zip(names, g, g_ref):
         if name == "A":
             a = torch.triu(a, 1)  # the reference's gradient lives on S = triu(A, 1)
-        assert torch.allclose(a, b, atol=1e-10), name
+        assert b.abs().max() > 0, name  # every parameter is used
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-10), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reset_before_differs_from_after(kind):
+    _seed()
+    m = make_rnn(kind, 5, 6)
+    m_before = make_rnn(kind, 5, 6, reset="before")
+    m_before.load_state_dict(m.state_dict())
+    x, h0 = torch.randn(3, 4, 5), torch.randn(3, 6)
+    assert torch.equal(m(x[:, :0], h0)[1], m_before(x[:, :0], h0)[1])
+    assert (m(x, h0)[0] - m_before(x, h0)[0]).abs().amax(dim=(0, 2)).min() > 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("setting", ["fp32", "fp64", "bf16", "bf16-small-batch"])
+def test_reset_after_is_bitwise_unchanged(kind, setting, monkeypatch):
+    """reset="after" runs exactly the ops it ran before the option existed: outputs and every
+    gradient equal, bit for bit, those of the frozen copy of that scan."""
+    _seed()
+    m = make_rnn(kind, 8, 16, reset="after")
+    b = 1 if setting == "bf16-small-batch" else 3
+    dtype = torch.float64 if setting == "fp64" else torch.float32
+    if setting == "fp64":
+        m = m.double()
+    x = torch.randn(b, 9, 8, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(b, 16, dtype=dtype, requires_grad=True)
+    wts = torch.randn(b, 9, 16, dtype=dtype)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting.startswith("bf16"))
+
+    def run():
+        with autocast:
+            out, h = m(x, h0)
+            loss = (out.float() * wts).sum() + h.float().square().sum()
+        grads = torch.autograd.grad(loss, [x, h0, *m.parameters()])
+        with torch.no_grad(), autocast:
+            out_ng = m(x, h0)[0]
+        return [out, out_ng, *grads]
+
+    new = run()
+    monkeypatch.setattr(rnn_module, "gated_scan", _frozen_gated_scan)
+    old = run()
+    names = ["out", "out (no grad)", "x", "h0"] + [n for n, _ in m.named_parameters()]
+    for name, a, b_ in zip(names, new, old):
+        assert a.dtype == b_.dtype and torch.equal(a, b_), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,9 +539,11 @@ def test_init_is_orthogonal_and_skew():
     assert torch.equal(m.W, torch.diag(m.d))
 
 
-def test_orthogonal_after_200_adamw_steps():
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("candidate_bias", [True, False])
+def test_orthogonal_after_200_adamw_steps(reset, candidate_bias):
     _seed()
-    m = NCGRU(4, 32, neumann_order=2, exact_every=100)
+    m = NCGRU(4, 32, reset=reset, candidate_bias=candidate_bias, neumann_order=2, exact_every=100)
     a0 = m.A.detach().clone()
     task, errs = _Task(m, lr=1e-3), []
     with warnings.catch_warnings():
@@ -389,13 +620,15 @@ def test_state_dict_round_trip():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_and_runs_under_autocast():
+@pytest.mark.parametrize("kind,opts", CONFIGS, ids=CONFIG_IDS)
+def test_cuda_matches_cpu_and_runs_under_autocast(kind, opts):
     import copy
 
     _seed()
-    m = NCGRU(5, 6, n_negative=2).double()
-    with torch.no_grad():
-        m.b_mod.uniform_(-0.3, 0.3)
+    m = make_rnn(kind, 5, 6, n_negative=2, **opts).double()
+    if kind == "ncgru":
+        with torch.no_grad():
+            m.b_mod.uniform_(-0.3, 0.3)
     mc = copy.deepcopy(m).cuda()
     x, h0 = torch.randn(3, 7, 5, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
     out, _ = m(x, h0)
@@ -405,12 +638,11 @@ def test_cuda_matches_cpu_and_runs_under_autocast():
     assert torch.allclose(out_c.cpu(), out, atol=1e-10)
     for a, b in zip(g_c, g):
         assert torch.allclose(a.cpu(), b, atol=1e-9)
-    for kind in KINDS:
-        m = make_rnn(kind, 8, 16).cuda()
-        with torch.autocast("cuda"):
-            out, h = m(torch.randn(4, 9, 8, device="cuda"), torch.zeros(4, 16, device="cuda"))
-        out.float().square().sum().backward()
-        assert all(torch.isfinite(p.grad).all() for p in m.parameters())
-        if hasattr(m, "post_step"):
-            m.post_step(1)
-            assert m.orthogonality_error() < 1e-4
+    m = make_rnn(kind, 8, 16, **opts).cuda()
+    with torch.autocast("cuda"):
+        out, h = m(torch.randn(4, 9, 8, device="cuda"), torch.zeros(4, 16, device="cuda"))
+    out.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    if hasattr(m, "post_step"):
+        m.post_step(1)
+        assert m.orthogonality_error() < 1e-4

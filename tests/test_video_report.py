@@ -15,8 +15,8 @@ from crt_repro.config import build_config, dump_yaml
 from crt_repro.report.reference import reference_rows
 from crt_repro.report.tables import (MCA_COLUMNS, MEASURED, REFERENCE_ONLY, build_mca_table, ppl_markdown,
                                      ppl_table_from_csv)
-from crt_repro.results import (RUN_COLUMNS, VIDEO_RUN_COLUMNS, ResultsError, RunSpec, collect, plan_workflow,
-                               run_checkpoint, write_runs_csv)
+from crt_repro.plan import RunSpec, plan_workflow, run_checkpoint
+from crt_repro.results import RUN_COLUMNS, VIDEO_RUN_COLUMNS, ResultsError, collect, write_runs_csv
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())
@@ -42,7 +42,7 @@ def test_video_plan_shares_runs_and_chains_the_two_stages():
     for rid in t13.run_ids:
         spec = plan.video_runs[rid]
         assert spec.model == "crvit" and spec.init_run == ts
-        assert f"model.init_from={run_checkpoint(ts)}" in spec.train_args()
+        assert f"model.init_from={run_checkpoint(ts, 'smoke')}" in spec.train_args()
         assert spec.layers is None and "--layers" not in spec.train_args() and "--seg-len" not in spec.train_args()
     assert plan.video_runs[ts].init_run is None
     # video_set and the language runs' `set` are separate: smoke's 10-step `set` does not reach them

@@ -20,7 +20,7 @@ from workflow_helpers import (
 )
 
 from crt_repro.report.tables import MCA_COLUMNS, MEASURED, REFERENCE_ONLY
-from crt_repro.results import plan_workflow, run_checkpoint
+from crt_repro.plan import plan_workflow, run_checkpoint
 
 pytestmark = needs_snakemake
 EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())
@@ -47,7 +47,7 @@ def test_table7_schedules_exactly_its_video_runs(wf):
     t13 = snakemake(wf, "-n", "-p", "table13_smarthome_rnn", "--config", "profile=smoke")
     ts = next(r for r in plan.video_runs if "-timesformer-" in r)
     assert train_run_ids(t13) == set(plan.video_tables["table13_smarthome_rnn"].run_ids) | {ts}
-    assert t13.count(f"--set model.init_from={run_checkpoint(ts)}") == 2
+    assert t13.count(f"--set model.init_from={run_checkpoint(ts, 'smoke')}") == 2
     assert "--data-dir" not in t13
 
 

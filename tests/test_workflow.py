@@ -22,7 +22,7 @@ from workflow_helpers import (
 
 from crt_repro.report.reference import reference_rows
 from crt_repro.report.tables import PPL_COLUMNS
-from crt_repro.results import RunSpec
+from crt_repro.plan import RunSpec
 
 pytestmark = needs_snakemake
 

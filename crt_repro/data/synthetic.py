@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from .corpus import EOS, Corpus
+from .vocab import EOS, Corpus
 
 _CLASS_SIZES = {"det": 8, "adj": 50, "noun": 120, "verb": 80, "prep": 12, "adv": 20}
 _TEMPLATES = (
@@ -22,6 +22,8 @@ _TEMPLATES = (
     ("det", "noun", "verb", "det", "noun", "prep", "det", "noun"),
 )
 _SUCCESSOR_WEIGHTS = (8, 4, 2, 1)  # a word's favoured successors, most likely first
+# Bump when the generator changes: runs record it as their data fingerprint.
+GENERATOR_VERSION = "synthetic-corpus-v1"
 
 
 def synthetic_corpus(seed: int = 0, train_tokens: int = 30_000, eval_tokens: int = 5_000) -> Corpus:

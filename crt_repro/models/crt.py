@@ -18,12 +18,14 @@ boundaries) and evaluation carries it over the whole stream. Both RNNs are ``mod
 
 Choices where the paper is silent (the config key that exposes each, where one exists):
 
-* The memory RNN reads the last layer's outputs *after* the final LayerNorm (``head.normed``),
-  i.e. what the softmax layer sees (without output dropout). The paper's y are "the output of
-  the Transformer"; in the post-LN Transformers it builds on (Vaswani, Dai et al.) layer outputs
-  are layer-normalised, and in our pre-LN stack the final LayerNorm plays that role. The raw
-  pre-LN residual stream grows with depth, so its scale would differ between 3 and 16 layers.
-  No config key.
+* ``model.memory_input``: the memory RNN reads the last layer's outputs *after* the final
+  LayerNorm (``final_ln``, ``head.normed``), i.e. what the softmax layer sees (without output
+  dropout). The paper's y are "the output of the Transformer"; in the post-LN Transformers it
+  builds on (Vaswani, Dai et al.) layer outputs are layer-normalised, and in our pre-LN stack the
+  final LayerNorm plays that role. The raw pre-LN residual stream (``raw``) grows with depth, so
+  its scale would differ between 3 and 16 layers.
+* ``model.pos_rnn_init``: the position RNN starts from the memory (``memory``, paper Fig. 1 as
+  DESIGN.md reads it) or from zeros in every segment (``zeros``); without memory it is zeros.
 * ``model.pos_encoding``: ``rnn_add`` (paper Fig. 1 as DESIGN.md reads it: RNN output added to
   the embedding), ``rnn_replace`` (RNN output is the token representation) or ``sinusoidal``
   (absolute sinusoids; tokens at positions 1..n when the memory token takes 0, else 0..n-1,
@@ -75,7 +77,8 @@ class CRT(LanguageModel):
         if self.pos_rnn is None:
             x = e + sinusoidal_positions(n, self.cfg.d_model, idx.device, offset=int(self.cfg.memory))
         else:
-            p, _ = self.pos_rnn(e, m)  # h0 = m ties the positions to the memory; zeros without memory
+            h0 = m if self.cfg.pos_rnn_init == "memory" else None  # None: zeros
+            p, _ = self.pos_rnn(e, h0)
             x = e + p if self.cfg.pos_encoding == "rnn_add" else p
         x = self.emb_drop(x)
         if m is not None:
@@ -85,7 +88,7 @@ class CRT(LanguageModel):
         if m is None:
             return x, None
         y = x[:, 1:]  # the memory position produces no output
-        _, m_next = self.mem_rnn(self.head.normed(y), m)
+        _, m_next = self.mem_rnn(self.head.normed(y) if self.cfg.memory_input == "final_ln" else y, m)
         return y, m_next
 
 

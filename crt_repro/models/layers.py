@@ -78,10 +78,11 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_inner)
         self.proj = nn.Linear(cfg.d_inner, cfg.d_model)
+        self.act = {"gelu": F.gelu, "relu": F.relu}[cfg.activation]
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):

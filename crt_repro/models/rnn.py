@@ -2,14 +2,16 @@
 
 Interface (every cell; ``batch_first``)::
 
-    rnn = make_rnn("gru" | "ncgru", input_size, hidden_size)
+    rnn = make_rnn("gru" | "ncgru", input_size, hidden_size, reset="after" | "before")
     outputs, h_last = rnn(x, h0)     # x [B, T, I], h0 [B, H] -> outputs [B, T, H], h_last [B, H]
 
 ``h_last`` equals ``outputs[:, -1]`` (``h0`` when T == 0). Outputs come back in the dtype of ``x``;
 both cells run under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (matrix products in bf16,
 gate arithmetic and the carried hidden state in fp32). Both run on one gated recurrence with a
 hand-written backward (``gated_scan``); they differ in the candidate activation (tanh, modReLU) and
-in how the recurrent matrix is made (free, orthogonal by the Cayley transform).
+in how the recurrent matrix is made (free, orthogonal by the Cayley transform). ``reset`` places the
+reset gate r of the candidate: ``"after"`` the recurrent product, r * (h W) (cuDNN's and PyTorch's
+GRU), or ``"before"`` it, (r * h) W (the CRT paper's appendix B and NC-GRU's TensorFlow cells).
 
 Modules that define ``post_step(step)`` (NCGRU does) must have it called by the training loop after
 every ``optimizer.step()``::
@@ -28,7 +30,12 @@ Parameter counts (trainable entries, i.e. ``sum(p.numel())``; I = input size, H 
   ``numel`` sums and what the optimizer updates); A has only H(H-1)/2 degrees of freedom, so the
   number of free parameters is ``3*H*I + 2*H*H + H*(H-1)/2 + 4*H`` (H(H+1)/2 fewer). D (fixed
   +-1 diagonal), the cached inverse (I+A)^-1 and the previous A are buffers, not parameters.
-  Example I = H = 256: GRU 394,752; NCGRU 394,240 stored, 361,344 free.
+  With ``candidate_bias=False`` there is no b: ``3*H*I + 3*H*H + 3*H`` stored,
+  ``3*H*I + 2*H*H + H*(H-1)/2 + 3*H`` free.
+  Example I = H = 256: GRU 394,752; NCGRU 394,240 stored, 361,344 free; NCGRU without the
+  candidate bias 393,984 stored, 361,088 free.
+
+``reset`` changes no count.
 """
 from __future__ import annotations
 
@@ -40,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RNN_KINDS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "gated_scan"]
+__all__ = ["RNN_KINDS", "RESETS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "gated_scan"]
 
 RNN_KINDS = ("gru", "ncgru")
+RESETS = ("after", "before")
 
 
 def make_rnn(
@@ -50,25 +58,37 @@ def make_rnn(
     input_size: int,
     hidden_size: int,
     *,
+    reset: str = "after",
+    candidate_bias: bool = True,
     neumann_order: int = 2,
     exact_every: int = 100,
     n_negative: int | None = None,
 ) -> nn.Module:
     """Build one recurrent cell with the common interface ``forward(x, h0) -> (outputs, h_last)``.
 
-    ``neumann_order``, ``exact_every`` and ``n_negative`` configure NCGRU and are ignored by GRU.
+    ``reset`` ("after" | "before", see the module docstring) configures both cells.
+    ``candidate_bias``, ``neumann_order``, ``exact_every`` and ``n_negative`` configure NCGRU and
+    are ignored by GRU (whose candidate keeps torch's two biases).
     """
     if kind == "gru":
-        return GRU(input_size, hidden_size)
+        return GRU(input_size, hidden_size, reset=reset)
     if kind == "ncgru":
         return NCGRU(
             input_size,
             hidden_size,
+            reset=reset,
+            candidate_bias=candidate_bias,
             neumann_order=neumann_order,
             exact_every=exact_every,
             n_negative=n_negative,
         )
     raise ValueError(f"unknown rnn kind {kind!r}; valid kinds: {', '.join(repr(k) for k in RNN_KINDS)}")
+
+
+def _check_reset(reset: str) -> str:
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {', '.join(repr(r) for r in RESETS)}, got {reset!r}")
+    return reset
 
 
 def _check_inputs(x: Tensor, h0: Tensor | None, input_size: int, hidden_size: int) -> Tensor:
@@ -152,43 +172,61 @@ def _candidate_(v: Tensor, kind: str, b_mod: Tensor | None) -> Tensor:
     return v.abs_().add_(b_mod).relu_().mul_(s)
 
 
-def _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind: str, save: bool):
+def _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind: str, before: bool, save: bool):
     """The sequential part. xp [B,T,3H] (input projections + input biases, gates z | r | candidate),
     h0 [B,H] (state dtype), r_cat [H,3H] and b_hh [3H] or None (compute dtype).
 
-    Per step: g = h @ r_cat (+ b_hh), z | r = sigmoid(x + g), c = act(x_c + r * g_c),
-    h' = z h + (1 - z) c. Everything is written in place into time-major buffers, which are
-    what backward needs when ``save``: states [T+1,B,H] (h0 first), g [T,B,3H] (compute dtype) and
-    pre [T,B,3H] holding z | r | c. Without ``save`` the g and pre buffers hold one step.
+    Per step, reset after the product (``before`` false): g = h @ r_cat (+ b_hh),
+    z | r = sigmoid(x + g), c = act(x_c + r * g_c). Reset before it: g_zr = h @ r_cat_zr (+ b_zr),
+    z | r = sigmoid(x_zr + g_zr), g_c = (r * h) @ r_cat_c (+ b_c), c = act(x_c + g_c). Then
+    h' = z h + (1 - z) c. Everything is written in place into time-major buffers, which are what
+    backward needs when ``save``: states [T+1,B,H] (h0 first), pre [T,B,3H] holding z | r | c and,
+    reset after, g [T,B,3H] (compute dtype). Otherwise the g and pre buffers hold one step.
 
     Why this shape: a step is one small matrix product plus a few tiny elementwise ops, each with a
     fixed cost of several microseconds. One product per step (the three recurrent matrices side by
     side), one add for all three gates, in-place activations and no per-step Python slicing beyond
-    what ``unbind`` prepared keep a GRU step at seven ops.
+    what ``unbind`` prepared keep a GRU step at seven ops. Reset before, the candidate's product
+    needs the step's r, so a step takes two products and one more elementwise op (and, under
+    autocast, one more cast).
     """
     b, t_len, h3 = xp.shape
     h = h3 // 3
     sdt, cdt, dev = h0.dtype, r_cat.dtype, h0.device
     xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev).copy_(xp.transpose(0, 1))  # time-major
-    steps = t_len if save else 1
+    keep_g = save and not before  # reset before, backward needs r * h (from states, pre), not g
     states = torch.empty(t_len + 1, b, h, dtype=sdt, device=dev)
     states[0] = h0
-    g_buf = torch.empty(steps, b, h3, dtype=cdt, device=dev)
-    pre_buf = torch.empty(steps, b, h3, dtype=sdt, device=dev)
+    g_buf = torch.empty(t_len if keep_g else 1, b, h3, dtype=cdt, device=dev)
+    pre_buf = torch.empty(t_len if save else 1, b, h3, dtype=sdt, device=dev)
     xs, hs = xt.unbind(0), states.unbind(0)
     gs, pres = g_buf.unbind(0), pre_buf.unbind(0)
     cast = cdt != sdt
+    if before:
+        r_zr, r_c = r_cat[:, : 2 * h], r_cat[:, 2 * h :]
+        b_zr, b_c = (None, None) if b_hh is None else (b_hh[: 2 * h], b_hh[2 * h :])
     state = h0
     for t in range(t_len):
-        i = t if save else 0
+        g, pre = gs[t if keep_g else 0], pres[t if save else 0]
         hm = state.to(cdt) if cast else state
-        g = torch.mm(hm, r_cat, out=gs[i]) if b_hh is None else torch.addmm(b_hh, hm, r_cat, out=gs[i])
-        pre = torch.add(xs[t], g, out=pres[i])  # the candidate third is overwritten below
-        zr = pre[:, : 2 * h].sigmoid_()
-        v = torch.addcmul(xs[t][:, 2 * h :], zr[:, h:], g[:, 2 * h :], out=pre[:, 2 * h :])
+        if before:
+            g_zr = _mm(hm, r_zr, b_zr, g[:, : 2 * h])
+            zr = torch.add(xs[t][:, : 2 * h], g_zr, out=pre[:, : 2 * h]).sigmoid_()
+            rh = zr[:, h:] * state
+            g_c = _mm(rh.to(cdt) if cast else rh, r_c, b_c, g[:, 2 * h :])
+            v = torch.add(xs[t][:, 2 * h :], g_c, out=pre[:, 2 * h :])
+        else:
+            _mm(hm, r_cat, b_hh, g)
+            torch.add(xs[t], g, out=pre)  # the candidate third is overwritten below
+            zr = pre[:, : 2 * h].sigmoid_()
+            v = torch.addcmul(xs[t][:, 2 * h :], zr[:, h:], g[:, 2 * h :], out=pre[:, 2 * h :])
         state = torch.lerp(_candidate_(v, kind, b_mod), state, zr[:, :h], out=hs[t + 1])
     out = states[1:].transpose(0, 1).contiguous()
-    return out, ((states, g_buf, pre_buf) if save else None)
+    return out, ((states, g_buf if keep_g else None, pre_buf) if save else None)
+
+
+def _mm(a: Tensor, w: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    return torch.mm(a, w, out=out) if bias is None else torch.addmm(bias, a, w, out=out)
 
 
 class _GatedScan(torch.autograd.Function):
@@ -196,27 +234,29 @@ class _GatedScan(torch.autograd.Function):
 
     Forward runs the time loop without recording a graph and keeps its buffers for backward (no
     recomputation). Backward forms every per-step coefficient for all time steps at once, runs the
-    sequential part of BPTT (one small matrix product and three elementwise ops per step) and the
-    recurrent weight gradient as one [3H, T*B] x [T*B, H] product. Autocast is off inside; the
-    caller chooses the dtypes (r_cat and b_hh in the compute dtype, the rest in the state dtype).
+    sequential part of BPTT (reset after: one small matrix product and three elementwise ops per
+    step; reset before: two products and five) and the recurrent weight gradient as [3H, T*B] x
+    [T*B, H] products. Autocast is off inside; the caller chooses the dtypes (r_cat and b_hh in the
+    compute dtype, the rest in the state dtype).
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind):
+    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind, before):
         with _autocast_off(xp.device.type):
-            out, saved = _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=True)
-        ctx.kind = kind
+            out, saved = _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=True)
+        ctx.kind, ctx.before = kind, before
         ctx.save_for_backward(r_cat, *saved)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         with _autocast_off(d_out.device.type):
-            return *_scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors), None
+            grads = _scan_backward(ctx.needs_input_grad, ctx.kind, ctx.before, d_out, *ctx.saved_tensors)
+        return *grads, None, None
 
 
-def _scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
-    t_len, b, h3 = g_all.shape
+def _scan_backward(needs, kind, before, d_out, r_cat, states, g_all, pre_all):
+    t_len, b, h3 = pre_all.shape
     h = h3 // 3
     sdt, cdt, dev = states.dtype, r_cat.dtype, states.device
     h_prev = states[:-1]  # [T,B,H]
@@ -229,12 +269,18 @@ def _scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
         dc_dv = sign_c.abs()
     k_v = one_m_z.mul(dc_dv)  # dh_t -> dv_t
     # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c), laid out [T,B,3,H] like the
-    # columns of r_cat; filled in place.
+    # columns of r_cat; filled in place. Reset before, the r slot holds the coefficient of
+    # d(r * h) instead, which is known only once the step's candidate gradient has gone through
+    # r_cat_c^T.
     k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
     k_z, k_r, k_c = k.unbind(2)
-    torch.mul(k_v, r, out=k_c)  # (1-z) act' r
-    torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
-    k_r.addcmul_(k_r, r, value=-1.0)  # (1-z) act' r (1-r) g_c
+    if before:
+        k_c.copy_(k_v)  # (1-z) act'
+        torch.mul(h_prev, r, out=k_r)
+    else:
+        torch.mul(k_v, r, out=k_c)  # (1-z) act' r
+        torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
+    k_r.addcmul_(k_r, r, value=-1.0)  # before: h r (1-r); after: (1-z) act' r (1-r) g_c
     torch.sub(h_prev, c, out=k_z).mul_(z).mul_(one_m_z)  # (h - c) z (1-z)
     # The gradient on g_t = h_{t-1} @ r_cat goes straight into the compute dtype: it only feeds
     # products in that dtype (the step's BPTT product, the weight gradient, the input projection's
@@ -243,16 +289,30 @@ def _scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
     d_g = torch.empty(t_len, b, 3, h, dtype=cdt, device=dev)
     d_outs, d_hs, d_gs = d_out.to(sdt).transpose(0, 1).unbind(0), d_h.unbind(0), d_g.unbind(0)
     ks, zs = k.unbind(0), z.unbind(0)
-    r_t = r_cat.t()
+    if before:
+        k_rs, rs = k_r.unbind(0), r.unbind(0)
+        r_zr_t, r_c_t = r_cat[:, : 2 * h].t(), r_cat[:, 2 * h :].t()
+    else:
+        r_t = r_cat.t()
     carry = torch.zeros(b, h, dtype=sdt, device=dev)
     for t in range(t_len - 1, -1, -1):
         dh = torch.add(d_outs[t], carry, out=d_hs[t])
         dg = torch.mul(ks[t], dh.unsqueeze(1), out=d_gs[t]).view(b, h3)
-        carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
+        if before:  # the r third of dg, written above from dh, is replaced by its true value
+            d_rh = torch.mm(dg[:, 2 * h :], r_c_t)
+            torch.mul(d_rh, k_rs[t], out=dg[:, h : 2 * h])
+            carry = torch.addcmul(torch.mm(dg[:, : 2 * h], r_zr_t), dh, zs[t]).addcmul_(d_rh, rs[t])
+        else:
+            carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
     d_g = d_g.view(t_len, b, h3)
     d_xp = d_r = d_b_hh = d_b_mod = None
     if needs[2]:
-        d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3)
+        if before:
+            rh = (r * h_prev).reshape(-1, h).to(cdt)  # what the forward multiplied r_cat_c by
+            d_r = torch.cat([h_prev.reshape(-1, h).to(cdt).t() @ d_g[..., : 2 * h].reshape(-1, 2 * h),
+                             rh.t() @ d_g[..., 2 * h :].reshape(-1, h)], dim=1)
+        else:
+            d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3)
     if needs[3]:
         d_b_hh = d_g.sum(dim=(0, 1), dtype=sdt)
     if needs[4]:
@@ -266,16 +326,18 @@ def _scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
 
 
 def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
-               kind: str) -> Tensor:
+               kind: str, reset: str = "after") -> Tensor:
     """States [B,T,H] of the gated recurrence (see ``_scan_forward``) for candidate ``kind``
-    ("tanh": GRU, with the recurrent bias b_hh; "modrelu": NCGRU, with its bias b_mod)."""
+    ("tanh": GRU, with the recurrent bias b_hh; "modrelu": NCGRU, with its bias b_mod), with the
+    reset gate ``reset`` ("after" | "before") the candidate's recurrent product."""
     if kind not in CANDIDATES:
         raise ValueError(f"unknown candidate activation {kind!r}; valid: {CANDIDATES}")
+    before = _check_reset(reset) == "before"
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind)
+        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before)
     with _autocast_off(xp.device.type):
-        return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=False)[0]
+        return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
 
 
 # Below this many streams a CPU step product runs in fp32 even under autocast. Timed on the 2-core
@@ -302,7 +364,7 @@ class _GatedCell(nn.Module):
         small_cpu = x.device.type == "cpu" and x.shape[0] < SMALL_CPU_BATCH
         cdt = autocast if autocast and not small_cpu else sdt
         b_hh = None if b_hh is None else b_hh.to(cdt)
-        out = gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind).to(x.dtype)
+        out = gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset).to(x.dtype)
         return out, out[:, -1]
 
 
@@ -317,6 +379,11 @@ class GRU(_GatedCell):
         z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)      r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   h' = z * h + (1 - z) * n
 
+    With ``reset="before"`` (the CRT paper's appendix B), ``n = tanh(W_in x + b_in + W_hn (r * h)
+    + b_hn)``: b_hn stays outside the gate. The paper's form has a single candidate bias; keeping
+    torch's two (b_in + b_hn, redundant there) keeps the parameter count and ``weight``/``bias``
+    layout the same for both values of ``reset``.
+
     Parameters, gates in the order z | r | n: ``weight_ih`` [3H, I], ``bias_ih`` [3H],
     ``weight_hh`` [H, 3H] (applied as h @ weight_hh, the layout the scan multiplies by) and
     ``bias_hh`` [3H]; both biases are kept, as ``torch.nn.GRU`` keeps them, so the parameter count
@@ -327,10 +394,11 @@ class GRU(_GatedCell):
     (``crt-repro bench --d-model 256 --layers 3 --batch 32 --bf16 --modes train``).
     """
 
-    def __init__(self, input_size: int, hidden_size: int):
+    def __init__(self, input_size: int, hidden_size: int, *, reset: str = "after"):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
+        self.reset = _check_reset(reset)
         h = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))
         self.bias_ih = nn.Parameter(torch.empty(3 * h))
@@ -339,7 +407,7 @@ class GRU(_GatedCell):
         self.reset_parameters()
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}"
+        return f"{self.input_size}, {self.hidden_size}, reset={self.reset!r}"
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -368,9 +436,13 @@ class NCGRU(_GatedCell):
         h' = z * h + (1 - z) * c
         W = (I + A)^-1 (I - A) D                  (orthogonal; row-vector convention h W)
 
+    ``reset="before"``: ``c = modReLU(x U_in + (r * h) W + b)``. ``candidate_bias=False``: no b
+    (modReLU's b_mod is then the candidate's only bias; b_z and b_r stay).
+
     Implementation: the input projections of the whole segment are one matmul before the loop;
-    the three recurrent products are one matmul per step, ``h @ [Z_h | R_h | W]``; the recurrence
-    is a single autograd node with a hand-written BPTT (see ``_GatedScan``, shared with GRU).
+    reset after, the three recurrent products are one matmul per step, ``h @ [Z_h | R_h | W]``
+    (reset before, ``h @ [Z_h | R_h]`` then ``(r * h) @ W``); the recurrence is a single autograd
+    node with a hand-written BPTT (see ``_GatedScan``, shared with GRU).
 
     Choices (and why):
 
@@ -387,12 +459,17 @@ class NCGRU(_GatedCell):
       -1 eigenvalues and fixes det W = (-1)^n_negative (Helfrich et al. 2018, Thm 3.1). Both
       scoRNN and NCGRU treat the count as a tuned hyperparameter and use a *small* one: the public
       scoRNN code uses 17 of 170 (MNIST, n/10) and 29 of 96 / 52 of 172 (adding / copying,
-      about 0.3n, in the ENRNN follow-up code); NCGRU's public PTB script defaults to 5 per
-      layer for 1000 units. Default here: ``H // 10``, the scoRNN MNIST proportion, inside the
+      about 0.3n, in the ENRNN follow-up code); NCGRU's public character-level PTB code
+      defaults to 5 (``--nono``, with ``--nhid`` 1000) and its ``run.sh`` uses 50 of 435 (tied
+      weights make the one layer emsize wide); its denoise / parenthesis scripts use 50 of 118 and
+      40 of 56. Default here: ``H // 10``, the scoRNN MNIST proportion, inside the
       range those codes use; ``n_negative=H // 2`` is the other natural reading.
-    * **Reset gate after the product**, ``r * (h W)`` as DESIGN.md fixes it (the cuDNN/PyTorch
-      GRU form), not ``W (r * h)`` as the CRT paper's appendix B writes the GRU. It is what lets
-      the three recurrent products be one matmul per step.
+    * **Reset gate after the product by default**, ``r * (h W)`` (the cuDNN/PyTorch GRU form, and
+      NC-GRU's public PyTorch PTB cell), which lets the three recurrent products be one matmul per
+      step. ``reset="before"`` is ``(r * h) W`` as the CRT paper's appendix B writes the GRU and
+      NC-GRU's TensorFlow cells compute it; a step then takes two dependent products.
+    * **Candidate bias**: ``candidate_bias=True`` keeps a bias b inside modReLU besides b_mod, as
+      a GRU's candidate has one; NC-GRU's public cells have only modReLU's (``False``).
     * **Initial A**: scoRNN's initialisation (``a_init="rotation"``): 2x2 blocks
       [[0, s], [-s, 0]] with s = tan(theta/2), theta ~ U[0, pi/2], so (I+A)^-1 (I-A) is block
       diagonal with rotations by theta (eigenvalues spread on the unit circle, exactly
@@ -420,12 +497,15 @@ class NCGRU(_GatedCell):
         input_size: int,
         hidden_size: int,
         *,
+        reset: str = "after",
+        candidate_bias: bool = True,
         neumann_order: int = 2,
         exact_every: int = 100,
         n_negative: int | None = None,
         a_init: str = "rotation",
     ):
         super().__init__()
+        self.reset = _check_reset(reset)
         if neumann_order < 0:
             raise ValueError(f"neumann_order must be >= 0, got {neumann_order}")
         if exact_every < 1:
@@ -442,9 +522,10 @@ class NCGRU(_GatedCell):
         self.exact_every = exact_every
         self.n_negative = n_negative
         self.a_init = a_init
+        self.candidate_bias = candidate_bias
         h = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))  # rows: U_z, U_r, U_in
-        self.bias = nn.Parameter(torch.empty(3 * h))  # b_z, b_r, b (candidate)
+        self.bias = nn.Parameter(torch.empty((3 if candidate_bias else 2) * h))  # b_z, b_r[, b]
         self.weight_hh_zr = nn.Parameter(torch.empty(h, 2 * h))  # [Z_h | R_h], applied as h @ .
         self.A = nn.Parameter(torch.empty(h, h))  # skew-symmetric
         self.b_mod = nn.Parameter(torch.empty(h))  # modReLU bias
@@ -459,7 +540,8 @@ class NCGRU(_GatedCell):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.input_size}, {self.hidden_size}, neumann_order={self.neumann_order}, "
+            f"{self.input_size}, {self.hidden_size}, reset={self.reset!r}, "
+            f"candidate_bias={self.candidate_bias}, neumann_order={self.neumann_order}, "
             f"exact_every={self.exact_every}, n_negative={self.n_negative}"
         )
 
@@ -558,4 +640,7 @@ class NCGRU(_GatedCell):
         self._check_fresh()
         w = cayley_weight(self.A, self.inv, self.d)
         recurrent = torch.cat([self.weight_hh_zr, w], dim=1)  # h @ [U_z | U_r | W]: one product a step
-        return self._scan(x, h0, self.weight_ih, self.bias, recurrent, None, self.b_mod, "modrelu")
+        bias = self.bias
+        if not self.candidate_bias:  # a zero third keeps the segment's input projection one product
+            bias = torch.cat([bias, bias.new_zeros(self.hidden_size)])
+        return self._scan(x, h0, self.weight_ih, bias, recurrent, None, self.b_mod, "modrelu")

@@ -16,7 +16,8 @@ where R are sinusoids of the distance, and W_r is a per-layer projection without
 Choices where the paper and Dai et al. leave room (none has a config key; ``mem_len`` does):
 
 * ``mem_len`` (``model.mem_len``): null means = ``data.seg_len`` (the paper's tables: "memory
-  length" = segment length), resolved in ``build_model``. Information reaches back at most
+  length" = segment length), resolved in ``build_model``. ``model.eval_mem_len`` (null: mem_len)
+  is the memory kept in evaluation: Dai et al. evaluate with a longer one (640 on WikiText-103). Information reaches back at most
   ``mem_len * n_layer`` tokens before the segment (one hop of ``mem_len`` per layer).
 * u and v are per layer (Dai et al.'s ``untie_r``), initialised N(0, 0.02) like their code.
 * q, k, v and the output projection keep their biases, as in the shared ``CausalSelfAttention``,
@@ -97,6 +98,7 @@ class TransformerXL(LanguageModel):
             raise ValueError("TransformerXL needs model.mem_len; build_model resolves null to data.seg_len")
         super().__init__(cfg, vocab_size, make_attn=RelativeAttention)
         self.mem_len = cfg.mem_len
+        self.eval_mem_len = cfg.eval_mem_len or cfg.mem_len
 
     def init_state(self, batch_size: int, device: torch.device) -> State:
         return [torch.zeros(batch_size, 0, self.cfg.d_model, device=device) for _ in self.blocks]
@@ -107,10 +109,11 @@ class TransformerXL(LanguageModel):
         distances = torch.arange(klen - 1, -1, -1, device=idx.device, dtype=torch.float32)
         r = self.emb_drop(sinusoid_table(distances, self.cfg.d_model))
         x = self.emb_drop(self.embed_tokens(idx))
+        keep = self.mem_len if self.training else self.eval_mem_len
         new_mems = []
         for block, mem in zip(self.blocks, mems):
             # This layer's next memory: the last mem_len of its inputs, old memory included
             # (a segment shorter than mem_len keeps part of the previous one). Detached by design.
-            new_mems.append(torch.cat([mem, x], dim=1)[:, -self.mem_len:].detach())
+            new_mems.append(torch.cat([mem, x], dim=1)[:, -keep:].detach())
             x = block(x, memory=mem, r=r)
         return x, new_mems

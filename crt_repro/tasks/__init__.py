@@ -4,6 +4,10 @@ The engine (``crt_repro.train``) is the same for language models and video class
 talks to the data only through this interface:
 
     task.n_out                          vocabulary size or class count (sizes the model's output)
+    task.total_steps(optim)             the run's steps, from its budget (optim.max_steps | max_tokens | max_epochs)
+    task.epoch_items                    items (tokens, clips) one epoch trains on
+    task.budget_text(optim)             the budget in words, for the log
+    task.data_fingerprint()             file -> {"bytes", "sha256"} of the data (runs record and check it)
     task.train_loss(model, step)        -> (mean loss of optimiser step ``step``, items it covered)
     task.evaluate(model, split)         -> {"loss": ..., "ppl" | "mca" | "top1": ...}
     task.state_dict() / load_state_dict(d)   what must survive a restart besides model/optimiser
@@ -26,3 +30,14 @@ def make_task(cfg: Config, device: torch.device):
     from crt_repro.tasks.lm import LMTask
 
     return LMTask(cfg, device)
+
+
+def data_fingerprint(cfg: Config) -> dict:
+    """What ``task.data_fingerprint()`` returns, without building the task."""
+    if cfg.is_video:
+        from crt_repro.tasks.video import video_fingerprint
+
+        return video_fingerprint(cfg)
+    from crt_repro.data import fingerprint
+
+    return fingerprint(cfg.data.dataset, cfg.data.data_dir)

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from crt_repro.config import Config
-from crt_repro.data import SegmentStream, batchify, load_corpus
+from crt_repro.config import Config, OptimConfig
+from crt_repro.data import SegmentStream, batchify, fingerprint, load_corpus
 
 
 class LMTask:
@@ -29,7 +29,35 @@ class LMTask:
         self.train_stream = SegmentStream(batchify(train, cfg.data.batch_size).to(device), cfg.data.seg_len)
         self.window = cfg.optim.bptt_segments
         self.steps_per_epoch = math.ceil(len(self.train_stream) / self.window)
+        # Targets per stream in each step of an epoch (the epoch's last step may be short).
+        t = self.train_stream.data.shape[1] - 1
+        self._step_targets = [min(t, (j + 1) * self.window * cfg.data.seg_len) - j * self.window * cfg.data.seg_len
+                              for j in range(self.steps_per_epoch)]
+        self.epoch_items = cfg.data.batch_size * t
         self.state = None
+
+    def total_steps(self, o: OptimConfig) -> int:
+        """Steps of the budget: the first step at which max_tokens targets (or max_epochs epochs)
+        have been trained on, counted exactly, short epoch-end steps included."""
+        if o.max_steps is not None:
+            return o.max_steps
+        tokens = o.max_tokens if o.max_tokens is not None else math.ceil(o.max_epochs * self.epoch_items)
+        epochs, rest = divmod(tokens, self.epoch_items)
+        steps, done = epochs * self.steps_per_epoch, 0
+        for n in self._step_targets:
+            if done >= rest:
+                break
+            done += n * self.cfg.data.batch_size
+            steps += 1
+        return max(steps, 1)
+
+    def budget_text(self, o: OptimConfig) -> str:
+        tokens = sum(self._step_targets[s % self.steps_per_epoch] for s in range(self.total_steps(o)))
+        tokens *= self.cfg.data.batch_size
+        return f"{tokens:,} training tokens, {tokens / self.epoch_items:.2f} epochs"
+
+    def data_fingerprint(self) -> dict:
+        return fingerprint(self.cfg.data.dataset, self.cfg.data.data_dir)
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, int]:
         first = (step % self.steps_per_epoch) * self.window

@@ -22,6 +22,9 @@ the end of a run evaluates "valid" and "test", which costs one pass.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import math
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from crt_repro.config import Config
+from crt_repro.config import Config, OptimConfig
 from crt_repro.video.metrics import mean_class_accuracy, top1_accuracy
-from crt_repro.video.smarthome import SMARTHOME_CLASSES, SmarthomeClips, find_clips
+from crt_repro.video.smarthome import IMAGENET_MEAN, IMAGENET_STD, SMARTHOME_CLASSES, SmarthomeClips, find_clips
 from crt_repro.video.synthetic import SYNTHETIC_CLASSES, synthetic_video_dir
+
+
+# data.normalize -> (mean, std); TimeSformer's Kinetics-400 configs use 0.45 / 0.225.
+NORMALIZATION = {"kinetics": ((0.45,) * 3, (0.225,) * 3), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 def smarthome_root(data_dir: str | None) -> Path:
@@ -80,6 +87,21 @@ class _WeightsStamp:
                 and all(a is b for a, b in zip(self.tensors, now.tensors)) and self.versions == now.versions)
 
 
+def _clips_fingerprint(root: Path) -> dict:
+    """The clip set in one entry: hashing every mp4 of Smarthome (tens of GB) would cost more than
+    a run's start-up; names and sizes catch a different or partial copy."""
+    clips = sorted(p for p in root.rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(root)}\t{p.stat().st_size}\n" for p in clips)
+    return {f"{root.name}/ (names and sizes of {len(clips)} files)": {
+        "bytes": sum(p.stat().st_size for p in clips), "sha256": hashlib.sha256(listing.encode()).hexdigest()}}
+
+
+def video_fingerprint(cfg: Config) -> dict:
+    if cfg.data.dataset == "synthetic-video":
+        return _clips_fingerprint(synthetic_video_dir(n_per_class=25, seed=0))
+    return _clips_fingerprint(smarthome_root(cfg.data.data_dir))
+
+
 class VideoTask:
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -89,11 +111,15 @@ class VideoTask:
             root, classes = synthetic_video_dir(n_per_class=25, seed=0), SYNTHETIC_CLASSES
         else:
             root, classes = smarthome_root(d.data_dir), SMARTHOME_CLASSES
-        kw = dict(n_frames=d.frames, resize=d.resize, crop=d.crop, class_names=classes, cache_frames=synthetic)
+        mean, std = NORMALIZATION[d.normalize]
+        kw = dict(n_frames=d.frames, resize=d.resize, crop=d.crop, class_names=classes, cache_frames=synthetic,
+                  mean=mean, std=std)
         self.train_set = SmarthomeClips(root, "train", train=True, **kw)
         self.test_set = SmarthomeClips(root, "test", train=False, **kw)
         self.n_out = len(classes)
         self.steps_per_epoch = max(1, len(self.train_set) // d.batch_size)
+        self.epoch_items = self.steps_per_epoch * d.batch_size
+        self._root = root
         self._batches: Iterator | None = None
         self._next_step = -1
         self._last_eval: tuple[_WeightsStamp, dict] | None = None
@@ -114,7 +140,7 @@ class VideoTask:
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, int]:
         if self._batches is None or step != self._next_step:   # first call, or a resume
-            steps = range(step, self.cfg.optim.max_steps)
+            steps = itertools.count(step)
             self._batches = iter(self._loader(_Seeded(self.train_set), (self._step_items(s) for s in steps)))
         x, y = next(self._batches)
         self._next_step = step + 1
@@ -139,6 +165,18 @@ class VideoTask:
                   "top1": top1_accuracy(logits, targets), "clips": len(targets)}
         self._last_eval = (stamp, dict(result))
         return result
+
+    def total_steps(self, o: OptimConfig) -> int:
+        if o.max_steps is not None:
+            return o.max_steps
+        return max(1, math.ceil(o.max_epochs * self.steps_per_epoch))
+
+    def budget_text(self, o: OptimConfig) -> str:
+        steps = self.total_steps(o)
+        return f"{steps * self.cfg.data.batch_size:,} clips, {steps / self.steps_per_epoch:.2f} epochs"
+
+    def data_fingerprint(self) -> dict:
+        return _clips_fingerprint(self._root)
 
     def state_dict(self) -> dict:
         return {}

@@ -1,6 +1,12 @@
 # Helpers of the workflow: config loading and validation, and the plan of runs (which run each
-# table needs, by run id). All logic lives in the package (crt_repro.results.plan_workflow); this
+# table needs, by run id). All logic lives in the package (crt_repro.plan.plan_workflow); this
 # file only wires it to Snakemake. Functions only: the rules are in the other .smk files.
+#
+# Every output lies under its profile: results/<profile>/{runs,tables,logs,benchmarks}/,
+# results/<profile>/runs.csv, figures/<profile>/. Inputs that a clone may hold committed (the
+# runs' metrics.json, collected runs CSVs, downloaded corpora) are marked ancient(): git gives
+# checked-out files arbitrary relative mtimes, and a table must not be rebuilt, nor a run
+# retrained, only because of that order. A job that reruns still reruns everything downstream.
 import re
 import shlex
 from pathlib import Path
@@ -8,7 +14,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from crt_repro.results import plan_workflow
+from crt_repro.plan import plan_workflow, runs_dir
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 PROFILES = ("smoke", "cpu", "paper")
@@ -35,6 +41,9 @@ def _coerce_cli_types(cfg):
     seeds = cfg.get("seeds")
     if seeds is not None:
         cfg["seeds"] = [_int_or_keep(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+    if isinstance(cfg.get("extra_seeds"), dict):
+        cfg["extra_seeds"] = {t: {k: [_int_or_keep(v) for v in (vs if isinstance(vs, list) else [vs])]
+                                  for k, vs in (e or {}).items()} for t, e in cfg["extra_seeds"].items()}
     if isinstance(cfg.get("layers"), dict):
         cfg["layers"] = {str(k): _int_or_keep(v) for k, v in cfg["layers"].items()}
     for key in ("gpu", "threads"):
@@ -53,6 +62,8 @@ EXPERIMENTS = _read_yaml(WORKFLOW_DIR / "config" / "experiments.yaml")
 validate(EXPERIMENTS, "../schemas/experiments.schema.yaml")
 
 PROFILE = config["profile"]
+RESULTS = f"results/{PROFILE}"
+FIGURES = f"figures/{PROFILE}"
 DATA_DIR = config["data_dir"]
 SMARTHOME_DIR = config["smarthome_dir"]  # checked by the video runs that need it (video.smk)
 K400_CHECKPOINT = config["k400_checkpoint"]
@@ -73,7 +84,7 @@ def regex_of(names):
 
 
 def run_dir(run_id):
-    return f"results/runs/{run_id}"
+    return f"{runs_dir(PROFILE)}/{run_id}"
 
 
 def train_data_dir(spec):
@@ -96,20 +107,20 @@ def train_inputs(wildcards):
     """The downloaded corpus, when the run needs one and no data_dir was given."""
     spec = PLAN.runs[wildcards.run_id]
     if DATA_DIR is None and spec.dataset in DOWNLOAD_FILES:
-        return DOWNLOAD_FILES[spec.dataset]
+        return [ancient(f) for f in DOWNLOAD_FILES[spec.dataset]]
     return []
 
 
 def table_metrics(wildcards):
-    return [f"{run_dir(r)}/metrics.json" for r in PLAN.tables[wildcards.table].run_ids]
+    return [ancient(f"{run_dir(r)}/metrics.json") for r in PLAN.tables[wildcards.table].run_ids]
 
 
 def table_runs_csv(table):
-    return f"results/tables/runs/{table}.csv"
+    return f"{RESULTS}/tables/runs/{table}.csv"
 
 
 def figure_runs_csv(wildcards):
-    return table_runs_csv(PLAN.figures[wildcards.fig])
+    return ancient(table_runs_csv(PLAN.figures[wildcards.fig]))
 
 
 def table_gpu(wildcards):
@@ -118,11 +129,11 @@ def table_gpu(wildcards):
 
 
 def table_files(name):
-    return [f"results/tables/{name}.csv", f"results/tables/{name}.md"]
+    return [f"{RESULTS}/tables/{name}.csv", f"{RESULTS}/tables/{name}.md"]
 
 
 def figure_files(name):
-    return [f"figures/{name}.png", f"figures/{name}.pdf"]
+    return [f"{FIGURES}/{name}.png", f"{FIGURES}/{name}.pdf"]
 
 
 ALL_TABLE_FILES = [f for t in [*PLAN.cost_tables, *PLAN.tables, *PLAN.video_tables] for f in table_files(t)]

@@ -6,9 +6,9 @@ rule download_ptb:
     output:
         DOWNLOAD_FILES["ptb"],
     log:
-        "results/logs/download/ptb.log",
+        f"{RESULTS}/logs/download/ptb.log",
     benchmark:
-        "results/benchmarks/download/ptb.tsv"
+        f"{RESULTS}/benchmarks/download/ptb.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -19,9 +19,9 @@ rule download_wikitext2:
     output:
         DOWNLOAD_FILES["wikitext-2"],
     log:
-        "results/logs/download/wikitext-2.log",
+        f"{RESULTS}/logs/download/wikitext-2.log",
     benchmark:
-        "results/benchmarks/download/wikitext-2.tsv"
+        f"{RESULTS}/benchmarks/download/wikitext-2.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -32,9 +32,9 @@ rule download_wt103:
     output:
         DOWNLOAD_FILES["wt103"],
     log:
-        "results/logs/download/wt103.log",
+        f"{RESULTS}/logs/download/wt103.log",
     benchmark:
-        "results/benchmarks/download/wt103.tsv"
+        f"{RESULTS}/benchmarks/download/wt103.tsv"
     conda:
         CONDA_ENV
     shell:

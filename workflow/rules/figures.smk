@@ -6,16 +6,16 @@ rule figure:
         runs=figure_runs_csv,
     output:
         png=report(
-            "figures/{fig}.png",
+            f"{FIGURES}/{{fig}}.png",
             caption="../report/figure.rst",
             category="Figures",
             labels={"figure": "{fig}"},
         ),
-        pdf="figures/{fig}.pdf",
+        pdf=f"{FIGURES}/{{fig}}.pdf",
     log:
-        "results/logs/figures/{fig}.log",
+        f"{RESULTS}/logs/figures/{{fig}}.log",
     benchmark:
-        "results/benchmarks/figures/{fig}.tsv"
+        f"{RESULTS}/benchmarks/figures/{{fig}}.tsv"
     conda:
         CONDA_ENV
     params:

@@ -1,16 +1,16 @@
 # Tables: collect each table's runs into a runs CSV (with fvcore FLOPs), build the table from it
-# (paper value, ours, delta), and merge every table's runs into results/runs.csv.
+# (paper value, ours, delta), and merge every table's runs into results/<profile>/runs.csv.
 
 
 rule collect_table_runs:
     input:
         metrics=table_metrics,
     output:
-        "results/tables/runs/{table}.csv",
+        f"{RESULTS}/tables/runs/{{table}}.csv",
     log:
-        "results/logs/collect/{table}.log",
+        f"{RESULTS}/logs/collect/{{table}}.log",
     benchmark:
-        "results/benchmarks/collect/{table}.tsv"
+        f"{RESULTS}/benchmarks/collect/{{table}}.tsv"
     conda:
         CONDA_ENV
     wildcard_constraints:
@@ -21,19 +21,19 @@ rule collect_table_runs:
 
 rule ppl_table:
     input:
-        runs="results/tables/runs/{table}.csv",
+        runs=ancient(f"{RESULTS}/tables/runs/{{table}}.csv"),
     output:
         csv=report(
-            "results/tables/{table}.csv",
+            f"{RESULTS}/tables/{{table}}.csv",
             caption="../report/table.rst",
             category="Tables",
             labels={"table": "{table}", "kind": "perplexity"},
         ),
-        md="results/tables/{table}.md",
+        md=f"{RESULTS}/tables/{{table}}.md",
     log:
-        "results/logs/tables/{table}.log",
+        f"{RESULTS}/logs/tables/{{table}}.log",
     benchmark:
-        "results/benchmarks/tables/{table}.tsv"
+        f"{RESULTS}/benchmarks/tables/{{table}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -48,16 +48,16 @@ rule ppl_table:
 rule cost_table:
     output:
         csv=report(
-            "results/tables/{table}.csv",
+            f"{RESULTS}/tables/{{table}}.csv",
             caption="../report/table.rst",
             category="Tables",
             labels={"table": "{table}", "kind": "cost"},
         ),
-        md="results/tables/{table}.md",
+        md=f"{RESULTS}/tables/{{table}}.md",
     log:
-        "results/logs/tables/{table}.log",
+        f"{RESULTS}/logs/tables/{{table}}.log",
     benchmark:
-        "results/benchmarks/tables/{table}.tsv"
+        f"{RESULTS}/benchmarks/tables/{{table}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -73,13 +73,13 @@ rule cost_table:
 
 rule runs_csv:
     input:
-        [table_runs_csv(t) for t in [*PLAN.tables, *PLAN.video_tables]],
+        [ancient(table_runs_csv(t)) for t in [*PLAN.tables, *PLAN.video_tables]],
     output:
-        report("results/runs.csv", caption="../report/runs.rst", category="Runs"),
+        report(f"{RESULTS}/runs.csv", caption="../report/runs.rst", category="Runs"),
     log:
-        "results/logs/runs_csv.log",
+        f"{RESULTS}/logs/runs_csv.log",
     benchmark:
-        "results/benchmarks/runs_csv.tsv"
+        f"{RESULTS}/benchmarks/runs_csv.tsv"
     conda:
         CONDA_ENV
     shell:

@@ -1,4 +1,4 @@
-# One job per run. The run id (results/runs/<run_id>/) is Config.run_id() of the config that
+# One job per run. The run id (results/<profile>/runs/<run_id>/) is Config.run_id() of the config that
 # `crt-repro train` builds from these very arguments, so tables asking for the same config share
 # one run. Rerunning a killed job resumes from the run's checkpoint.
 
@@ -7,11 +7,11 @@ rule train:
     input:
         train_inputs,
     output:
-        metrics="results/runs/{run_id}/metrics.json",
+        metrics=f"{RESULTS}/runs/{{run_id}}/metrics.json",
     log:
-        "results/logs/train/{run_id}.log",
+        f"{RESULTS}/logs/train/{{run_id}}.log",
     benchmark:
-        "results/benchmarks/train/{run_id}.tsv"
+        f"{RESULTS}/benchmarks/train/{{run_id}}.tsv"
     conda:
         CONDA_ENV
     params:

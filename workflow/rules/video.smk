@@ -10,11 +10,11 @@ rule train_video:
     input:
         video_train_inputs,
     output:
-        metrics="results/runs/{run_id}/metrics.json",
+        metrics=f"{RESULTS}/runs/{{run_id}}/metrics.json",
     log:
-        "results/logs/train/{run_id}.log",
+        f"{RESULTS}/logs/train/{{run_id}}.log",
     benchmark:
-        "results/benchmarks/train/{run_id}.tsv"
+        f"{RESULTS}/benchmarks/train/{{run_id}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -33,11 +33,11 @@ rule collect_video_table_runs:
     input:
         metrics=video_table_metrics,
     output:
-        "results/tables/runs/{table}.csv",
+        f"{RESULTS}/tables/runs/{{table}}.csv",
     log:
-        "results/logs/collect/{table}.log",
+        f"{RESULTS}/logs/collect/{{table}}.log",
     benchmark:
-        "results/benchmarks/collect/{table}.tsv"
+        f"{RESULTS}/benchmarks/collect/{{table}}.tsv"
     conda:
         CONDA_ENV
     wildcard_constraints:
@@ -48,19 +48,19 @@ rule collect_video_table_runs:
 
 rule mca_table:
     input:
-        runs="results/tables/runs/{table}.csv",
+        runs=ancient(f"{RESULTS}/tables/runs/{{table}}.csv"),
     output:
         csv=report(
-            "results/tables/{table}.csv",
+            f"{RESULTS}/tables/{{table}}.csv",
             caption="../report/video_table.rst",
             category="Tables",
             labels={"table": "{table}", "kind": "mCA"},
         ),
-        md="results/tables/{table}.md",
+        md=f"{RESULTS}/tables/{{table}}.md",
     log:
-        "results/logs/tables/{table}.log",
+        f"{RESULTS}/logs/tables/{{table}}.log",
     benchmark:
-        "results/benchmarks/tables/{table}.tsv"
+        f"{RESULTS}/benchmarks/tables/{{table}}.tsv"
     conda:
         CONDA_ENV
     params:

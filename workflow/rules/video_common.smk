@@ -41,11 +41,11 @@ def video_train_inputs(wildcards):
     video_data_dir(spec)
     inputs = []
     if spec.init_run is not None:
-        inputs.append(f"{run_dir(spec.init_run)}/metrics.json")
+        inputs.append(ancient(f"{run_dir(spec.init_run)}/metrics.json"))
     if K400_CHECKPOINT and spec.model == "timesformer":
-        inputs.append(K400_CHECKPOINT)
+        inputs.append(ancient(K400_CHECKPOINT))
     return inputs
 
 
 def video_table_metrics(wildcards):
-    return [f"{run_dir(r)}/metrics.json" for r in PLAN.video_tables[wildcards.table].run_ids]
+    return [ancient(f"{run_dir(r)}/metrics.json") for r in PLAN.video_tables[wildcards.table].run_ids]
