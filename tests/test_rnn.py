@@ -487,7 +487,6 @@ def test_reset_before_differs_from_after(kind):
     m_before = make_rnn(kind, 5, 6, reset="before")
     m_before.load_state_dict(m.state_dict())
     x, h0 = torch.randn(3, 4, 5), torch.randn(3, 6)
-    assert torch.equal(m(x[:, :0], h0)[1], m_before(x[:, :0], h0)[1])
     assert (m(x, h0)[0] - m_before(x, h0)[0]).abs().amax(dim=(0, 2)).min() > 1e-6
 
 

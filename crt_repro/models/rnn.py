@@ -269,9 +269,9 @@ def _scan_backward(needs, kind, before, d_out, r_cat, states, g_all, pre_all):
         dc_dv = sign_c.abs()
     k_v = one_m_z.mul(dc_dv)  # dh_t -> dv_t
     # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c), laid out [T,B,3,H] like the
-    # columns of r_cat; filled in place. Reset before, the r slot holds the coefficient of
-    # d(r * h) instead, which is known only once the step's candidate gradient has gone through
-    # r_cat_c^T.
+    # columns of r_cat; filled in place. Reset before, the r slot holds instead the coefficient from
+    # d(r * h) to d(pre-activation of r): d(r * h) is known only once the step's candidate
+    # gradient has gone through r_cat_c^T.
     k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
     k_z, k_r, k_c = k.unbind(2)
     if before:
@@ -460,9 +460,9 @@ class NCGRU(_GatedCell):
       scoRNN and NCGRU treat the count as a tuned hyperparameter and use a *small* one: the public
       scoRNN code uses 17 of 170 (MNIST, n/10) and 29 of 96 / 52 of 172 (adding / copying,
       about 0.3n, in the ENRNN follow-up code); NCGRU's public character-level PTB code
-      defaults to 5 (``--nono``, with ``--nhid`` 1000) and its ``run.sh`` uses 50 of 435 (tied
-      weights make the one layer emsize wide); its denoise / parenthesis scripts use 50 of 118 and
-      40 of 56. Default here: ``H // 10``, the scoRNN MNIST proportion, inside the
+      defaults to 5 of 200 and its ``run.sh`` uses 50 of 435 (``--nono``; forced weight tying
+      makes its one layer ``--emsize`` wide, whatever ``--nhid``); its denoise / parenthesis
+      scripts use 50 of 118 and 40 of 56. Default here: ``H // 10``, the scoRNN MNIST proportion, inside the
       range those codes use; ``n_negative=H // 2`` is the other natural reading.
     * **Reset gate after the product by default**, ``r * (h W)`` (the cuDNN/PyTorch GRU form, and
       NC-GRU's public PyTorch PTB cell), which lets the three recurrent products be one matmul per
@@ -639,7 +639,7 @@ class NCGRU(_GatedCell):
             return x.new_zeros(x.shape[0], 0, self.hidden_size), h0.to(x.dtype)
         self._check_fresh()
         w = cayley_weight(self.A, self.inv, self.d)
-        recurrent = torch.cat([self.weight_hh_zr, w], dim=1)  # h @ [U_z | U_r | W]: one product a step
+        recurrent = torch.cat([self.weight_hh_zr, w], dim=1)  # [Z_h | R_h | W], the scan's r_cat
         bias = self.bias
         if not self.candidate_bias:  # a zero third keeps the segment's input projection one product
             bias = torch.cat([bias, bias.new_zeros(self.hidden_size)])
