@@ -200,9 +200,8 @@ def post_step(model: nn.Module, step: int) -> None:
 # Run directory
 
 
-def prepare_run_dir(cfg: Config, out: Path) -> None:
-    """Write config.yaml, or check that the directory already holds this very run."""
-    out.mkdir(parents=True, exist_ok=True)
+def check_run_dir(cfg: Config, out: Path) -> None:
+    """Refuse a directory whose config.yaml holds another run."""
     path = out / CONFIG
     if path.exists():
         old = config_from_dict(yaml.safe_load(path.read_text()))
@@ -210,7 +209,11 @@ def prepare_run_dir(cfg: Config, out: Path) -> None:
             raise ConfigError(
                 f"{out} holds a different run (run id {old.run_id()}, this config is {cfg.run_id()}); "
                 "choose another --out or delete that directory")
-    atomic.write_text(path, dump_yaml(cfg))
+
+
+def write_run_config(cfg: Config, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / CONFIG, dump_yaml(cfg))
 
 
 def read_log(out: Path, up_to_step: int) -> list[dict]:
@@ -291,20 +294,25 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     ``run.log_every`` steps elsewhere. Returns the metrics that were written to metrics.json.
     """
     out = Path(out)
-    prepare_run_dir(cfg, out)
+    check_run_dir(cfg, out)
     device = resolve_device(cfg.run.device)
     if (out / METRICS).exists():
-        metrics = json.loads((out / METRICS).read_text())
-        if cfg.data.data_dir is not None or cfg.data.dataset == "synthetic":
-            from crt_repro.tasks import data_fingerprint
+        from crt_repro.tasks import data_fingerprint
 
-            check_same_data(out, metrics.get("data_files"), data_fingerprint(cfg), "metrics.json")
+        metrics = json.loads((out / METRICS).read_text())
+        try:
+            current = data_fingerprint(cfg)
+        except FileNotFoundError:  # a finished run's record stands without its data at hand
+            current = None
+        if current is not None:
+            check_same_data(out, metrics.get("data_files"), current, "metrics.json")
         say(f"{cfg.run_id()}: already finished: {out / METRICS} present")
         return metrics
     warn_paper_video_start(cfg)
     seed_everything(cfg.run.seed)
     task = make_task(cfg, device)
     data = task.data_fingerprint()
+    write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
     model = build_model(cfg, task.n_out).to(device)
     opt = make_optimizer(model, cfg)
     schedule = Schedule.of(cfg, task.total_steps(cfg.optim))

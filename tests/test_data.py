@@ -4,7 +4,11 @@ import argparse
 import hashlib
 import math
 import os
+import re
+import shutil
+import warnings
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,10 +18,12 @@ from crt_repro.data import corpus as corpus_mod
 from crt_repro.data import download as dl
 from crt_repro.data import (
     DATASETS,
+    CorpusMismatchError,
     DataNotFoundError,
     SegmentStream,
     batchify,
     canonical_dataset,
+    fingerprint,
     load_corpus,
     synthetic_corpus,
     unigram_ppl,
@@ -100,6 +106,21 @@ def _write_ptb(root: Path, train: str, valid: str, test: str) -> Path:
     return folder
 
 
+def _decode(c, split: str) -> list[str]:
+    return [c.vocab[i] for i in getattr(c, split).tolist()]
+
+
+def _reference_vocab(lines: list[str]) -> tuple[list[str], list[int]]:
+    """Transformer-style numbering computed independently of the library: descending count,
+    ties in order of first appearance, <eos> first (the tokeniser numbers it before reading)."""
+    counts = Counter({"<eos>": 0})  # a dict: keys keep insertion (first-appearance) order
+    for line in lines:
+        counts.update(line.split())
+        counts["<eos>"] += 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])  # sorted() is stable
+    return [w for w, _ in ranked], [n for _, n in ranked]
+
+
 def test_canonical_dataset() -> None:
     assert canonical_dataset("wikitext-103") == "wt103"
     assert canonical_dataset("ptb") == "ptb"
@@ -110,21 +131,43 @@ def test_canonical_dataset() -> None:
 
 def test_vocab_order_unk_and_eos(tmp_path: Path) -> None:
     _write_ptb(tmp_path / "d", " a b <unk> \n b c \n", " c zzz a \n", " a \n\n")
-    c = load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
-    assert c.name == "ptb" and c.vocab == ["<eos>", "a", "b", "<unk>", "c"]
+    c = load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache", check=False)
+    # train counts: <eos> 2, b 2, a 1, <unk> 1, c 1; <eos> wins its tie with b (it is numbered
+    # before the first line is read), a / <unk> / c keep their order of first appearance.
+    assert c.name == "ptb" and c.vocab == ["<eos>", "b", "a", "<unk>", "c"]
     assert c.train.dtype == torch.int64
-    assert c.train.tolist() == [1, 2, 3, 0, 2, 4, 0]
-    assert c.valid.tolist() == [4, 3, 1, 0]  # zzz is not in train -> <unk>
-    assert c.test.tolist() == [1, 0, 0]  # an empty line still ends with <eos>
+    assert c.train.tolist() == [2, 1, 3, 0, 1, 4, 0]
+    assert c.valid.tolist() == [4, 3, 2, 0]  # zzz is not in train -> <unk>
+    assert c.test.tolist() == [2, 0, 0]  # an empty line still ends with <eos>
+
+
+def test_frequency_order_on_a_hand_written_corpus(tmp_path: Path) -> None:
+    train = " z c b c a c \n a c b \n b e <unk> \n"
+    _write_ptb(tmp_path / "d", train, " a q c \n", " e z \n")
+    c = load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache", check=False)
+    # counts: c 4; <eos> 3, b 3 (tie: <eos> first); a 2; z 1, e 1, <unk> 1 (first-appearance
+    # order z, e, <unk>, which is neither alphabetical nor reversed).
+    assert c.vocab == ["c", "<eos>", "b", "a", "z", "e", "<unk>"]
+    assert c.vocab == _reference_vocab(train.splitlines())[0]
+    assert c.vocab[0] == Counter(train.split()).most_common(1)[0][0]  # id 0: most frequent
+    counts = torch.bincount(c.train, minlength=c.vocab_size).tolist()
+    assert counts == [4, 3, 3, 2, 1, 1, 1]  # non-increasing along the ids
+    assert c.train.tolist() == [4, 0, 2, 0, 3, 0, 1, 3, 0, 2, 1, 2, 5, 6, 1]
+    # valid and test go through the same vocabulary; q is not in train -> <unk>'s id (6).
+    assert c.valid.tolist() == [3, 6, 0, 1]
+    assert c.test.tolist() == [5, 4, 1]
+    assert _decode(c, "train") == [w for line in train.splitlines() for w in [*line.split(), "<eos>"]]
 
 
 def test_unknown_word_without_unk_names_file_and_line(tmp_path: Path) -> None:
     folder = _write_ptb(tmp_path, " a b \n", " a \n", " a \n b zzz \n")
     with pytest.raises(ValueError, match=r"ptb\.test\.txt:2: .*'zzz'"):
-        load_corpus("ptb", tmp_path, cache_dir=tmp_path / "cache")
+        load_corpus("ptb", tmp_path, cache_dir=tmp_path / "cache", check=False)
     # The dataset folder itself is accepted as data_dir too.
     (folder / "ptb.test.txt").write_text(" b \n")
-    assert load_corpus("ptb", folder, cache_dir=tmp_path / "cache").test.tolist() == [2, 0]
+    # All of <eos>, a, b occur once: first-appearance order, b is 2.
+    c = load_corpus("ptb", folder, cache_dir=tmp_path / "cache", check=False)
+    assert c.vocab == ["<eos>", "a", "b"] and c.test.tolist() == [2, 0]
 
 
 def test_missing_file_says_how_to_download(tmp_path: Path) -> None:
@@ -144,7 +187,9 @@ def test_missing_file_says_how_to_download(tmp_path: Path) -> None:
 def test_second_load_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, cache = tmp_path / "d", tmp_path / "cache"
     _write_ptb(data, " a b \n c \n", " b \n", " c a \n")
-    first = load_corpus("ptb", data, cache_dir=cache)
+    first = load_corpus("ptb", data, cache_dir=cache, check=False)
+    # counts: <eos> 2, then a, b, c once each in first-appearance order
+    assert first.vocab == ["<eos>", "a", "b", "c"] and first.test.tolist() == [3, 1, 0]
     files = list(cache.glob("ptb-*.pt"))
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
 
@@ -152,7 +197,7 @@ def test_second_load_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.Mo
         raise AssertionError(f"re-tokenised {path}")
 
     monkeypatch.setattr(corpus_mod, "read_lines", boom)
-    second = load_corpus("ptb", data, cache_dir=cache)
+    second = load_corpus("ptb", data, cache_dir=cache, check=False)
     assert second.vocab == first.vocab
     for split in ("train", "valid", "test"):
         assert torch.equal(getattr(second, split), getattr(first, split))
@@ -162,23 +207,157 @@ def test_second_load_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.Mo
     train.write_text(" a b d \n")
     os.utime(train, ns=(1, 1))
     with pytest.raises(AssertionError, match="re-tokenised"):
-        load_corpus("ptb", data, cache_dir=cache)
+        load_corpus("ptb", data, cache_dir=cache, check=False)
 
 
 def test_corrupted_cache_is_rebuilt(tmp_path: Path) -> None:
     data, cache = tmp_path / "d", tmp_path / "cache"
     _write_ptb(data, " a b \n", " b \n", " a \n")
-    first = load_corpus("ptb", data, cache_dir=cache)
+    first = load_corpus("ptb", data, cache_dir=cache, check=False)
     (cache_file,) = cache.glob("ptb-*.pt")
     cache_file.write_bytes(b"\x00garbage")
-    again = load_corpus("ptb", data, cache_dir=cache)
+    again = load_corpus("ptb", data, cache_dir=cache, check=False)
     assert again.vocab == first.vocab and torch.equal(again.train, first.train)
     assert torch.load(cache_file, weights_only=True)["vocab"] == first.vocab
 
 
+# ---------------------------------------------------------------- fingerprints
+
+
+def test_fingerprint_is_size_and_sha256_cached_by_mtime(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    data, cache = tmp_path / "d", tmp_path / "cache"
+    folder = _write_ptb(data, " a b \n c \n", " b \n", " c a \n")
+    first = fingerprint("ptb", data, cache_dir=cache)
+    assert sorted(first) == ["ptb.test.txt", "ptb.train.txt", "ptb.valid.txt"]
+    for fname, entry in first.items():
+        raw = (folder / fname).read_bytes()
+        assert entry == {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+    # Nothing touched: the second call is served from the cache without reading a file.
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"re-hashed {path}")
+
+    monkeypatch.setattr(corpus_mod, "sha256_file", no_hashing)
+    assert fingerprint("ptb", data, cache_dir=cache) == first
+
+    # Same size, other content, new mtime: that file (and only it) is hashed again.
+    hashed: list[str] = []
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return corpus_mod.hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(corpus_mod, "sha256_file", counting)
+    valid = folder / "ptb.valid.txt"
+    valid.write_text(" x \n")
+    os.utime(valid, ns=(10**18, 10**18))
+    third = fingerprint("ptb", data, cache_dir=cache)
+    assert hashed == ["ptb.valid.txt"]
+    assert third["ptb.valid.txt"] == {"bytes": first["ptb.valid.txt"]["bytes"],
+                                      "sha256": hashlib.sha256(b" x \n").hexdigest()}
+    assert third["ptb.valid.txt"]["sha256"] != first["ptb.valid.txt"]["sha256"]
+    assert {k: v for k, v in third.items() if k != "ptb.valid.txt"} == \
+        {k: v for k, v in first.items() if k != "ptb.valid.txt"}
+
+
+def test_fingerprint_of_shared_ptb_is_the_pinned_hashes(shared_data: Path, tmp_path: Path) -> None:
+    fp = fingerprint("ptb", shared_data, cache_dir=tmp_path)
+    assert {f: e["sha256"] for f, e in fp.items()} == DATASETS["ptb"].sha256
+    assert fp["ptb.train.txt"]["bytes"] == 5_101_618  # ../shared/data/README.md
+
+
+# ---------------------------------------------------------------- corpus checks
+
+
+def _tiny_ptb(root: Path) -> Path:
+    """A 1000-byte ptb.train.txt with 3 words: files named like PTB that are not PTB."""
+    folder = _write_ptb(root, " a b c \n" * 125, " a b \n", " c \n")
+    train = folder / "ptb.train.txt"
+    assert train.stat().st_size == 1000
+    return train.resolve()
+
+
+def test_tiny_corpus_under_a_known_name_is_refused(tmp_path: Path) -> None:
+    train, cache = _tiny_ptb(tmp_path / "d"), tmp_path / "cache"
+    with pytest.raises(CorpusMismatchError, match=re.escape(str(train))) as err:
+        load_corpus("ptb", tmp_path / "d", cache_dir=cache)
+    assert isinstance(err.value, ValueError)  # the CLI reports ValueErrors in one line
+    assert "4 word types" in str(err.value) and not list(cache.glob("ptb-*.pt"))
+    # check=False loads it (and caches it); the cache must not let a checked load through.
+    assert load_corpus("ptb", tmp_path / "d", cache_dir=cache, check=False).vocab_size == 4
+    assert len(list(cache.glob("ptb-*.pt"))) == 1
+    with pytest.raises(CorpusMismatchError, match=re.escape(str(train))):
+        load_corpus("ptb", tmp_path / "d", cache_dir=cache)
+
+
+def test_valid_mostly_out_of_vocabulary_is_refused(tmp_path: Path) -> None:
+    train = " " + " ".join(f"w{i}" for i in range(6000)) + " <unk> \n"  # enough word types
+    folder = _write_ptb(tmp_path / "d", train, " q1 q2 q3 w1 \n", " w2 \n")
+    valid = (folder / "ptb.valid.txt").resolve()
+    with pytest.raises(CorpusMismatchError, match=re.escape(str(valid))) as err:
+        load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
+    assert "60%" in str(err.value)  # 3 of the 5 valid tokens (<eos> included) are <unk>
+    # 2 of 5 unknown is under the threshold: the same train loads.
+    (folder / "ptb.valid.txt").write_text(" q1 q2 w1 w2 \n")
+    with pytest.warns(UserWarning, match="sha256 differs"):  # not the pinned files, of course
+        c = load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
+    assert _decode(c, "valid") == ["<unk>", "<unk>", "w1", "w2", "<eos>"]
+
+
+def test_changed_ptb_copy_loads_with_a_warning_naming_the_file(shared_data: Path,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "d" / "ptb"
+    folder.mkdir(parents=True)
+    for fname in DATASETS["ptb"].files.values():
+        shutil.copyfile(shared_data / "ptb" / fname, folder / fname)
+    train = (folder / "ptb.train.txt").resolve()
+    text = train.read_text()
+    assert text.startswith(" aer banknote ")
+    train.write_text(text.replace(" aer ", " air ", 1))
+    with pytest.warns(UserWarning, match=re.escape(str(train))) as record:
+        c = load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
+    named = [str(w.message) for w in record if "sha256" in str(w.message)]
+    assert len(named) == 1 and named[0].startswith(str(train))  # valid and test are pristine
+    assert _decode(c, "train")[:2] == ["air", "banknote"]
+
+
+def test_canonical_ptb_loads_without_a_warning(ptb, shared_data: Path, ptb_cache: Path) -> None:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        c = load_corpus("ptb", shared_data, cache_dir=ptb_cache)
+        fresh = load_corpus("ptb", shared_data, cache_dir=ptb_cache / "fresh")  # hashes anew
+    assert [str(w.message) for w in record if issubclass(w.category, UserWarning)] == []
+    assert c.vocab == ptb.vocab == fresh.vocab
+
+
+def test_cli_refuses_a_tiny_corpus_in_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from crt_repro import cli
+
+    train = _tiny_ptb(tmp_path / "d" / "x")
+    # warmup_steps=0: the smoke profile's 10 warmup steps would be refused with max_steps=1.
+    rc = cli.main(["train", "--profile", "smoke", "--dataset", "ptb", "--model", "transformer",
+                   "--layers", "1", "--seg-len", "8", "--data-dir", str(tmp_path / "d" / "x"),
+                   "--set", "optim.max_steps=1", "--set", "optim.warmup_steps=0",
+                   "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("crt-repro train: error: ") and err.count("\n") == 1, err
+    assert str(train) in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- real corpora
+
+
 @pytest.fixture(scope="session")
-def ptb(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
-    return load_corpus("ptb", shared_data, cache_dir=tmp_path_factory.mktemp("cache"))
+def ptb_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def ptb(shared_data: Path, ptb_cache: Path):
+    return load_corpus("ptb", shared_data, cache_dir=ptb_cache)
 
 
 # (split, tokens with eos, lines, <unk>) from ../shared/data/README.md
@@ -189,24 +368,43 @@ WT2_COUNTS = [("train", 2_088_628, 36_718, 54_625), ("valid", 217_646, 3_760, 11
 
 
 def _check_counts(c, vocab_size: int, counts: list[tuple[str, int, int, int]]) -> None:
-    assert c.vocab_size == vocab_size and c.vocab[0] == "<eos>"
-    unk = c.vocab.index("<unk>")
+    assert c.vocab_size == vocab_size
+    eos, unk = c.vocab.index("<eos>"), c.vocab.index("<unk>")
     for split, tokens, lines, unks in counts:
         ids = getattr(c, split)
         assert ids.dtype == torch.int64 and ids.dim() == 1
         assert ids.numel() == tokens, split
-        assert int((ids == 0).sum()) == lines, split
+        assert int((ids == eos).sum()) == lines, split
         assert int((ids == unk).sum()) == unks, split
+    train_counts = torch.bincount(c.train, minlength=c.vocab_size)
+    assert bool((train_counts[:-1] >= train_counts[1:]).all())  # frequency-sorted
+    assert int(train_counts.min()) >= 1  # every word of the vocabulary occurs in train
 
 
 def test_ptb_matches_readme(ptb) -> None:
     _check_counts(ptb, 10_000, PTB_COUNTS)
-    assert ptb.vocab[1:4] == ["aer", "banknote", "berlitz"]  # first words of ptb.train.txt
+    assert ptb.vocab[:8] == ["the", "<unk>", "<eos>", "N", "of", "to", "a", "in"]
+    assert torch.bincount(ptb.train)[:4].tolist() == [50_770, 45_020, 42_068, 32_481]
+
+
+def test_ptb_is_frequency_sorted(ptb, shared_data: Path) -> None:
+    lines = {s: (shared_data / "ptb" / f"ptb.{s}.txt").read_text().splitlines()
+             for s in ("train", "valid", "test")}
+    vocab, counts = _reference_vocab(lines["train"])
+    most_common = Counter(w for ln in lines["train"] for w in ln.split()).most_common(1)[0][0]
+    assert ptb.vocab[0] == "the" == most_common
+    assert ptb.vocab == vocab  # the whole order, ties included
+    assert torch.bincount(ptb.train, minlength=ptb.vocab_size).tolist() == counts
+    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    # Every split decodes back to its file's words (PTB valid/test have no word missing from train).
+    for split, split_lines in lines.items():
+        assert _decode(ptb, split) == [w for ln in split_lines for w in [*ln.split(), "<eos>"]], split
 
 
 def test_wikitext2_matches_readme(shared_data: Path, tmp_path: Path) -> None:
     c = load_corpus("wikitext-2", shared_data, cache_dir=tmp_path)
     _check_counts(c, 33_278, WT2_COUNTS)
+    assert c.vocab[:10] == ["the", ",", ".", "of", "<unk>", "and", "in", "to", "<eos>", "a"]
 
 
 # ---------------------------------------------------------------- unigram, synthetic
@@ -233,10 +431,10 @@ def test_synthetic_corpus_deterministic_and_structured() -> None:
                                       for s in ("train", "valid", "test"))
     assert not torch.equal(synthetic_corpus(seed=4).train, a.train)
     c = load_corpus("synthetic", "/nonexistent")
-    assert c.name == "synthetic" and torch.equal(c.train, synthetic_corpus().train)
+    assert c.name == "synthetic" and _decode(c, "train") == _decode(synthetic_corpus(), "train")
     assert 100 <= c.vocab_size <= 1000 and c.vocab[0] == "<eos>"
     assert 25_000 <= c.train.numel() <= 35_000 and 4_000 <= c.valid.numel() <= 6_000
-    assert int(c.train[-1]) == 0 and int(c.train.max()) < c.vocab_size
+    assert c.vocab[int(c.train[-1])] == "<eos>" and int(c.train.max()) < c.vocab_size
     # An add-0.1 bigram model fitted on train must beat the unigram one by a wide margin.
     v = c.vocab_size
     counts = torch.full((v, v), 0.1, dtype=torch.float64)
@@ -245,6 +443,25 @@ def test_synthetic_corpus_deterministic_and_structured() -> None:
     logp = (counts / counts.sum(1, keepdim=True)).log()
     bigram = math.exp(-logp[c.test[:-1], c.test[1:]].mean().item())
     assert bigram < unigram_ppl(c.train, c.test, v) / 5
+
+
+def test_generated_corpus_is_frequency_sorted() -> None:
+    raw, c = synthetic_corpus(), load_corpus("synthetic")
+    assert sorted(c.vocab) == sorted(raw.vocab) and len(set(c.vocab)) == c.vocab_size
+    for split in ("train", "valid", "test"):  # the same words, renumbered
+        assert _decode(c, split) == _decode(raw, split), split
+    counts = torch.bincount(c.train, minlength=c.vocab_size).tolist()
+    raw_counts = torch.bincount(raw.train, minlength=raw.vocab_size).tolist()
+    assert counts[0] == max(raw_counts) and all(a >= b for a, b in zip(counts, counts[1:]))
+    assert counts == sorted(raw_counts, reverse=True)
+    # Ties (the words absent from train included) keep the generator's order.
+    raw_id = {w: i for i, w in enumerate(raw.vocab)}
+    for i in range(c.vocab_size - 1):
+        if counts[i] == counts[i + 1]:
+            assert raw_id[c.vocab[i]] < raw_id[c.vocab[i + 1]], (c.vocab[i], c.vocab[i + 1])
+    assert counts[-1] == 0  # some generator words never occur in train; they come last
+    assert c.vocab[:4] == ["<eos>", "det0", "det1", "det2"]
+    assert c.vocab != raw.vocab
 
 
 # ---------------------------------------------------------------- download
@@ -316,5 +533,7 @@ def test_cli_download_unpinned_wikitext103_warns(tmp_path: Path,
                               "--base-url", server.as_uri(), "--quiet"])
     assert args.func(args) == 0
     assert "NOT verified" in capsys.readouterr().err
-    c = load_corpus("wikitext-103", tmp_path / "data", cache_dir=tmp_path / "cache")
-    assert c.vocab == ["<eos>", "=", "a"] and c.valid.tolist() == [1, 2, 1, 0]
+    # Three word types under WikiText-103's names: a real load would refuse them.
+    c = load_corpus("wikitext-103", tmp_path / "data", cache_dir=tmp_path / "cache", check=False)
+    assert c.vocab == ["=", "<eos>", "a"]  # counts: = 2, then <eos> and a once each
+    assert c.valid.tolist() == [0, 2, 0, 1]

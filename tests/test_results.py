@@ -50,13 +50,23 @@ def test_merge_unites_tags_and_keeps_order(tmp_path):
 
 def test_merge_conflict_names_run_id_and_columns(tmp_path):
     a = write_csv(tmp_path / "a.csv", [run_row("r1"), run_row("r2")])
-    b = write_csv(tmp_path / "b.csv", [run_row("r2", test_ppl=99.0, device="cuda"), run_row("r1")])
+    b = write_csv(tmp_path / "b.csv", [run_row("r2", test_ppl=99.0, precision="bf16"), run_row("r1", device="cuda")])
     with pytest.raises(ResultsError) as e:
         merge_files([a, b])
     msg = str(e.value)
-    assert "run_id r2" in msg and "test_ppl" in msg and "device" in msg
-    assert "r1" not in msg.replace("run_id r2", "")  # r1 agrees: not reported
+    assert "run_id r2" in msg and "test_ppl" in msg and "precision" in msg
+    assert "r1" not in msg.replace("run_id r2", "")  # r1 differs only in its machine: not reported
     assert str(a) in msg and str(b) in msg
+
+
+def test_merge_keeps_the_first_machine_and_refuses_other_data(tmp_path):
+    a = write_csv(tmp_path / "a.csv", [run_row("r1", data_files="ptb.train.txt=aaaa")])
+    b = write_csv(tmp_path / "b.csv", [run_row("r1", device="cuda", wall_s=1.0, data_files="ptb.train.txt=aaaa")])
+    merged = merge_files([a, b])
+    assert len(merged) == 1 and merged.loc[0, "device"] != "cuda"
+    c = write_csv(tmp_path / "c.csv", [run_row("r1", data_files="ptb.train.txt=bbbb")])
+    with pytest.raises(ResultsError, match=r"data_files.*ptb\.train\.txt=aaaa.*ptb\.train\.txt=bbbb"):
+        merge_files([a, c])
 
 
 def test_merge_float_text_round_trip_is_not_a_conflict(tmp_path):

@@ -63,7 +63,7 @@ def test_cpu_and_paper_need_smarthome_dir(wf, tmp_path):
             assert "smarthome_dir" in out and "--config smarthome_dir=DIR" in out, out[-3000:]
             assert "licence" in out and "Nothing to be done" not in out and "Job stats" not in out
     # the language tables do not need it
-    assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))["train"] == 9
+    assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))["train"] == 24
     clips = tmp_path / "clips"
     clips.mkdir()
     out = snakemake(wf, "-n", "-p", "table13_smarthome_rnn", "--config", "profile=paper", f"smarthome_dir={clips}")
@@ -71,7 +71,7 @@ def test_cpu_and_paper_need_smarthome_dir(wf, tmp_path):
     assert out.count(f"--data-dir {clips}") == 3
     # stage 2 waits for stage 1: the CR-ViT jobs' input is the TimeSformer run's metrics.json
     ts = next(r for r in train_run_ids(out) if "-timesformer-" in r)
-    assert out.count(f"input: results/runs/{ts}/metrics.json") == 2
+    assert out.count(f"input: results/paper/runs/{ts}/metrics.json") == 2
     one = snakemake(wf, "-n", "-p", "table13_smarthome_rnn", "--config", "profile=paper", f"smarthome_dir={clips}",
                     "video_two_stage=false")
     assert job_counts(one)["train_video"] == 2 and "init_from" not in one
@@ -86,17 +86,17 @@ def test_real_video_tables_then_nothing_to_do(wf):
     tiny = ["profile=smoke", "video_set={optim.max_steps: 3, optim.warmup_steps: 1, run.checkpoint_every: 3}"]
     out = snakemake(wf, "--cores", "2", "table7_smarthome", "table13_smarthome_rnn", "--config", *tiny)
     assert job_counts(out)["train_video"] == 3
-    t7 = pd.read_csv(wf / "results/tables/table7_smarthome.csv", keep_default_na=False)
+    t7 = pd.read_csv(wf / "results/smoke/tables/table7_smarthome.csv", keep_default_na=False)
     assert tuple(t7.columns) == MCA_COLUMNS
     measured = t7[t7["source"] == MEASURED]
     assert [(m, r) for m, r in zip(measured["model"], measured["rnn"])] == [("timesformer", ""), ("crvit", "gru")]
     assert all(0 <= float(v) <= 100 for v in measured["mca"]) and set(measured["dataset"]) == {"synthetic-video"}
     assert list(measured["init_from"]) == ["", "timesformer run"]
     assert (t7["source"] == REFERENCE_ONLY).sum() == 13
-    t13 = pd.read_csv(wf / "results/tables/table13_smarthome_rnn.csv", keep_default_na=False)
+    t13 = pd.read_csv(wf / "results/smoke/tables/table13_smarthome_rnn.csv", keep_default_na=False)
     assert list(t13["rnn"]) == ["ncgru", "gru"] and set(t13["source"]) == {MEASURED}
     # the shared CR-ViT-GRU run gives both tables the same number
     assert float(t13.loc[1, "mca"]) == float(measured.iloc[1]["mca"])
-    assert "NOT comparable" in (wf / "results/tables/table7_smarthome.md").read_text()
+    assert "NOT comparable" in (wf / "results/smoke/tables/table7_smarthome.md").read_text()
     again = snakemake(wf, "-n", "table7_smarthome", "table13_smarthome_rnn", "--config", *tiny)
     assert "Nothing to be done" in again, again[-2000:]

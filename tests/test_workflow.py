@@ -29,7 +29,7 @@ pytestmark = needs_snakemake
 # A smoke config small enough to run for real in a test: the generated corpus (no data_dir), a few
 # steps. (--config parses mappings as YAML.)
 TINY = ["profile=smoke",
-        "set={optim.max_steps: 2, optim.warmup_steps: 1, data.batch_size: 2, data.eval_batch_size: 2, "
+        "set={optim.max_tokens: 300, optim.warmup_steps: 1, data.batch_size: 2, data.eval_batch_size: 2, "
         "data.max_eval_segments: 2}"]
 
 
@@ -64,7 +64,9 @@ def test_default_target_is_all_and_runs_are_shared(wf):
 def test_profile_change_changes_the_runs(wf):
     smoke = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=smoke", "data_dir=x"))
     cpu = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))
-    assert len(smoke) == len(cpu) == 9 and not smoke & cpu
+    # cpu: two seeds, and a third at 17 and 70 tokens (workflow/config/cpu.yaml's extra_seeds)
+    assert len(smoke) == 9 and len(cpu) == 9 * 2 + 6 and not smoke & cpu
+    assert sum("-n35-" in r for r in cpu) == 6 and sum("-n17-" in r for r in cpu) == 9
     # the smoke profile's 16-layer tables run 4 layers; its WikiText tables run WikiText-2
     t5 = train_run_ids(snakemake(wf, "-n", "table5_wt103_16layer", "--config", "profile=smoke", "data_dir=x"))
     assert t5 and all(r.startswith("wikitext-2-") and "-L4-" in r for r in t5)
@@ -85,19 +87,20 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
     """Table 8 for real on the generated corpus (4 tiny runs), then the same target again."""
     out = snakemake(wf, "--cores", "2", "table8_ablation", "--config", *TINY)
     assert job_counts(out)["train"] == 4
-    table = pd.read_csv(wf / "results/tables/table8_ablation.csv", keep_default_na=False)
+    table = pd.read_csv(wf / "results/smoke/tables/table8_ablation.csv", keep_default_na=False)
     assert tuple(table.columns) == PPL_COLUMNS
     assert list(table["model"]) == ["transformer", "transformer_rnn_memory", "transformer_rnn_posenc", "crt"]
     assert set(table["dataset"]) == {"synthetic"} and set(table["profile"]) == {"smoke"}
-    md = (wf / "results/tables/table8_ablation.md").read_text()
+    md = (wf / "results/smoke/tables/table8_ablation.md").read_text()
     assert "NOT comparable" in md and "synthetic" in md
     # every run directory is named by the id of the run it holds, and Table 2 would reuse two of them
-    runs = {p.name for p in (wf / "results/runs").iterdir()}
+    runs = {p.name for p in (wf / "results/smoke/runs").iterdir()}
     assert len(runs) == 4
     sets = tuple(f"{k}={v}" for k, v in sorted(yaml.safe_load(TINY[1].split("=", 1)[1]).items()))
     assert len(runs & expected_run_ids("table2", "smoke", "synthetic", 3, sets)) == 2
     for name in ("train", "collect", "tables"):
-        assert any((wf / "results/logs" / name).iterdir()) and any((wf / "results/benchmarks" / name).iterdir())
+        assert any((wf / "results/smoke/logs" / name).iterdir())
+        assert any((wf / "results/smoke/benchmarks" / name).iterdir())
 
     again = snakemake(wf, "-n", "table8_ablation", "--config", *TINY)
     assert "Nothing to be done" in again, again[-2000:]
@@ -109,7 +112,7 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
 
     other = snakemake(wf, "-n", "table8_ablation", "--config", *TINY[1:], "profile=cpu", "data_dir=x")
     ids = train_run_ids(other)
-    assert job_counts(other)["train"] == 4 and not ids & runs
+    assert job_counts(other)["train"] == 8 and not ids & runs  # the cpu profile: two seeds
 
 
 def test_lint_is_clean(wf):

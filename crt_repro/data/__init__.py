@@ -8,6 +8,7 @@ from __future__ import annotations
 from .corpus import (
     DATASETS,
     Corpus,
+    CorpusMismatchError,
     DataNotFoundError,
     canonical_dataset,
     dataset_paths,
@@ -21,6 +22,7 @@ from .synthetic import synthetic_corpus
 __all__ = [
     "DATASETS",
     "Corpus",
+    "CorpusMismatchError",
     "DataNotFoundError",
     "SegmentStream",
     "batchify",
