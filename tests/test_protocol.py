@@ -1,0 +1,311 @@
+"""The protocol every table relies on: token budgets, precision per machine, data identity, the
+optimisers and schedules, and the config keys of the choices the paper leaves open."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from crt_repro import train as engine
+from crt_repro.config import ConfigError, build_config, parse_overrides
+from crt_repro.models import build_model
+from crt_repro.plan import plan_workflow
+from crt_repro.tasks.lm import LMTask
+from crt_repro.train import METRICS, Schedule, make_optimizer, resolve_precision, train
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())
+
+
+def workflow_settings(profile: str) -> dict:
+    return yaml.safe_load((REPO / f"workflow/config/{profile}.yaml").read_text())
+
+
+def smoke(*sets: str, model: str = "transformer", dataset: str = "synthetic"):
+    return build_config("smoke", dataset, parse_overrides(
+        [f"model.name={model}", "data.seg_len=9", "model.n_layer=1", "optim.warmup_steps=0", *sets]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Token budgets
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_every_planned_table_gives_its_runs_one_token_budget(profile):
+    plan = plan_workflow(EXPERIMENTS, workflow_settings(profile), profile, "x")
+    for name, table in plan.tables.items():
+        budgets = {(c.optim.max_tokens, c.optim.max_epochs, c.optim.max_steps)
+                   for c in (plan.runs[r].config() for r in table.run_ids)}
+        assert len(budgets) == 1, (profile, name, budgets)
+        tokens, epochs, steps = budgets.pop()
+        assert steps is None and (tokens or epochs), (profile, name)
+        seg_lens = {plan.runs[r].seg_len for r in table.run_ids}
+        assert len(seg_lens) > 1 or name == "table8_ablation"
+
+
+def test_cpu_table2_runs_train_on_the_same_tokens_at_every_segment_length(shared_data):
+    """On real PTB the derived step counts give every segment length the budget, to one step."""
+    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", str(shared_data))
+    trained = {}
+    for rid in plan.tables["table2_ptb_3layer"].run_ids:
+        cfg = plan.runs[rid].config()
+        cfg.data.data_dir = str(shared_data)
+        task = LMTask(cfg, torch.device("cpu"))
+        steps = task.total_steps(cfg.optim)
+        tokens = sum(task._step_targets[s % task.steps_per_epoch] for s in range(steps)) * cfg.data.batch_size
+        step_tokens = cfg.data.batch_size * cfg.data.seg_len * cfg.optim.bptt_segments
+        assert cfg.optim.max_tokens <= tokens < cfg.optim.max_tokens + step_tokens
+        trained[cfg.data.seg_len] = (steps, tokens)
+    assert set(trained) == {17, 35, 70}
+    assert trained[17][0] > 3.9 * trained[70][0]  # a quarter of the tokens per step, four times the steps
+
+
+def test_a_run_trains_exactly_its_budget_and_records_it(tmp_path):
+    cfg = smoke("optim.max_tokens=1000", "data.batch_size=4")  # 72 targets per step
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert metrics["steps"] == math.ceil(1000 / 72) and metrics["train_items"] == metrics["steps"] * 72
+    assert metrics["train_epochs"] == pytest.approx(metrics["train_items"] / (4 * (20000 // 4 - 1)))
+
+
+def test_budget_keys_are_exclusive_and_a_step_override_replaces_a_token_budget():
+    cfg = build_config("cpu", "ptb", parse_overrides(["optim.max_steps=7"]))
+    assert (cfg.optim.max_steps, cfg.optim.max_tokens) == (7, None)
+    with pytest.raises(ConfigError, match="exactly one training budget"):
+        build_config("cpu", "ptb", parse_overrides(["optim.max_steps=7", "optim.max_tokens=9"]))
+    with pytest.raises(ConfigError, match="optim.max_tokens.*video"):
+        build_config("smoke", "synthetic-video", parse_overrides(["model.name=timesformer", "optim.max_tokens=9"]))
+
+
+def test_warmup_ratio_and_evaluations_are_equal_in_tokens():
+    cfg = smoke("optim.warmup_ratio=0.1", "run.n_evals=4")
+    for total in (40, 160):  # the steps of two segment lengths under one token budget
+        s = Schedule.of(cfg, total)
+        assert s.warmup == total // 10
+        assert sorted(s.eval_steps(cfg)) == [total // 4, total // 2, 3 * total // 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+
+
+def test_bf16_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    cfg = smoke()
+    assert cfg.run.bf16 == "auto"
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision(cfg, cpu) == "fp32"
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision(cfg, cpu) == "bf16"
+    assert resolve_precision(smoke("run.bf16=false"), cpu) == "fp32"
+    with pytest.raises(ConfigError, match="run.bf16"):
+        smoke("run.bf16=sometimes")
+
+
+def test_the_precision_used_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    cfg = smoke("optim.max_steps=4", "run.checkpoint_every=2")
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "run", on_step=stop, progress=False)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # resumed on another machine
+    assert train(cfg, tmp_path / "run", progress=False)["precision"] == "bf16"
+    assert train(smoke("optim.max_steps=2"), tmp_path / "other", progress=False)["precision"] == "fp32"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data identity
+
+
+def copy_ptb(shared_data: Path, dest: Path) -> Path:
+    shutil.copytree(shared_data / "ptb", dest / "ptb")
+    return dest
+
+
+def test_a_changed_train_file_is_refused_on_resume_and_after_the_end(shared_data, tmp_path):
+    data = copy_ptb(shared_data, tmp_path / "data")
+    cfg = build_config("smoke", "ptb", parse_overrides(
+        [f"data.data_dir={data}", "model.n_layer=1", "optim.max_steps=3", "run.checkpoint_every=1",
+         "optim.warmup_steps=0", "data.seg_len=8"]))
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        if step == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "run", on_step=stop, progress=False)
+    train_file = data / "ptb" / "ptb.train.txt"
+    original = train_file.read_text()
+    train_file.write_text(original.replace(" the ", " a ", 1))
+    with pytest.warns(UserWarning, match="ptb.train.txt"), pytest.raises(ConfigError, match=r"ptb\.train\.txt"):
+        train(cfg, tmp_path / "run", progress=False)
+    train_file.write_text(original)
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert metrics["data_files"]["ptb.train.txt"]["bytes"] == len(original.encode())
+    train_file.write_text(original.replace(" the ", " a ", 1))
+    with pytest.raises(ConfigError, match="metrics.json.*ptb.train.txt"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisers and schedules
+
+
+def test_sgd_with_momentum_and_a_step_schedule():
+    cfg = smoke("optim.name=sgd", "optim.momentum=0.5", "optim.lr=0.1", "optim.schedule=step",
+                "optim.lr_steps=[0.5, 0.75]", "optim.step_gamma=0.1", "optim.max_steps=8")
+    model = build_model(cfg, 50)
+    opt = make_optimizer(model, cfg)
+    assert [type(o) for o in opt.all] == [torch.optim.SGD] and opt.all[0].defaults["momentum"] == 0.5
+    s = Schedule.of(cfg, 8)
+    assert [s.lr_factor(i, cfg) for i in range(8)] == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    # momentum: two equal gradients move a bias (no weight decay) by lr * g * (1 + (1 + momentum))
+    w = model.blocks[0].mlp.fc.bias
+    before = w.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.ones_like(p) if p is w else None
+        opt.step()
+    assert torch.allclose(before - w.detach(), torch.full_like(w, 0.1 * 2.5))
+
+
+def test_cosine_schedule_warms_up_and_ends_at_the_floor():
+    cfg = smoke("optim.warmup_steps=2", "optim.min_lr_ratio=0.1", "optim.max_steps=10")
+    s = Schedule.of(cfg, 10)
+    assert s.lr_factor(0, cfg) == 0.5 and s.lr_factor(2, cfg) == 1.0
+    assert s.lr_factor(10, cfg) == pytest.approx(0.1)
+
+
+def test_ncgru_a_can_have_its_own_optimiser():
+    cfg = smoke("optim.ncgru_a_optimizer=rmsprop", "optim.ncgru_a_lr=1e-4", model="crt")
+    model = build_model(cfg, 50)
+    opt = make_optimizer(model, cfg)
+    main, own = opt.all
+    a_params = [m.A for m in model.modules() if hasattr(m, "A")]
+    assert isinstance(own, torch.optim.RMSprop) and own.defaults["lr"] == 1e-4
+    assert {id(p) for p in own.param_groups[0]["params"]} == {id(a) for a in a_params}
+    assert not {id(a) for a in a_params} & {id(p) for g in main.param_groups for p in g["params"]}
+    with pytest.raises(ConfigError, match="ncgru_a_lr"):
+        smoke("optim.ncgru_a_optimizer=rmsprop", model="crt")
+    shared = make_optimizer(build_model(smoke(model="crt"), 50), smoke(model="crt"))
+    assert len(shared.all) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The keys of the open choices change what they say
+
+
+def run_model(cfg, idx, state=None):
+    torch.manual_seed(0)
+    model = build_model(cfg, 50).eval()
+    return model, model(idx, state)
+
+
+def test_activation_key_switches_the_feed_forward_nonlinearity():
+    x = torch.randn(2, 5, 32)
+    for name, fn in (("gelu", torch.nn.functional.gelu), ("relu", torch.relu)):
+        model = build_model(smoke(f"model.activation={name}"), 50)
+        mlp = model.blocks[0].mlp
+        assert torch.equal(mlp(x), mlp.proj(fn(mlp.fc(x))))
+
+
+def test_pos_rnn_init_zeros_makes_positions_independent_of_the_memory():
+    idx = torch.randint(0, 50, (2, 6))
+    for init, independent in (("zeros", True), ("memory", False)):
+        cfg = smoke(f"model.pos_rnn_init={init}", model="crt")
+        torch.manual_seed(0)
+        model = build_model(cfg, 50).eval()
+        e = model.embed_tokens(idx)
+        seen = []
+        for m in (torch.zeros(2, 32), torch.randn(2, 32)):
+            calls = []
+            handle = model.pos_rnn.register_forward_hook(lambda mod, inp, out: calls.append(out[0]))
+            model(idx, m)
+            handle.remove()
+            seen.append(calls[0])
+        assert torch.equal(seen[0], seen[1]) == independent
+        assert e.shape == seen[0].shape
+
+
+def test_memory_input_raw_feeds_the_last_layer_before_the_final_layernorm():
+    idx = torch.randint(0, 50, (2, 6))
+    outs = {}
+    for key in ("final_ln", "raw"):
+        torch.manual_seed(0)
+        model = build_model(smoke(f"model.memory_input={key}", model="crt"), 50).eval()
+        got = []
+        handle = model.mem_rnn.register_forward_hook(lambda mod, inp, out: got.append(inp[0]))
+        hidden, _ = model(idx, None)
+        handle.remove()
+        expected = model.head.normed(hidden) if key == "final_ln" else hidden
+        assert torch.equal(got[0], expected)
+        outs[key] = got[0]
+    assert not torch.allclose(outs["final_ln"], outs["raw"])
+
+
+def test_eval_mem_len_sets_the_memory_kept_in_evaluation_only():
+    cfg = smoke("model.eval_mem_len=20", model="transformer_xl")
+    torch.manual_seed(0)
+    model = build_model(cfg, 50)
+    idx = torch.randint(0, 50, (2, 9))
+    state = None
+    model.eval()
+    for _ in range(3):
+        _, state = model(idx, state)
+    assert state[0].shape[1] == 20
+    model.train()
+    _, state = model(idx, state)
+    assert state[0].shape[1] == 9  # mem_len = seg_len in training
+
+
+def test_rnn_options_reach_the_cells():
+    model = build_model(smoke("model.rnn_reset=before", "model.ncgru_candidate_bias=false", model="crt"), 50)
+    assert model.pos_rnn.reset == "before" and model.mem_rnn.reset == "before"
+    assert model.mem_rnn.bias.numel() == 2 * 32
+
+
+def test_report_best_valid_reports_the_best_validation_checkpoint(tmp_path, monkeypatch):
+    """With the final model made worse than an earlier one, best_valid reports the earlier one."""
+    cfg = smoke("optim.max_steps=6", "run.n_evals=3", "run.report=best_valid", "optim.lr=0.01")
+    real = engine.evaluate_model
+    calls = []
+
+    def fake(task, model, precision, device, split):
+        r = real(task, model, precision, device, split)
+        calls.append(split)
+        if split == "valid" and len(calls) == 1:
+            r = {**r, "loss": -1.0}  # the first validation (step 2) is the best
+        return r
+
+    monkeypatch.setattr(engine, "evaluate_model", fake)
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert metrics["reported_step"] == 2 and not (tmp_path / "run" / "best.pt").exists()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if e.get("split") == "valid"][:2] == [2, 4]
+    last = train(smoke("optim.max_steps=6", "run.n_evals=3"), tmp_path / "last", progress=False)
+    assert last["reported_step"] == 6
+    assert json.loads((tmp_path / "run" / METRICS).read_text())["test_ppl"] != last["test_ppl"]
+
+
+def test_frame_normalisation_key_picks_the_checkpoints_constants():
+    from crt_repro.tasks.video import NORMALIZATION
+
+    cfg = build_config("paper", "smarthome", {"model": {"name": "timesformer"}})
+    assert cfg.data.normalize == "kinetics" and NORMALIZATION["kinetics"] == ((0.45,) * 3, (0.225,) * 3)
+    assert cfg.optim.name == "sgd" and cfg.optim.max_epochs == 15 and cfg.optim.schedule == "step"
+    assert build_config("paper", "smarthome", {"model": {"name": "crvit"}}).optim.max_epochs == 40
