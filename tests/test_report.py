@@ -73,7 +73,8 @@ def fake_runs(cells=TABLE2, seeds=(0, 1), profile="smoke", dataset="ptb", layers
             row = {c: "" for c in RUN_COLUMNS}
             row.update(run_id=f"{dataset}-{model}-{rnn}-n{n}-s{s}", tables=tag, profile=profile, dataset=dataset,
                        model=model, rnn=rnn, layers=layers, d_model=32, seg_len=n, mem_len=mem, seed=s,
-                       test_ppl=paper + 10 + s, valid_ppl=paper + 11, flops_fwd=1e6 * n * (2 if mem > 1 else 1))
+                       test_ppl=paper + 10 + s, valid_ppl=paper + 11, flops_fwd=1e6 * n * (2 if mem > 1 else 1),
+                       train_tokens=3000 + n % 7, epochs=1.5, precision="fp32")
             rows.append(row)
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
@@ -88,13 +89,17 @@ def test_ppl_table_columns_order_delta():
     assert list(t["delta"]) == pytest.approx([10.5] * 9)
     assert list(t["ppl_std"]) == pytest.approx([0.71] * 9)
     assert set(t["n_seeds"]) == {2}
+    # 95% t-interval of two values 1 apart: mean -+ t(0.975, 1) * 0.707 / sqrt(2) = mean -+ 6.353
+    assert list(t["ppl_ci95_low"]) == pytest.approx([p + 10.5 - 6.353 for *_, p in TABLE2], abs=0.01)
+    assert list(t["ppl_ci95_high"]) == pytest.approx([p + 10.5 + 6.353 for *_, p in TABLE2], abs=0.01)
+    assert list(t["train_tokens"]) == [3000 + n % 7 for _, _, n, _ in TABLE2] and set(t["precision"]) == {"fp32"}
     assert list(t["memory_len"]) == [0, 70, 1, 0, 35, 1, 0, 17, 1]
     assert set(t["profile"]) == {"smoke"} and set(t["dataset"]) == {"ptb"} and set(t["layers"]) == {3}
 
 
 def test_ppl_table_one_seed_has_no_std():
     t = build_ppl_table("table2_ptb_3layer", fake_runs(seeds=(0,)))
-    assert t["ppl_std"].isna().all() and set(t["n_seeds"]) == {1}
+    assert t["ppl_std"].isna().all() and t["ppl_ci95_low"].isna().all() and set(t["n_seeds"]) == {1}
     assert list(t["delta"]) == pytest.approx([10.0] * 9)
 
 
@@ -122,7 +127,8 @@ def test_table_from_csv_selects_tagged_runs_and_labels_markdown(tmp_path):
     assert len(t) == 9
     md = ppl_markdown("table2_ptb_3layer", t)
     assert "Profile: **smoke**" in md and "NOT comparable" in md and "test" in md.lower()
-    assert "| CRT-NCGRU | 1 / 70 | 3 | 58.3 | 68.80 | 0.71 | +10.50 |" in md
+    assert "| CRT-NCGRU | 1 / 70 | 3 | 58.3 | 68.80 | 0.71 | [62.45, 75.15] | 2 | +10.50 |" in md
+    assert "Training budget: **3,000–3,003 tokens per run** (1.50 epochs" in md
 
 
 def test_markdown_labels_substituted_dataset_and_layers():

@@ -4,8 +4,11 @@ Perplexity tables (2-5, 8-12) have the CSV columns ``PPL_COLUMNS`` and one row p
 paper's table, in the paper's order. ``ppl`` is the mean *test* perplexity over seeds (the paper
 does not say which split it reports; test is the convention of the Transformer-XL line of work it
 compares with), ``ppl_std`` the sample standard deviation over seeds (empty for one seed),
-``delta`` = ppl - paper_ppl. ``layers``, ``memory_len`` and ``dataset`` are those of our runs, which
-a scale profile may change (the markdown says so).
+``delta`` = ppl - paper_ppl, ``ppl_ci95_low``/``ppl_ci95_high`` the 95% confidence interval of the
+mean (Student's t over seeds; empty for one seed). ``train_tokens`` and ``epochs`` are the mean
+budget the row's runs trained on (every run of a table has the same budget), ``precision`` the
+autocast precision they ran in. ``layers``, ``memory_len`` and ``dataset`` are those of our runs,
+which a scale profile may change (the markdown says so).
 
 Video tables (7, 13; kind ``mca``) have the CSV columns ``MCA_COLUMNS`` and one row per row of the
 paper's table, in the paper's order. ``source`` is ``measured`` for the paper's own models (its
@@ -29,8 +32,8 @@ import pandas as pd
 from crt_repro.report.reference import load_reference, reference_rows, table_key
 from crt_repro.results import ResultsError, select_runs
 
-PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "n_seeds", "delta",
-               "profile", "dataset")
+PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "ppl_ci95_low",
+               "ppl_ci95_high", "n_seeds", "delta", "train_tokens", "epochs", "precision", "profile", "dataset")
 MCA_COLUMNS = ("model", "rnn", "source", "layers", "frames", "paper_mca", "mca", "mca_std", "n_seeds", "delta", "top1",
                "init_from", "profile", "dataset", "note")
 MEASURED, REFERENCE_ONLY = "measured", "reference_only"
@@ -140,6 +143,29 @@ def _row_runs(cell: pd.DataFrame, desc: str, what: str, metric: str) -> pd.DataF
     return cell
 
 
+@dataclass(frozen=True)
+class SeedStats:
+    """Mean over seeds, sample std and the 95% t-interval of the mean (NaN below two seeds)."""
+
+    n: int
+    mean: float
+    std: float
+    low: float
+    high: float
+
+
+def seed_stats(values) -> SeedStats:
+    from scipy import stats
+
+    x = pd.Series(values, dtype=float)
+    n, mean = len(x), float(x.mean())
+    if n < 2:
+        return SeedStats(n, mean, math.nan, math.nan, math.nan)
+    std = float(x.std(ddof=1))
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=std / math.sqrt(n)) if std > 0 else (mean, mean)
+    return SeedStats(n, mean, std, float(low), float(high))
+
+
 def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | None = None,
                     source: str = "runs") -> pd.DataFrame:
     """One row per row of the paper's table ``name``, from the given runs (numeric DataFrame with
@@ -160,14 +186,15 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
         cell = _row_runs(runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn) & (runs["seg_len"] == int(r.seg_len))],
                          f"model={r.model}, rnn={r.rnn or '-'}, seg_len={r.seg_len}", what, "test_ppl")
         used.update(cell["run_id"])
-        ppl = float(cell["test_ppl"].mean())
-        n = len(cell)
-        std = float(cell["test_ppl"].std(ddof=1)) if n > 1 else float("nan")
+        s = seed_stats(cell["test_ppl"])
         rows.append({
             "model": r.model, "rnn": r.rnn, "layers": int(layers), "memory_len": int(_one(cell, "mem_len", what)),
-            "seg_len": int(r.seg_len), "paper_ppl": float(r.value), "ppl": round(ppl, 2),
-            "ppl_std": round(std, 2) if n > 1 else float("nan"), "n_seeds": n,
-            "delta": round(ppl - float(r.value), 2), "profile": profile, "dataset": dataset,
+            "seg_len": int(r.seg_len), "paper_ppl": float(r.value), "ppl": round(s.mean, 2),
+            "ppl_std": round(s.std, 2), "ppl_ci95_low": round(s.low, 2), "ppl_ci95_high": round(s.high, 2),
+            "n_seeds": s.n, "delta": round(s.mean - float(r.value), 2),
+            "train_tokens": round(float(cell["train_tokens"].mean())), "epochs": round(float(cell["epochs"].mean()), 2),
+            "precision": "; ".join(sorted(set(cell["precision"].astype(str)))),
+            "profile": profile, "dataset": dataset,
         })
     extra = runs[~runs["run_id"].isin(used)]
     if not extra.empty:
@@ -285,6 +312,12 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _span(values, fmt: str) -> str:
+    """'a' when all values agree, else 'a–b' (min to max)."""
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
 def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
     info = table_info(name)
     if info.kind == "mca":
@@ -298,14 +331,20 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
         ds += f" (standing in for the paper's {DATASET_NAMES.get(paper_dataset, paper_dataset)})"
     lay = f"{layers}" + (f" (the paper's table has {paper_layers}; this profile runs {layers})"
                          if layers != paper_layers else "")
+    precisions = sorted(set("; ".join(table["precision"].astype(str)).split("; ")))
     lines = [
         f"# Table {info.number}: {info.title}",
         "",
         f"Profile: **{profile}**. Dataset: **{ds}**. Layers: **{lay}**. "
         f"Seeds per row: {', '.join(map(str, n_seeds))}.",
         "",
+        f"Training budget: **{_span(table['train_tokens'], '{:,.0f}')} tokens per run** "
+        f"({_span(table['epochs'], '{:.2f}')} epochs; the budget is set in tokens, so every segment length trains "
+        f"on the same data; runs end at the first step past it); precision: {', '.join(precisions)}.",
+        "",
         "Metric: test-set perplexity (the paper reports perplexity without naming the split; presumably "
-        "test, as in the Transformer-XL work it compares with). Δ = ours − paper.",
+        "test, as in the Transformer-XL work it compares with), mean over seeds ± sample std, and the 95% "
+        "confidence interval of the mean (Student's t). Δ = ours − paper.",
         "",
         PROFILE_NOTES.get(profile, f"Profile {profile}."),
         "",
@@ -318,10 +357,11 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
     for r in table.itertuples():
         label = model_label(r.model, r.rnn)
         note = notes.get((r.model, r.rnn, int(r.seg_len)), "")
+        ci = "–" if math.isnan(r.ppl_ci95_low) else f"[{r.ppl_ci95_low:.2f}, {r.ppl_ci95_high:.2f}]"
         body.append([label + (f" [{note}]" if note else ""), f"{r.memory_len} / {r.seg_len}", str(r.layers),
-                     f"{r.paper_ppl:.1f}", _fmt(r.ppl), _fmt(r.ppl_std), f"{r.delta:+.2f}"])
-    lines.append(markdown_table(["Model", "Memory / seg len", "Layers", "Paper PPL", "Ours PPL", "± std (seeds)",
-                                 "Δ"], body))
+                     f"{r.paper_ppl:.1f}", _fmt(r.ppl), _fmt(r.ppl_std), ci, str(r.n_seeds), f"{r.delta:+.2f}"])
+    lines.append(markdown_table(["Model", "Memory / seg len", "Layers", "Paper PPL", "Ours PPL", "± std", "95% CI",
+                                 "Seeds", "Δ"], body))
     return "\n".join(lines)
 
 
