@@ -49,6 +49,8 @@ localrules:
     table13_smarthome_rnn,
     fig5_ptb_3layer,
     fig6_ptb_16layer,
+    claims_3layer,
+    curves_ptb_3layer,
     runs_csv,
 
 
@@ -58,6 +60,7 @@ rule all:
         ALL_TABLE_FILES,
         ALL_FIGURE_FILES,
         f"{RESULTS}/runs.csv",
+        f"{RESULTS}/claims.md",
 
 
 rule all_tables:
@@ -137,6 +140,16 @@ rule table12_wt103_16layer_rnn:
 rule table13_smarthome_rnn:
     input:
         table_files("table13_smarthome_rnn"),
+
+
+rule curves_ptb_3layer:
+    input:
+        [f"{FIGURES}/valid_curves_table2_ptb_3layer.{ext}" for ext in ("png", "pdf")],
+
+
+rule claims_3layer:
+    input:
+        f"{RESULTS}/claims.md",
 
 
 rule fig5_ptb_3layer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -47,10 +48,44 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from crt_repro import atomic
+    from crt_repro.data import load_corpus
+    from crt_repro.report.claims import claims_markdown, claims_table
+    from crt_repro.results import merge_files, read_runs_csv, write_runs_csv
+
+    merged = args.csv + ".runs.tmp"
+    write_runs_csv(merge_files(args.runs), merged)
+    try:
+        runs = read_runs_csv(merged)
+    finally:
+        Path(merged).unlink()
+    t2 = runs[runs["tables"].astype(str).str.contains("table2_ptb_3layer")]
+    datasets = sorted(set(t2["dataset"]))
+    vocab = load_corpus(datasets[0], args.data_dir).vocab_size if datasets else 0
+    table6 = pd.read_csv(args.cost) if args.cost else None
+    table = claims_table(runs, vocab, table6)
+    atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
+    md = claims_markdown(table, args.profile)
+    atomic.write_text(args.md, md)
+    print(md)
+    return 0
+
+
 def cmd_figure(args: argparse.Namespace) -> int:
     from crt_repro.report.figures import write_figure
 
     write_figure(args.name, args.runs, args.output, profile=args.profile, dataset=args.dataset)
+    print(f"wrote {', '.join(args.output)}", file=sys.stderr)
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from crt_repro.report.curves import write_curves
+
+    write_curves(args.table, args.runs, args.runs_dir, args.output)
     print(f"wrote {', '.join(args.output)}", file=sys.stderr)
     return 0
 
@@ -79,6 +114,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", required=True, help="table CSV to write")
     p.add_argument("--md", help="markdown to write (also printed)")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("curves", help="validation perplexity vs training tokens of a table's runs (log.jsonl)")
+    p.add_argument("table", help="e.g. table2_ptb_3layer")
+    p.add_argument("--runs", required=True, help="runs CSV holding the table's runs")
+    p.add_argument("--runs-dir", required=True, help="folder of the run directories (results/<profile>/runs)")
+    p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
+    p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs (Welch's t-test over seeds)")
+    p.add_argument("--runs", nargs="+", required=True, help="runs CSVs holding Tables 2, 8, 9, 11 (tags kept)")
+    p.add_argument("--cost", help="Table 6 CSV (crt-repro table table6_cost) for claim (f)")
+    p.add_argument("--data-dir", help="corpus folder (the vocabulary size, for FLOPs without the softmax layer)")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("figure", help="Figure 5/6: perplexity vs forward FLOPs, paper and ours")
     p.add_argument("name", help="fig5_ptb_3layer or fig6_ptb_16layer")

@@ -136,8 +136,11 @@ def figure_files(name):
     return [f"{FIGURES}/{name}.png", f"{FIGURES}/{name}.pdf"]
 
 
+# Tables whose runs the claims (crt_repro.report.claims) compare.
+CLAIM_TABLES = ["table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn", "table11_wt103_3layer_rnn"]
 ALL_TABLE_FILES = [f for t in [*PLAN.cost_tables, *PLAN.tables, *PLAN.video_tables] for f in table_files(t)]
-ALL_FIGURE_FILES = [f for fig in PLAN.figures for f in figure_files(fig)]
+ALL_FIGURE_FILES = [f for fig in PLAN.figures for f in figure_files(fig)] + [
+    f"{FIGURES}/valid_curves_table2_ptb_3layer.{ext}" for ext in ("png", "pdf")]
 
 # Software of every job: the package's `crt-repro` CLI. Jobs run in the current environment;
 # with `--sdm conda` snakemake builds this environment (the package installed from this

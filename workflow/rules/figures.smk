@@ -25,3 +25,26 @@ rule figure:
     shell:
         "crt-repro figure {wildcards.fig} --runs {input.runs} --profile {params.profile}"
         " -o {output.png} -o {output.pdf} > {log} 2>&1"
+
+
+# Validation perplexity against training tokens of a table's runs (their log.jsonl).
+rule valid_curves:
+    input:
+        runs=lambda wildcards: ancient(table_runs_csv(wildcards.table)),
+        logs=lambda wildcards: [ancient(f"{run_dir(r)}/log.jsonl") for r in PLAN.tables[wildcards.table].run_ids],
+    output:
+        png=report(f"{FIGURES}/valid_curves_{{table}}.png", caption="../report/curves.rst", category="Figures"),
+        pdf=f"{FIGURES}/valid_curves_{{table}}.pdf",
+    log:
+        f"{RESULTS}/logs/figures/valid_curves_{{table}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/valid_curves_{{table}}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        runs_dir=runs_dir(PROFILE),
+    wildcard_constraints:
+        table=regex_of(PLAN.tables),
+    shell:
+        "crt-repro curves {wildcards.table} --runs {input.runs} --runs-dir {params.runs_dir}"
+        " -o {output.png} -o {output.pdf} > {log} 2>&1"

@@ -84,3 +84,26 @@ rule runs_csv:
         CONDA_ENV
     shell:
         "crt-repro merge {input} -o {output} > {log} 2>&1"
+
+
+# The paper's claims (a)-(f), decided from the runs of the tables they compare (Welch's t-test over
+# seeds) and Table 6; REPRODUCTION.md quotes the verdicts.
+rule claims:
+    input:
+        runs=[ancient(table_runs_csv(t)) for t in CLAIM_TABLES],
+        cost=ancient(f"{RESULTS}/tables/table6_cost.csv"),
+    output:
+        csv=report(f"{RESULTS}/claims.csv", caption="../report/claims.rst", category="Claims"),
+        md=f"{RESULTS}/claims.md",
+    log:
+        f"{RESULTS}/logs/claims.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/claims.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        profile=PROFILE,
+        data_dir=lambda wildcards: f"--data-dir {DATA_DIR or 'data'}",
+    shell:
+        "crt-repro claims --runs {input.runs} --cost {input.cost} --profile {params.profile} {params.data_dir}"
+        " --csv {output.csv} --md {output.md} > {log} 2>&1"
