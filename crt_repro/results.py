@@ -24,13 +24,13 @@ if TYPE_CHECKING:  # pandas is imported lazily: the Snakefile imports this modul
     import pandas as pd
 
 RUN_COLUMNS = (
-    "run_id", "tables", "profile", "dataset", "model", "rnn", "layers", "d_model", "seg_len", "mem_len", "seed",
-    "steps", "train_tokens", "epochs", "precision", "reported_step", "valid_loss", "valid_ppl", "test_loss",
+    "run_id", "tables", "profile", "dataset", "model", "rnn", "layers", "d_model", "seg_len", "mem_len",
+    "eval_mem_len", "seed", "steps", "train_tokens", "epochs", "precision", "reported_step", "valid_loss", "valid_ppl", "test_loss",
     "test_ppl", "params", "flops_fwd", "train_tokens_per_s", "wall_s", "peak_mem_mb", "data_files", "git_sha",
     "torch_version", "device", "date",
 )
 NUMERIC_COLUMNS = (
-    "layers", "d_model", "seg_len", "mem_len", "seed", "steps", "train_tokens", "epochs", "reported_step",
+    "layers", "d_model", "seg_len", "mem_len", "eval_mem_len", "seed", "steps", "train_tokens", "epochs", "reported_step",
     "valid_loss", "valid_ppl", "test_loss", "test_ppl", "params", "flops_fwd", "train_tokens_per_s", "wall_s",
     "peak_mem_mb",
 )
@@ -95,7 +95,20 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
         row["flops_fwd"] = run_cost(run_dir, metrics.get("run_id", ""))["flops_fwd"]
     if "test_mca" in metrics:
         row.update(video_record(run_dir, metrics))
+    elif metrics.get("model") == "transformer_xl":
+        row["eval_mem_len"] = _eval_mem_len(run_dir)
     return row
+
+
+def _eval_mem_len(run_dir: Path) -> int:
+    """The memory Transformer-XL kept in evaluation (model.eval_mem_len, null: its mem_len)."""
+    from crt_repro.config import load_config_file
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ResultsError(f"{config} does not exist: the run in {run_dir} has no config")
+    cfg = load_config_file(config)
+    return cfg.model.eval_mem_len or cfg.mem_len
 
 
 def video_record(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:

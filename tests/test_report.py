@@ -94,6 +94,7 @@ def test_ppl_table_columns_order_delta():
     assert list(t["ppl_ci95_high"]) == pytest.approx([p + 10.5 + 6.353 for *_, p in TABLE2], abs=0.01)
     assert list(t["train_tokens"]) == [3000 + n % 7 for _, _, n, _ in TABLE2] and set(t["precision"]) == {"fp32"}
     assert list(t["memory_len"]) == [0, 70, 1, 0, 35, 1, 0, 17, 1]
+    assert list(t["eval_memory_len"]) == list(t["memory_len"])
     assert set(t["profile"]) == {"smoke"} and set(t["dataset"]) == {"ptb"} and set(t["layers"]) == {3}
 
 
@@ -192,3 +193,16 @@ def test_figure_needs_flops(tmp_path):
     write_runs_csv(fake_runs().assign(flops_fwd=""), path)
     with pytest.raises(ResultsError, match="no flops_fwd"):
         write_figure("fig5_ptb_3layer", path, [tmp_path / "f.png"])
+
+
+def test_rows_quoted_from_transformer_xl_are_marked_with_our_protocol():
+    ref = reference_rows("table3", "ppl")
+    cells = [(r.model, r.rnn, int(r.seg_len), float(r.value)) for r in ref.itertuples()]
+    runs = fake_runs(cells=cells, layers=16, tag="table3_ptb_16layer")
+    runs.loc[runs["model"] == "transformer_xl", "eval_mem_len"] = "140"
+    t = build_ppl_table("table3_ptb_16layer", runs)
+    assert set(t[t["model"] == "transformer_xl"]["eval_memory_len"]) == {140}
+    md = ppl_markdown("table3_ptb_16layer", t)
+    assert "| Transformer-XL [from the Transformer-XL paper] | 70 / 70 |" in md
+    assert "evaluation memory of 140 positions" in md and "clamp_len 400" in md
+    assert "clamp_len" not in ppl_markdown("table2_ptb_3layer", build_ppl_table("table2_ptb_3layer", fake_runs()))

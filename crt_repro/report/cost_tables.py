@@ -158,7 +158,7 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
             "paper_params_m": paper.get((model, rnn, "params_millions"), math.nan),
             "params_m": cost.count_params(r.model) / 1e6,
             "paper_inference_ms": paper.get((model, rnn, "inference_ms_per_batch"), math.nan),
-            "inference_ms": t, "device": dev_name, "precision": "bf16 autocast" if cfg.run.bf16 else "fp32",
+            "inference_ms": t, "device": dev_name, "precision": "bf16 autocast" if r.precision == "bf16" else "fp32",
             "dataset": ds, "profile": profile, "note": note,
         })
     df = pd.DataFrame(rows, columns=[c for c in TABLE6_COLUMNS if c not in ("paper_ratio_to_transformer",

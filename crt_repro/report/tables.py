@@ -4,7 +4,8 @@ Perplexity tables (2-5, 8-12) have the CSV columns ``PPL_COLUMNS`` and one row p
 paper's table, in the paper's order. ``ppl`` is the mean *test* perplexity over seeds (the paper
 does not say which split it reports; test is the convention of the Transformer-XL line of work it
 compares with), ``ppl_std`` the sample standard deviation over seeds (empty for one seed),
-``delta`` = ppl - paper_ppl, ``ppl_ci95_low``/``ppl_ci95_high`` the 95% confidence interval of the
+``eval_memory_len`` is the memory kept in evaluation (Transformer-XL's ``model.eval_mem_len``;
+= memory_len elsewhere). ``delta`` = ppl - paper_ppl, ``ppl_ci95_low``/``ppl_ci95_high`` the 95% confidence interval of the
 mean (Student's t over seeds; empty for one seed). ``train_tokens`` and ``epochs`` are the mean
 budget the row's runs trained on (every run of a table has the same budget), ``precision`` the
 autocast precision they ran in. ``layers``, ``memory_len`` and ``dataset`` are those of our runs,
@@ -32,11 +33,12 @@ import pandas as pd
 from crt_repro.report.reference import load_reference, reference_rows, table_key
 from crt_repro.results import ResultsError, select_runs
 
-PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "ppl_ci95_low",
+PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "eval_memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "ppl_ci95_low",
                "ppl_ci95_high", "n_seeds", "delta", "train_tokens", "epochs", "precision", "profile", "dataset")
 MCA_COLUMNS = ("model", "rnn", "source", "layers", "frames", "paper_mca", "mca", "mca_std", "n_seeds", "delta", "top1",
                "init_from", "profile", "dataset", "note")
 MEASURED, REFERENCE_ONLY = "measured", "reference_only"
+XL_QUOTED = "from the Transformer-XL paper"  # the reference CSV's note on rows the paper copies from Dai et al.
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,13 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
                          f"model={r.model}, rnn={r.rnn or '-'}, seg_len={r.seg_len}", what, "test_ppl")
         used.update(cell["run_id"])
         s = seed_stats(cell["test_ppl"])
+        memory = int(_one(cell, "mem_len", what))
+        eval_memory = sorted(set(pd.to_numeric(cell["eval_mem_len"].replace("", math.nan)).dropna().astype(int)))
+        if len(eval_memory) > 1:
+            raise ResultsError(f"{what}: runs of one row kept different evaluation memories {eval_memory}")
         rows.append({
-            "model": r.model, "rnn": r.rnn, "layers": int(layers), "memory_len": int(_one(cell, "mem_len", what)),
+            "model": r.model, "rnn": r.rnn, "layers": int(layers), "memory_len": memory,
+            "eval_memory_len": eval_memory[0] if eval_memory else memory,
             "seg_len": int(r.seg_len), "paper_ppl": float(r.value), "ppl": round(s.mean, 2),
             "ppl_std": round(s.std, 2), "ppl_ci95_low": round(s.low, 2), "ppl_ci95_high": round(s.high, 2),
             "n_seeds": s.n, "delta": round(s.mean - float(r.value), 2),
@@ -362,6 +369,14 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
                      f"{r.paper_ppl:.1f}", _fmt(r.ppl), _fmt(r.ppl_std), ci, str(r.n_seeds), f"{r.delta:+.2f}"])
     lines.append(markdown_table(["Model", "Memory / seg len", "Layers", "Paper PPL", "Ours PPL", "± std", "95% CI",
                                  "Seeds", "Δ"], body))
+    quoted = [(r.model, int(r.seg_len)) for r in ref.itertuples() if "Transformer-XL paper" in str(r.note)]
+    if quoted:
+        ours = table[table["model"] == "transformer_xl"]
+        lines += ["", f"Rows marked [{XL_QUOTED}]: the paper copies Dai et al.'s number, evaluated under another "
+                  "protocol (evaluation memory 640 on WikiText-103, clamp_len 400, same_length: each query sees the "
+                  "same number of past positions). Ours is evaluated with an evaluation memory of "
+                  f"{_span(ours['eval_memory_len'], '{:.0f}')} positions (model.eval_mem_len; null: the training memory), "
+                  "no clamp and no same_length, like every other row of this table."]
     return "\n".join(lines)
 
 
