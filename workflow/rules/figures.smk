@@ -27,11 +27,11 @@ rule figure:
         " -o {output.png} -o {output.pdf} > {log} 2>&1"
 
 
-# Validation perplexity against training tokens of a table's runs (their log.jsonl).
+# Validation perplexity against training tokens of a table's runs: read from their log.jsonl,
+# which a run has whenever it has the metrics.json its table's runs CSV was collected from.
 rule valid_curves:
     input:
         runs=lambda wildcards: ancient(table_runs_csv(wildcards.table)),
-        logs=lambda wildcards: [ancient(f"{run_dir(r)}/log.jsonl") for r in PLAN.tables[wildcards.table].run_ids],
     output:
         png=report(f"{FIGURES}/valid_curves_{{table}}.png", caption="../report/curves.rst", category="Figures"),
         pdf=f"{FIGURES}/valid_curves_{{table}}.pdf",
