@@ -54,7 +54,8 @@ def plot_curves(table: str, runs: pd.DataFrame, runs_dir: str | Path):
                 continue
             g = cell.groupby("tokens")["valid_ppl"].agg(["mean", "min", "max", "count"]).reset_index()
             seeds = cell["seed"].nunique()
-            ax.plot(g["tokens"], g["mean"], color=color, marker=".", label=f"{model_label(model, rnn)} ({seeds} seeds)")
+            label = f"{model_label(model, rnn)} ({seeds} seed{'s' if seeds != 1 else ''})"
+            ax.plot(g["tokens"], g["mean"], color=color, marker=".", label=label)
             ax.fill_between(g["tokens"], g["min"], g["max"], color=color, alpha=0.2, linewidth=0)
         ax.set_yscale("log")
         ax.set_xlabel("training tokens")
