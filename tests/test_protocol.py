@@ -309,3 +309,19 @@ def test_frame_normalisation_key_picks_the_checkpoints_constants():
     assert cfg.data.normalize == "kinetics" and NORMALIZATION["kinetics"] == ((0.45,) * 3, (0.225,) * 3)
     assert cfg.optim.name == "sgd" and cfg.optim.max_epochs == 15 and cfg.optim.schedule == "step"
     assert build_config("paper", "smarthome", {"model": {"name": "crvit"}}).optim.max_epochs == 40
+
+
+def test_a_key_added_later_leaves_committed_run_ids_alone(monkeypatch):
+    """A LATER_KEYS key at its default is not hashed: the id is the one of a config without it."""
+    import hashlib
+
+    from crt_repro import config as config_mod
+
+    cfg = smoke(model="crt")
+    without = cfg.relevant_dict()
+    del without["model"]["activation"]
+    expected = hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()[:10]
+    assert not cfg.run_id().endswith(expected)  # today the key is hashed
+    monkeypatch.setattr(config_mod, "LATER_KEYS", {"model.activation": "gelu"})
+    assert cfg.run_id().endswith(expected)
+    assert smoke("model.activation=relu", model="crt").run_id() != cfg.run_id()
