@@ -10,6 +10,9 @@
 # `crt-repro` CLI. `all` is the default target (default_target, not the first rule: includes
 # must not decide it).
 
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -160,3 +163,31 @@ rule fig5_ptb_3layer:
 rule fig6_ptb_16layer:
     input:
         figure_files("fig6_ptb_16layer"),
+
+
+# At the end of a run, where its outputs went; on failure, the cause from each failed job's log
+# on the console (a plain `snakemake` does not find workflow/profiles/default, whose
+# show-failed-logs prints whole logs; with it, the tails would only repeat them).
+onsuccess:
+    summary = [f"Outputs of the {PROFILE} profile:"]
+    if Path(f"{RESULTS}/runs").is_dir():
+        n_runs = sum(1 for p in Path(f"{RESULTS}/runs").iterdir() if p.is_dir())
+        summary.append(f"  runs: {RESULTS}/runs/ ({n_runs} run directories)")
+    for folder, kinds, pattern in ((f"{RESULTS}/tables", ".csv and .md", "*.md"), (FIGURES, ".png and .pdf", "*.png")):
+        if Path(folder).is_dir():
+            stems = ", ".join(sorted(p.stem for p in Path(folder).glob(pattern))) or "none yet"
+            summary.append(f"  {folder}/ ({kinds}): {stems}")
+    summary += [f"  {p}" for p in (f"{RESULTS}/runs.csv", f"{RESULTS}/claims.md") if Path(p).is_file()]
+    summary.append(f"  job logs: {RESULTS}/logs/")
+    if SKIPPED_VIDEO_TABLES:
+        summary.append(f"  not built: {', '.join(SKIPPED_VIDEO_TABLES)} (smarthome_dir is not set)")
+    print("\n".join(summary), file=sys.stderr)
+
+
+onerror:
+    if not workflow.output_settings.show_failed_logs:
+        for job in sorted(workflow.scheduler.failed, key=str):
+            for log in job.log:
+                lines = Path(log).read_text(errors="replace").splitlines()[-20:] if Path(log).is_file() else []
+                print(f"---- rule {job.rule.name} failed; the last lines of {log}:", *(lines or ["(empty)"]),
+                      sep="\n", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Writes that never leave a half-written file: write a temp file beside the target, then rename.
 
 ``os.replace`` is atomic on POSIX within one file system, so a reader (or a rerun after a kill)
-sees either the old file or the new one, never a torn one.
+sees either the old file or the new one, never a torn one. The file gets the permissions the
+umask gives a newly created file (``mkstemp`` alone would make it 0600), so tables, runs CSVs and
+run records are as readable as any file the user writes.
 """
 from __future__ import annotations
 
@@ -18,11 +20,18 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

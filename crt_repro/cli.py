@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Errors of input (config, data, run dirs) are reported in one line, not a traceback.
+    except (ValueError, OSError, RuntimeError) as e:
+        # Errors of input (config, data, run dirs) and of the file system (permissions, a full
+        # disk: OSError names the file) are reported in one line, not a traceback.
         print(f"crt-repro {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rnn", choices=("gru", "ncgru"))
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--data-dir", help="folder holding the corpus (e.g. ../shared/data)")
+    p.add_argument("--data-dir", help="folder holding the corpus (default: $CRT_REPRO_DATA, else ./data; "
+                   "fill it with `crt-repro download`)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. --set model.d_model=64 (repeatable)")
     p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a checkpoint)")

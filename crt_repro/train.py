@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
 from crt_repro import atomic
-from crt_repro.config import Config, ConfigError, config_from_dict, dump_yaml, uses_rnn
+from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file, uses_rnn
 from crt_repro.models import build_model
 from crt_repro.tasks import make_task
 
@@ -200,20 +199,39 @@ def post_step(model: nn.Module, step: int) -> None:
 # Run directory
 
 
+class RunDirError(ValueError):
+    """A run directory that cannot be used: not a directory, not writable, someone else's files,
+    or an unreadable checkpoint; the message names it."""
+
+
 def check_run_dir(cfg: Config, out: Path) -> None:
-    """Refuse a directory whose config.yaml holds another run."""
+    """Refuse a path that is not a directory, a directory whose config.yaml holds another run,
+    and a non-empty directory that is not a run directory (run files must not land among
+    unrelated ones)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
     path = out / CONFIG
     if path.exists():
-        old = config_from_dict(yaml.safe_load(path.read_text()))
+        try:
+            old = load_config_file(path)
+        except ConfigError as e:
+            raise RunDirError(f"{e} (delete {out} to start the run over, or choose another --out)") from None
         if old.relevant_dict() != cfg.relevant_dict():
             raise ConfigError(
                 f"{out} holds a different run (run id {old.run_id()}, this config is {cfg.run_id()}); "
                 "choose another --out or delete that directory")
+    elif out.is_dir() and any(out.iterdir()):
+        raise RunDirError(f"--out {out} is a non-empty directory without {CONFIG}, so not a run directory; "
+                          "choose a new or empty directory")
 
 
 def write_run_config(cfg: Config, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / CONFIG, dump_yaml(cfg))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / CONFIG, dump_yaml(cfg))
+    except OSError as e:
+        raise RunDirError(f"cannot write the run directory {out}: {e.strerror or e} "
+                          f"({e.filename or out})") from None
 
 
 def read_log(out: Path, up_to_step: int) -> list[dict]:
@@ -254,9 +272,31 @@ def save_checkpoint(out: Path, step: int, model, opt: Optimizers, task, clock: d
     })
 
 
-def load_checkpoint(out: Path, model, opt: Optimizers, task) -> dict:
-    ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-    model.load_state_dict(ck["model"])
+def read_checkpoint(path: Path, map_location) -> dict:
+    """The checkpoint at ``path``; an empty or truncated file (a full disk, a copy cut short) is
+    an error naming it, not a traceback from the unpickler."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises EOFError, RuntimeError or UnpicklingError, by how it is broken
+        raise RunDirError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {' '.join(str(e).split())}); "
+                          f"delete it to start the run over") from None
+
+
+def load_model_state(model, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunDirError(f"{path} holds a model of other shapes than this run builds "
+                          f"({' '.join(str(e).split())[:300]}); was it trained on other data? "
+                          "Delete it to start the run over, or train into another --out") from None
+
+
+def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict) -> dict:
+    """Restore a run from its checkpoint; one trained on other data is refused before anything
+    of it is loaded (another vocabulary would otherwise fail as a shape mismatch)."""
+    ck = read_checkpoint(out / CHECKPOINT, "cpu")
+    check_same_data(out, ck["data"], data, CHECKPOINT)
+    load_model_state(model, ck["model"], out / CHECKPOINT)
     opt.load_state_dict(ck["optimizer"])
     task.load_state_dict(ck["task"])
     torch.set_rng_state(ck["rng"]["torch"])
@@ -320,8 +360,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     step, precision = 0, resolve_precision(cfg, device)
     clock = {"train_s": 0.0, "wall_s": 0.0, "items": 0, "best_valid": None}
     if (out / CHECKPOINT).exists():
-        ck = load_checkpoint(out, model, opt, task)
-        check_same_data(out, ck["data"], data, CHECKPOINT)
+        ck = load_checkpoint(out, model, opt, task, data)
         # The precision a run started with is kept, so that one run is one precision throughout.
         step, clock, precision = ck["step"], ck["clock"], ck["precision"]
         say(f"{cfg.run_id()}: resuming from step {step} of {schedule.total} ({CHECKPOINT})")
@@ -450,12 +489,12 @@ def evaluate_run(run_dir: str | Path) -> dict:
     for name in (CONFIG, CHECKPOINT):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir / name} does not exist: is {run_dir} a run directory of `crt-repro train`?")
-    cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
+    cfg = load_config_file(run_dir / CONFIG)
     device = resolve_device(cfg.run.device)
     task = make_task(cfg, device)
     model = build_model(cfg, task.n_out).to(device)
-    ck = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
-    model.load_state_dict(ck["model"])
+    ck = read_checkpoint(run_dir / CHECKPOINT, device)
+    load_model_state(model, ck["model"], run_dir / CHECKPOINT)
     out = {"run_id": cfg.run_id(), "step": ck["step"]}
     for split in ("valid", "test"):
         for k, v in evaluate_model(task, model, ck["precision"], device, split).items():

@@ -14,13 +14,21 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def shared_data_dir() -> Path:
+    """Where the tests look for the real corpora: $CRT_REPRO_DATA (the package's default data
+    dir too), else the copy beside the repository (../shared/data, see its README.md)."""
+    env = os.environ.get("CRT_REPRO_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The word-level PTB/WikiText-2 copy beside the repository (see its README.md)."""
-    path = REPO_ROOT.parent / "shared" / "data"
+    path = shared_data_dir()
     if not path.is_dir():
-        pytest.skip("needs ../shared/data (word-level PTB/WikiText-2)")
-    return path
+        pytest.skip(f"needs the word-level PTB/WikiText-2 corpora, not found at {path}: set CRT_REPRO_DATA to a "
+                    "folder holding them, or fill one with `crt-repro download ptb --to data` and "
+                    "`crt-repro download wikitext-2 --to data` and set CRT_REPRO_DATA=data")
+    return path.absolute()
 
 
 @pytest.fixture(autouse=True)

@@ -52,7 +52,8 @@ def test_fig5_schedules_exactly_table2s_runs(wf):
 
 
 def test_default_target_is_all_and_runs_are_shared(wf):
-    out = snakemake(wf, "-n", "--config", "profile=smoke", "data_dir=../shared/data")
+    (wf / "x").mkdir()  # data_dir must be a folder (checked when the workflow is parsed)
+    out = snakemake(wf, "-n", "--config", "profile=smoke", "data_dir=x")
     counts = job_counts(out)
     assert counts["all"] == 1
     # 9 cells x 4 tables (2-5) + 2 ablations (Table 8) + 3 GRU cells x 4 tables (9-12): shared runs once
@@ -62,6 +63,7 @@ def test_default_target_is_all_and_runs_are_shared(wf):
 
 
 def test_profile_change_changes_the_runs(wf):
+    (wf / "x").mkdir()
     smoke = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=smoke", "data_dir=x"))
     cpu = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))
     # cpu: two seeds, and a third at 17 and 70 tokens (workflow/config/cpu.yaml's extra_seeds)
@@ -110,6 +112,7 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
     html = (wf / "report.html").read_text(errors="replace")
     assert "table8_ablation.csv" in html and "Tables" in html
 
+    (wf / "x").mkdir()
     other = snakemake(wf, "-n", "table8_ablation", "--config", *TINY[1:], "profile=cpu", "data_dir=x")
     ids = train_run_ids(other)
     assert job_counts(other)["train"] == 8 and not ids & runs  # the cpu profile: two seeds
@@ -128,6 +131,7 @@ def test_slurm_profile_dry_run(wf):
     assert job_counts(out)["train"] == 9
     train_blocks = [b for b in out.split("rule train:")[1:]]
     assert train_blocks and all(re.search(r"resources: .*\bgpu=1\b", b.split("\n\n")[0]) for b in train_blocks)
+    (wf / "x").mkdir()
     out = snakemake(wf, "-n", "--profile", "workflow/profiles/slurm", "table2_ptb_3layer",
                     "--config", "profile=smoke", "data_dir=x")
     assert all(re.search(r"resources: .*\bgpu=0\b", b.split("\n\n")[0]) for b in out.split("rule train:")[1:])

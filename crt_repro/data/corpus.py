@@ -12,6 +12,7 @@ corpus (a handful of word types, or most of valid out of vocabulary) is refused.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -104,16 +105,46 @@ def dataset_paths(dataset: str, data_dir: str | Path) -> dict[str, Path]:
     for path in paths.values():
         if not path.is_file():
             raise DataNotFoundError(
-                f"{path} not found; fetch it with: crt-repro download {name} --to {to}"
+                f"{path} not found; fetch it with: crt-repro download {name} --to {to} (then pass "
+                f"--data-dir {to}, or set CRT_REPRO_DATA={to}), or train on the generated corpus with "
+                f"--dataset {SYNTHETIC}, which needs no data"
             )
     return paths
+
+
+class CorpusDecodeError(ValueError):
+    """A corpus file that is not UTF-8; the message names the file and the first bad byte."""
 
 
 def read_lines(path: Path) -> Iterator[list[str]]:
     """Each line's words followed by one <eos>."""
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield line.split() + [EOS]
+        try:
+            for line in f:
+                yield line.split() + [EOS]
+        except UnicodeDecodeError as e:
+            raise CorpusDecodeError(f"{path}: not UTF-8 text at byte offset {_first_invalid_utf8(path)} "
+                                    f"({e.reason}); the corpora are UTF-8 files") from None
+
+
+def _first_invalid_utf8(path: Path) -> int:
+    """Offset in the file of the first byte that is not valid UTF-8 (a text-mode read's error
+    counts from the start of the chunk it was decoding)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        return offset - len(e.object) + e.start
+    return offset
 
 
 def _tokenize(paths: dict[str, Path]) -> tuple[list[str], dict[str, torch.Tensor]]:

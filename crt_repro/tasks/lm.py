@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from crt_repro.config import Config, OptimConfig
+from crt_repro.config import Config, ConfigError, OptimConfig
 from crt_repro.data import SegmentStream, batchify, fingerprint, load_corpus
 
 
@@ -26,7 +26,15 @@ class LMTask:
         train = corpus.train
         if cfg.data.max_train_tokens is not None:
             train = train[: cfg.data.max_train_tokens]
-        self.train_stream = SegmentStream(batchify(train, cfg.data.batch_size).to(device), cfg.data.seg_len)
+        streams = batchify(train, cfg.data.batch_size)
+        # A stream of T tokens has T - 1 input positions; a longer segment would silently be cut
+        # to the stream (and cost its full length in memory and time).
+        if cfg.data.seg_len > streams.shape[1] - 1:
+            raise ConfigError(
+                f"data.seg_len={cfg.data.seg_len} is longer than a training stream: {train.numel():,} training "
+                f"tokens of {cfg.data.dataset} in data.batch_size={cfg.data.batch_size} streams give "
+                f"{streams.shape[1] - 1:,} input positions per stream; lower --seg-len or data.batch_size")
+        self.train_stream = SegmentStream(streams.to(device), cfg.data.seg_len)
         self.window = cfg.optim.bptt_segments
         self.steps_per_epoch = math.ceil(len(self.train_stream) / self.window)
         # Targets per stream in each step of an epoch (the epoch's last step may be short).

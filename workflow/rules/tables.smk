@@ -73,7 +73,7 @@ rule cost_table:
 
 rule runs_csv:
     input:
-        [ancient(table_runs_csv(t)) for t in [*PLAN.tables, *PLAN.video_tables]],
+        [ancient(table_runs_csv(t)) for t in [*PLAN.tables, *BUILT_VIDEO_TABLES]],
     output:
         report(f"{RESULTS}/runs.csv", caption="../report/runs.rst", category="Runs"),
     log:

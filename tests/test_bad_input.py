@@ -1,0 +1,209 @@
+"""Bad input comes out as one line naming the culprit, never as a traceback or a silent run
+(issue 13, items 9, 10, 12 and 14)."""
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from crt_repro import atomic
+from crt_repro.cli import main
+from crt_repro.config import ConfigError, build_config
+from crt_repro.data.synthetic import synthetic_corpus
+from crt_repro.tasks.lm import LMTask
+
+# A run of two steps of a one-layer, 16-wide Transformer: about a second.
+TINY = ["--profile", "smoke", "--model", "transformer", "--layers", "1", "--seg-len", "8",
+        "--set", "optim.max_steps=2", "--set", "optim.warmup_steps=0", "--set", "model.d_model=16",
+        "--set", "model.n_head=2", "--set", "model.d_inner=32", "--set", "data.max_eval_segments=2"]
+
+
+def train(capsys, out: Path, *extra: str, dataset: str = "synthetic") -> tuple[int, str]:
+    rc = main(["train", *TINY, "--dataset", dataset, *extra, "--out", str(out)])
+    return rc, capsys.readouterr().err
+
+
+def error_line(rc: int, err: str) -> str:
+    """The CLI's one-line error: the last line on stderr (progress lines may come before it)."""
+    assert rc == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("crt-repro train: error: "), err
+    return line
+
+
+def finished_run(capsys, out: Path, *extra: str, dataset: str = "synthetic") -> Path:
+    rc, err = train(capsys, out, *extra, dataset=dataset)
+    assert rc == 0, err
+    return out
+
+
+def unfinished(out: Path) -> Path:
+    """A run killed after its last checkpoint: what resuming starts from."""
+    (out / "metrics.json").unlink()
+    return out
+
+
+# --- item 9: a segment longer than a stream, non-finite numbers ---------------------------
+
+
+def test_a_segment_longer_than_a_training_stream_is_refused_naming_both_lengths(capsys, tmp_path):
+    cfg = build_config("smoke", "synthetic")
+    n_train = min(len(synthetic_corpus().train), cfg.data.max_train_tokens)
+    positions = n_train // cfg.data.batch_size - 1
+    cpu = torch.device("cpu")
+    LMTask(build_config("smoke", "synthetic", {"data": {"seg_len": positions}}), cpu)  # one segment: fine
+    with pytest.raises(ConfigError) as e:
+        LMTask(build_config("smoke", "synthetic", {"data": {"seg_len": positions + 1}}), cpu)
+    assert f"data.seg_len={positions + 1}" in str(e.value) and f"{positions:,} input positions" in str(e.value)
+
+    line = error_line(*train(capsys, tmp_path / "run", "--seg-len", "100000"))
+    assert "data.seg_len=100000" in line and f"{positions:,}" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.lr=-inf", "model.dropout=nan",
+                                      "optim.max_epochs=inf", "optim.lr_steps=[0.5, .inf]"])
+def test_non_finite_numbers_fail_validation(capsys, tmp_path, override):
+    line = error_line(*train(capsys, tmp_path / "run", "--set", override))
+    assert f"{override.split('=')[0]}=" in line and "must be a finite number" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_finite_floats_still_pass():
+    cfg = build_config("smoke", "synthetic", {"optim": {"lr": 1e-3, "lr_steps": [0.5], "schedule": "step"}})
+    assert math.isfinite(cfg.optim.lr)
+
+
+# --- item 10: unreadable checkpoints and configs, undecodable data, unusable --out ---------
+
+
+@pytest.fixture
+def run_dir(capsys, tmp_path) -> Path:
+    return finished_run(capsys, tmp_path / "run")
+
+
+@pytest.mark.parametrize("keep", [0, 0.5], ids=["empty", "truncated"])
+def test_an_unreadable_checkpoint_is_named_with_how_to_start_over(capsys, run_dir, keep):
+    checkpoint = unfinished(run_dir) / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: int(len(data) * keep)])
+    line = error_line(*train(capsys, run_dir))
+    assert str(checkpoint) in line and "delete it to start the run over" in line
+    checkpoint.unlink()  # as the message says: the run starts over
+    assert train(capsys, run_dir)[0] == 0
+
+
+def test_invalid_yaml_in_a_run_config_is_one_line_naming_the_file(capsys, run_dir):
+    config = run_dir / "config.yaml"
+    config.write_text("model: {name: transformer\ndata: [\n")
+    line = error_line(*train(capsys, run_dir))
+    assert f"{config}:" in line and "not valid YAML" in line and f"delete {run_dir}" in line
+    rc = main(["evaluate", "--run", str(run_dir)])
+    assert rc == 2 and str(config) in capsys.readouterr().err
+
+
+def write_ptb(root: Path, n_types: int) -> Path:
+    """A corpus under PTB's file names with n_types word types (PTB's checks want >= 5000)."""
+    folder = root / "ptb"
+    folder.mkdir(parents=True)
+    words = [f"w{i}" for i in range(n_types)] + ["<unk>"]
+    train = "\n".join(" ".join(words[i:i + 10]) for i in range(0, len(words), 10)) + "\n"
+    (folder / "ptb.train.txt").write_text(train)
+    for split in ("valid", "test"):
+        (folder / f"ptb.{split}.txt").write_text(train[:3000])
+    return root
+
+
+def test_a_corpus_file_that_is_not_utf8_names_the_file_and_the_byte_offset(capsys, tmp_path):
+    data = write_ptb(tmp_path / "data", 5000)
+    train_file = data / "ptb" / "ptb.train.txt"
+    # A two-byte character across the decoder's 1 MiB chunks, then the bad byte: the offset must
+    # count from the start of the file, not of a chunk.
+    head = (b"a " * (1 << 19))[: (1 << 20) - 1] + "\u00e9".encode() + b" "
+    train_file.write_bytes(head + b"\xff rest\n" + train_file.read_bytes())
+    line = error_line(*train(capsys, tmp_path / "run", "--data-dir", str(data), dataset="ptb"))
+    assert str(train_file) in line and f"byte offset {len(head)}" in line
+
+
+def test_out_that_is_a_file_is_refused(capsys, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine\n")
+    line = error_line(*train(capsys, out))
+    assert str(out) in line and "not a directory" in line
+    assert out.read_text() == "mine\n"
+
+
+def test_out_that_cannot_be_written_is_refused_naming_it(capsys, tmp_path, monkeypatch):
+    # chmod alone cannot show it where the tests run as root, who writes anywhere.
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    line = error_line(*train(capsys, tmp_path / "ro" / "run"))
+    assert "cannot write the run directory" in line and str(tmp_path / "ro" / "run") in line
+    assert "Permission denied" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_out_in_a_read_only_directory_is_refused(capsys, tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        line = error_line(*train(capsys, parent / "run"))
+    finally:
+        parent.chmod(0o755)
+    assert str(parent / "run") in line and "Permission denied" in line
+
+
+@pytest.mark.filterwarnings("ignore:.*sha256 differs from the pinned")
+def test_resuming_on_data_with_another_vocabulary_names_the_files(capsys, tmp_path):
+    first, other = write_ptb(tmp_path / "a", 5000), write_ptb(tmp_path / "b", 5300)
+    out = finished_run(capsys, tmp_path / "run", "--data-dir", str(first), dataset="ptb")
+    for state in ("finished", "resuming"):
+        if state == "resuming":
+            unfinished(out)
+        line = error_line(*train(capsys, out, "--data-dir", str(other), dataset="ptb"))
+        assert "trained on other data" in line and "ptb.train.txt" in line and "size mismatch" not in line
+    # A checkpoint that records no data (written before runs recorded it) fails on the shapes:
+    # still one line naming the file.
+    checkpoint = out / "checkpoint.pt"
+    ck = torch.load(checkpoint, weights_only=False)
+    torch.save({**ck, "data": None}, checkpoint)
+    line = error_line(*train(capsys, out, "--data-dir", str(other), dataset="ptb"))
+    assert str(checkpoint) in line and "other data" in line
+
+
+# --- item 12: atomic writes honour the umask ------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_umasks_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic.write_text(tmp_path / "t.md", "x\n")
+        atomic.write_json(tmp_path / "m.json", {"a": 1})
+        atomic.torch_save(tmp_path / "c.pt", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("t.md", "m.json", "c.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+# --- item 14: --out pointing at someone else's directory ------------------------------------
+
+
+def test_a_non_empty_directory_that_is_not_a_run_directory_is_refused(capsys, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"\xff\xd8")
+    line = error_line(*train(capsys, out))
+    assert str(out) in line and "not a run directory" in line
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(capsys, empty)[0] == 0  # an empty directory is a fine place for a new run

@@ -1,0 +1,167 @@
+"""A newcomer's first hour on a fresh clone (issue 13, items 2-5, 7 and 11): the README's
+commands and data set-up work as written, the workflow's default targets run without the
+licensed video data, and a failing or finished DAG says where to look."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from conftest import shared_data_dir
+from test_bad_input import write_ptb
+from workflow_helpers import REPO, copy_workflow, job_counts, needs_snakemake, snakemake
+
+from crt_repro.cli import main
+
+pytest_plugins = ["pytester"]
+
+README = (REPO / "README.md").read_text()
+VIDEO_RULES = {"train_video", "collect_video_table_runs", "mca_table", "table7_smarthome", "table13_smarthome_rnn"}
+TINY = ["--profile", "smoke", "--model", "transformer", "--layers", "1", "--seg-len", "8",
+        "--set", "optim.max_steps=2", "--set", "optim.warmup_steps=0", "--set", "model.d_model=16",
+        "--set", "model.n_head=2", "--set", "model.d_inner=32", "--set", "data.max_eval_segments=2"]
+
+
+def code_blocks(text: str) -> str:
+    return "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+
+
+def readme_section(title: str) -> str:
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+# --- item 2: data from a fresh clone; CRT_REPRO_DATA -----------------------------------------
+
+
+def test_readme_examples_download_the_data_before_using_it():
+    commands = code_blocks(README)
+    assert "../shared/data" not in commands
+    download = commands.index("crt-repro download ptb --to data")
+    uses = [m.start() for m in re.finditer(r"--data-dir data\b|data_dir=data\b|CRT_REPRO_DATA=", commands)]
+    assert uses and download < min(uses)
+
+
+def test_crt_repro_data_is_the_clis_default_data_dir(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CRT_REPRO_DATA", str(write_ptb(tmp_path / "data", 5000)))
+    with pytest.warns(UserWarning, match="sha256 differs"):  # not the canonical PTB files
+        assert main(["train", *TINY, "--dataset", "ptb", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_tests_find_the_corpora_through_crt_repro_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRT_REPRO_DATA", str(tmp_path))
+    assert shared_data_dir() == tmp_path
+    monkeypatch.delenv("CRT_REPRO_DATA")
+    assert shared_data_dir() == REPO.parent / "shared" / "data"
+
+
+def test_a_skipped_data_test_says_how_to_enable_it(pytester, monkeypatch, tmp_path):
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile("def test_needs_the_corpora(shared_data):\n    assert shared_data.is_dir()\n")
+    monkeypatch.setenv("CRT_REPRO_DATA", str(tmp_path / "nowhere"))
+    skipped = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    skipped.assert_outcomes(skipped=1)
+    reason = skipped.stdout.str()
+    assert str(tmp_path / "nowhere") in reason and "set CRT_REPRO_DATA" in reason and "crt-repro download" in reason
+    monkeypatch.setenv("CRT_REPRO_DATA", str(tmp_path))
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+# --- item 3: smoke without a data dir ---------------------------------------------------------
+
+
+def test_missing_ptb_says_how_to_download_and_that_synthetic_needs_none(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CRT_REPRO_DATA", str(tmp_path / "nowhere"))
+    assert main(["train", *TINY, "--dataset", "ptb", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(tmp_path / "nowhere" / "ptb" / "ptb.train.txt") in err
+    assert f"crt-repro download ptb --to {tmp_path / 'nowhere'}" in err and "--dataset synthetic" in err
+    assert main(["train", *TINY, "--dataset", "synthetic", "--out", str(tmp_path / "run")]) == 0
+
+
+def test_readme_says_which_smoke_runs_use_the_generated_corpus():
+    smoke_row = next(line for line in readme_section("Scale profiles").splitlines() if line.startswith("| `smoke`"))
+    assert "datasets_without_data_dir" in smoke_row and "--dataset synthetic" in smoke_row
+    assert "generated corpus when no data dir is given" not in README  # the CLI does not do that
+    workflow_smoke = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())
+    assert set(workflow_smoke["datasets_without_data_dir"].values()) == {"synthetic"}
+
+
+# --- item 4: the headline targets run without Toyota Smarthome -------------------------------
+
+
+@needs_snakemake
+@pytest.mark.parametrize("command", [["all_tables"], ["all", "--config", "profile=cpu"]],
+                         ids=["paper all_tables", "cpu all"])
+def test_headline_targets_plan_without_the_video_data(tmp_path, command):
+    assert "snakemake --cores 8 all_tables " in readme_section("What you can type")
+    assert "snakemake --cores 2 all --config profile=cpu " in readme_section("What you can type")
+    out = snakemake(copy_workflow(tmp_path), "-n", *command)
+    counts = job_counts(out)
+    assert counts["ppl_table"] == 9 and counts["cost_table"] == 2 and not VIDEO_RULES & set(counts), counts
+    assert sum("skip table7_smarthome and table13_smarthome_rnn" in line for line in out.splitlines()) == 1
+
+
+@needs_snakemake
+def test_smarthome_dir_brings_the_video_tables_back(tmp_path):
+    wf = copy_workflow(tmp_path)
+    (wf / "clips").mkdir()
+    out = snakemake(wf, "-n", "all_tables", "--config", "profile=cpu", "smarthome_dir=clips")
+    counts = job_counts(out)
+    seeds = yaml.safe_load((REPO / "workflow/config/cpu.yaml").read_text())["seeds"]
+    assert counts["mca_table"] == 2 and counts["train_video"] == 3 * len(seeds) and "skip table7" not in out
+
+
+# --- item 5: the smoke step counts in the README ---------------------------------------------
+
+
+def test_readme_smoke_budget_is_the_workflows_and_the_profiles():
+    smoke_row = next(line for line in readme_section("Scale profiles").splitlines() if line.startswith("| `smoke`"))
+    workflow_tokens = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())["set"]["optim.max_tokens"]
+    package_steps = yaml.safe_load((REPO / "crt_repro/profiles/smoke.yaml").read_text())["optim"]["max_steps"]
+    assert f"{workflow_tokens:,} tokens each" in smoke_row and f"trains {package_steps} steps" in smoke_row
+
+
+# --- item 7: where a DAG's outputs went, and why a job failed --------------------------------
+
+
+@needs_snakemake
+def test_a_finished_dag_lists_its_outputs(tmp_path):
+    wf = copy_workflow(tmp_path)
+    for path in ("results/cpu/tables/table1_complexity.csv", "results/cpu/tables/table1_complexity.md",
+                 "results/cpu/runs.csv", "figures/cpu/fig5_ptb_3layer.png", "figures/cpu/fig5_ptb_3layer.pdf"):
+        (wf / path).parent.mkdir(parents=True, exist_ok=True)
+        (wf / path).write_text("made earlier\n")
+    # --touch runs the DAG (and its onsuccess handler) without running the jobs' commands
+    out = snakemake(wf, "--cores", "1", "--touch", "--forceall", "table1_complexity", "--config", "profile=cpu")
+    summary = out[out.index("Outputs of the cpu profile:"):]
+    assert "results/cpu/tables/ (.csv and .md): table1_complexity" in summary
+    assert "figures/cpu/ (.png and .pdf): fig5_ptb_3layer" in summary and "  results/cpu/runs.csv" in summary
+    assert "not built: table7_smarthome, table13_smarthome_rnn (smarthome_dir is not set)" in summary
+
+
+@needs_snakemake
+def test_a_failed_jobs_cause_reaches_the_console(tmp_path):
+    wf = copy_workflow(tmp_path)
+    (wf / "empty").mkdir()  # a data_dir without the corpus: the first train job fails
+    command = ["--cores", "1", "table8_ablation", "--config", "profile=smoke", "data_dir=empty"]
+    out = snakemake(wf, *command, check=False)
+    assert "Exiting because a job execution failed" in out
+    assert re.search(r"---- rule train failed; the last lines of results/smoke/logs/train/\S+\.log:", out), out[-3000:]
+    assert "ptb.train.txt not found; fetch it with: crt-repro download ptb" in out
+    # Snakemake's own --show-failed-logs (the default profile's) prints the whole log: not twice
+    out = snakemake(wf, "--show-failed-logs", *command, check=False)
+    assert out.count("ptb.train.txt not found") == 1 and "---- rule train failed" not in out
+
+
+# --- item 11: a data_dir that is not there ----------------------------------------------------
+
+
+@needs_snakemake
+def test_a_missing_data_dir_stops_the_workflow_when_parsed(tmp_path):
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=/nonexistent", check=False)
+    assert "data_dir='/nonexistent' is not a folder" in out and "Job stats" not in out, out[-3000:]
+    (wf / "corpora").mkdir()
+    assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=corpora"))
