@@ -106,19 +106,23 @@ def test_bf16_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
         smoke("run.bf16=sometimes")
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_at(n: int):
+    """An ``on_step`` that interrupts a run after step ``n`` (as a kill would, after its checkpoint)."""
+    def on_step(step):
+        if step == n:
+            raise Stop
+    return on_step
+
+
 def test_the_precision_used_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
     cfg = smoke("optim.max_steps=4", "run.checkpoint_every=2")
-
-    class Stop(Exception):
-        pass
-
-    def stop(step):
-        if step == 2:
-            raise Stop
-
     with pytest.raises(Stop):
-        train(cfg, tmp_path / "run", on_step=stop, progress=False)
+        train(cfg, tmp_path / "run", on_step=stop_at(2), progress=False)
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # resumed on another machine
     assert train(cfg, tmp_path / "run", progress=False)["precision"] == "bf16"
     assert train(smoke("optim.max_steps=2"), tmp_path / "other", progress=False)["precision"] == "fp32"
@@ -138,16 +142,8 @@ def test_a_changed_train_file_is_refused_on_resume_and_after_the_end(shared_data
     cfg = build_config("smoke", "ptb", parse_overrides(
         [f"data.data_dir={data}", "model.n_layer=1", "optim.max_steps=3", "run.checkpoint_every=1",
          "optim.warmup_steps=0", "data.seg_len=8"]))
-
-    class Stop(Exception):
-        pass
-
-    def stop(step):
-        if step == 1:
-            raise Stop
-
     with pytest.raises(Stop):
-        train(cfg, tmp_path / "run", on_step=stop, progress=False)
+        train(cfg, tmp_path / "run", on_step=stop_at(1), progress=False)
     train_file = data / "ptb" / "ptb.train.txt"
     original = train_file.read_text()
     train_file.write_text(original.replace(" the ", " a ", 1))

@@ -74,16 +74,9 @@ def plot_curves(table: str, runs: pd.DataFrame, runs_dir: str | Path):
 
 
 def write_curves(table: str, runs_csv: str | Path, runs_dir: str | Path, outputs: list[str | Path]) -> None:
-    import matplotlib.pyplot as plt
+    from crt_repro.report.figures import save_figure
 
     runs = select_runs(read_runs_csv(runs_csv), tag=table)
     if runs.empty:
         raise ResultsError(f"{runs_csv}: no runs tagged {table}")
-    fig = plot_curves(table, runs, runs_dir)
-    for out in outputs:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-        fig.savefig(tmp, dpi=150, metadata={"CreationDate": None} if out.suffix == ".pdf" else None)
-        tmp.replace(out)
-    plt.close(fig)
+    save_figure(plot_curves(table, runs, runs_dir), outputs)

@@ -134,11 +134,15 @@ def plot_ppl_flops(name: str, runs: pd.DataFrame, reference: pd.DataFrame | None
 
 def write_figure(name: str, runs_csv: str | Path, outputs: list[str | Path], profile: str | None = None,
                  dataset: str | None = None, reference: pd.DataFrame | None = None) -> None:
-    import matplotlib.pyplot as plt
-
     info = figure_info(name)
     runs = select_runs(read_runs_csv(runs_csv), tag=info.table, profile=profile, dataset=dataset)
-    fig = plot_ppl_flops(name, runs, reference, source=str(runs_csv))
+    save_figure(plot_ppl_flops(name, runs, reference, source=str(runs_csv)), outputs)
+
+
+def save_figure(fig, outputs: list[str | Path]) -> None:
+    """Each output through a temp file and a rename (no half-written figure), then close ``fig``."""
+    import matplotlib.pyplot as plt
+
     for out in outputs:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
