@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "crt_repro.data.download",
     "crt_repro.cost",
     "crt_repro.bench",
+    "crt_repro.gradient_reach",
     "crt_repro.report.cli",
 ]
 
