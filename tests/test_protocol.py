@@ -57,7 +57,7 @@ def test_cpu_table2_runs_train_on_the_same_tokens_at_every_segment_length(shared
         cfg.data.data_dir = str(shared_data)
         task = LMTask(cfg, torch.device("cpu"))
         steps = task.total_steps(cfg.optim)
-        tokens = sum(task._step_targets[s % task.steps_per_epoch] for s in range(steps)) * cfg.data.batch_size
+        tokens = task.tokens_after(steps)
         step_tokens = cfg.data.batch_size * cfg.data.seg_len * cfg.optim.bptt_segments
         assert cfg.optim.max_tokens <= tokens < cfg.optim.max_tokens + step_tokens
         trained[cfg.data.seg_len] = (steps, tokens)
@@ -69,6 +69,7 @@ def test_a_run_trains_exactly_its_budget_and_records_it(tmp_path):
     cfg = smoke("optim.max_tokens=1000", "data.batch_size=4")  # 72 targets per step
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert metrics["steps"] == math.ceil(1000 / 72) and metrics["train_items"] == metrics["steps"] * 72
+    assert LMTask(cfg, torch.device("cpu")).tokens_after(metrics["steps"]) == metrics["train_items"]
     assert metrics["train_epochs"] == pytest.approx(metrics["train_items"] / (4 * (20000 // 4 - 1)))
 
 

@@ -59,9 +59,13 @@ class LMTask:
             steps += 1
         return max(steps, 1)
 
+    def tokens_after(self, steps: int) -> int:
+        """Targets trained on by the first ``steps`` steps (whole epochs, then part of one)."""
+        epochs, rest = divmod(steps, self.steps_per_epoch)
+        return epochs * self.epoch_items + sum(self._step_targets[:rest]) * self.cfg.data.batch_size
+
     def budget_text(self, o: OptimConfig) -> str:
-        tokens = sum(self._step_targets[s % self.steps_per_epoch] for s in range(self.total_steps(o)))
-        tokens *= self.cfg.data.batch_size
+        tokens = self.tokens_after(self.total_steps(o))
         return f"{tokens:,} training tokens, {tokens / self.epoch_items:.2f} epochs"
 
     def data_fingerprint(self) -> dict:
