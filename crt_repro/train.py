@@ -28,7 +28,7 @@ from tqdm import tqdm
 from crt_repro import atomic
 from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file, uses_rnn
 from crt_repro.models import build_model
-from crt_repro.tasks import make_task
+from crt_repro.tasks import data_fingerprint, make_task
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -337,8 +337,6 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     check_run_dir(cfg, out)
     device = resolve_device(cfg.run.device)
     if (out / METRICS).exists():
-        from crt_repro.tasks import data_fingerprint
-
         metrics = json.loads((out / METRICS).read_text())
         try:
             current = data_fingerprint(cfg)
@@ -351,7 +349,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     warn_paper_video_start(cfg)
     seed_everything(cfg.run.seed)
     task = make_task(cfg, device)
-    data = task.data_fingerprint()
+    data = data_fingerprint(cfg)
     write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
     model = build_model(cfg, task.n_out).to(device)
     opt = make_optimizer(model, cfg)

@@ -7,7 +7,6 @@ talks to the data only through this interface:
     task.total_steps(optim)             the run's steps, from its budget (optim.max_steps | max_tokens | max_epochs)
     task.epoch_items                    items (tokens, clips) one epoch trains on
     task.budget_text(optim)             the budget in words, for the log
-    task.data_fingerprint()             file -> {"bytes", "sha256"} of the data (runs record and check it)
     task.train_loss(model, step)        -> (mean loss of optimiser step ``step``, items it covered)
     task.evaluate(model, split)         -> {"loss": ..., "ppl" | "mca" | "top1": ...}
     task.state_dict() / load_state_dict(d)   what must survive a restart besides model/optimiser
@@ -33,7 +32,7 @@ def make_task(cfg: Config, device: torch.device):
 
 
 def data_fingerprint(cfg: Config) -> dict:
-    """What ``task.data_fingerprint()`` returns, without building the task."""
+    """file -> {"bytes", "sha256"} of a run's data: runs record it and check it on resume."""
     if cfg.is_video:
         from crt_repro.tasks.video import video_fingerprint
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.config import Config, ConfigError, OptimConfig
-from crt_repro.data import SegmentStream, batchify, fingerprint, load_corpus
+from crt_repro.data import SegmentStream, batchify, load_corpus
 
 
 class LMTask:
@@ -67,9 +67,6 @@ class LMTask:
     def budget_text(self, o: OptimConfig) -> str:
         tokens = self.tokens_after(self.total_steps(o))
         return f"{tokens:,} training tokens, {tokens / self.epoch_items:.2f} epochs"
-
-    def data_fingerprint(self) -> dict:
-        return fingerprint(self.cfg.data.dataset, self.cfg.data.data_dir)
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, int]:
         first = (step % self.steps_per_epoch) * self.window

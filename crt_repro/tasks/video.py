@@ -119,7 +119,6 @@ class VideoTask:
         self.n_out = len(classes)
         self.steps_per_epoch = max(1, len(self.train_set) // d.batch_size)
         self.epoch_items = self.steps_per_epoch * d.batch_size
-        self._root = root
         self._batches: Iterator | None = None
         self._next_step = -1
         self._last_eval: tuple[_WeightsStamp, dict] | None = None
@@ -174,9 +173,6 @@ class VideoTask:
     def budget_text(self, o: OptimConfig) -> str:
         steps = self.total_steps(o)
         return f"{steps * self.cfg.data.batch_size:,} clips, {steps / self.steps_per_epoch:.2f} epochs"
-
-    def data_fingerprint(self) -> dict:
-        return _clips_fingerprint(self._root)
 
     def state_dict(self) -> dict:
         return {}
