@@ -322,3 +322,18 @@ def test_a_key_added_later_leaves_committed_run_ids_alone(monkeypatch):
     monkeypatch.setattr(config_mod, "LATER_KEYS", {"model.activation": "gelu"})
     assert cfg.run_id().endswith(expected)
     assert smoke("model.activation=relu", model="crt").run_id() != cfg.run_id()
+
+
+def test_every_committed_cpu_run_keeps_its_id_and_is_planned_by_the_workflow():
+    """A change to the code or the profiles that renames a committed run would silently retrain it:
+    each committed record's config must still hash to its directory and be a run the cpu plan wants."""
+    from crt_repro.config import load_config_file
+
+    committed = sorted((REPO / "results/cpu/runs").glob("*/config.yaml"))
+    if not committed:
+        pytest.skip("no cpu runs committed")
+    planned = set(plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x").runs)
+    for path in committed:
+        run_id = path.parent.name
+        assert load_config_file(path).run_id() == run_id, path
+        assert run_id in planned, run_id
