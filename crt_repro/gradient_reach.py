@@ -18,7 +18,8 @@ e_1 only) and restored afterwards. A model without memory (``--set model.memory=
 
 Without ``--checkpoint`` the models are at initialisation, seeded by ``run.seed`` in the order
 ``crt-repro train`` uses (seed, data, model). ``--checkpoint RUN_DIR`` (repeatable) loads a
-trained run (its ``config.yaml`` and ``checkpoint.pt``) and also measures that config at
+trained run (its ``config.yaml`` and ``checkpoint.pt``: the final weights; ``--data-dir`` replaces
+the data dir it recorded) and also measures that config at
 initialisation, so each cell is seen before and after training.
 """
 from __future__ import annotations
@@ -238,12 +239,18 @@ def plot(rows: list[dict], title: str):
 
 def build_cells(args: argparse.Namespace) -> list[Cell]:
     from crt_repro.config import load_config_file
+    from crt_repro.train import CHECKPOINT
 
     if args.checkpoint:
         cells, seen = [], set()
         for run in args.checkpoint:
             run = Path(run)
+            if not (run / CHECKPOINT).is_file():
+                raise ValueError(f"--checkpoint {run}: no {CHECKPOINT} there (checkpoints stay on the machine that "
+                                 f"trained the run and are not committed); retrain it or give another run")
             cfg = load_config_file(run / "config.yaml")
+            if args.data_dir is not None:
+                cfg.data.data_dir = args.data_dir
             label = cell_label(cfg)
             if label in seen:
                 raise ValueError(f"--checkpoint: two runs with rnn {label!r}; give one per cell")

@@ -97,3 +97,15 @@ def test_cli_checkpoint_gives_init_and_trained(tmp_path):
     assert len(init) == len(trained) == 3 and {r["rnn"] for r in rows} == {"ncgru"}
     assert init[0] == trained[0]  # segment 1 does not see the memory RNN
     assert init[1] != trained[1]
+
+
+def test_cli_checkpoint_without_weights_is_one_line_naming_the_run(tmp_path, capsys):
+    from crt_repro.cli import main
+    from crt_repro.config import dump_yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(tiny_cell("gru").cfg))
+    assert main(["gradient-reach", "--checkpoint", str(run)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(run) in err and "checkpoint.pt" in err

@@ -142,6 +142,28 @@ def figure_files(name):
     return [f"{FIGURES}/{name}.png", f"{FIGURES}/{name}.pdf"]
 
 
+# Gradient reach (crt-repro gradient-reach) after training: the GRU and NCGRU runs of Table 9 at
+# each segment length, first seed. Their checkpoints are not committed, so only the machine that
+# trained them can rebuild these outputs; a clone that holds them committed has nothing to do.
+GRADIENT_REACH_TABLE = "table9_ptb_3layer_rnn"
+
+
+def gradient_reach_seg_lens():
+    return sorted({PLAN.runs[r].seg_len for r in PLAN.tables[GRADIENT_REACH_TABLE].run_ids})
+
+
+def gradient_reach_runs(seg_len):
+    """{rnn: run id}: the first seed's CRT-GRU and CRT-NCGRU runs of Table 9 at ``seg_len``."""
+    specs = [PLAN.runs[r] for r in PLAN.tables[GRADIENT_REACH_TABLE].run_ids]
+    seed = min(s.seed for s in specs)
+    return {s.rnn: r for r, s in zip(PLAN.tables[GRADIENT_REACH_TABLE].run_ids, specs)
+            if s.seg_len == int(seg_len) and s.seed == seed}
+
+
+GRADIENT_REACH_FILES = [f for n in gradient_reach_seg_lens() for f in (
+    f"{RESULTS}/tables/gradient_reach_ptb_n{n}.csv", *figure_files(f"gradient_reach_ptb_n{n}"))]
+
+
 # Tables whose runs the claims (crt_repro.report.claims) compare.
 CLAIM_TABLES = ["table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn", "table11_wt103_3layer_rnn"]
 # Toyota Smarthome cannot be downloaded. Without smarthome_dir, `all` and `all_tables` build

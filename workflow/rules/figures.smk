@@ -48,3 +48,28 @@ rule valid_curves:
     shell:
         "crt-repro curves {wildcards.table} --runs {input.runs} --runs-dir {params.runs_dir}"
         " -o {output.png} -o {output.pdf} > {log} 2>&1"
+
+
+# ||d loss(segment k) / d e_1|| of Table 9's GRU and NCGRU runs, before and after training.
+rule gradient_reach:
+    input:
+        lambda wildcards: [ancient(f"{run_dir(r)}/metrics.json") for r in gradient_reach_runs(wildcards.seg).values()],
+    output:
+        csv=f"{RESULTS}/tables/gradient_reach_ptb_n{{seg}}.csv",
+        png=report(f"{FIGURES}/gradient_reach_ptb_n{{seg}}.png", caption="../report/gradient_reach.rst",
+                   category="Figures"),
+        pdf=f"{FIGURES}/gradient_reach_ptb_n{{seg}}.pdf",
+    log:
+        f"{RESULTS}/logs/figures/gradient_reach_ptb_n{{seg}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/gradient_reach_ptb_n{{seg}}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        runs=lambda wildcards: " ".join(f"--checkpoint {run_dir(r)}" for r in gradient_reach_runs(wildcards.seg).values()),
+        data_dir=lambda wildcards: f"--data-dir {DATA_DIR if DATA_DIR is not None else 'data'}",
+    wildcard_constraints:
+        seg="[0-9]+",
+    shell:
+        "crt-repro gradient-reach {params.runs} {params.data_dir} --segments 8 --csv {output.csv}"
+        " -o {output.png} -o {output.pdf} > {log} 2>&1"
