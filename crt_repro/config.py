@@ -171,7 +171,8 @@ class Config:
     @property
     def mem_len(self) -> int:
         """Memory length in the paper's sense: vectors carried between segments (a plugin model
-        says so by a ``memory_len`` attribute of its class; none: 0)."""
+        says so by a ``memory_len`` attribute of its class, a number or a function of the
+        ModelConfig; none: 0)."""
         if self.model.name == "transformer_xl":
             return self.model.mem_len or self.data.seg_len
         if self.model.name == "rmt":
@@ -179,7 +180,8 @@ class Config:
         if is_plugin(self.model.name):
             from crt_repro.models import model_class
 
-            return int(getattr(model_class(self.model.name), "memory_len", 0))
+            n = getattr(model_class(self.model.name), "memory_len", 0)
+            return int(n(self.model) if callable(n) else n)
         has_memory = self.model.name in ("transformer_rnn_memory", "crvit") or (
             self.model.name == "crt" and self.model.memory)
         return int(has_memory)
