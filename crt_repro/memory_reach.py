@@ -33,7 +33,9 @@ def other_stream(state: State) -> State:
 
 
 @torch.no_grad()
-def recall_metrics(model: nn.Module, stream: SegmentStream, keys: int, controls: bool = True) -> dict[str, float]:
+def recall_metrics(model: nn.Module, stream: SegmentStream, keys: int, gap: int,
+                   controls: bool = True) -> dict[str, float]:
+    """Recall positions are the cues whose key lies in the stream (a stream may start mid-episode)."""
     cue = cue_id(keys)
     modes = ("carried", "reset", "swap") if controls else ("carried",)
     hits = dict.fromkeys(modes, 0)
@@ -42,7 +44,8 @@ def recall_metrics(model: nn.Module, stream: SegmentStream, keys: int, controls:
     for i, x, y in stream:
         if i == 0:
             state = model.init_state(x.shape[0], x.device)
-        at = x == cue
+        pos = i * stream.seg_len + torch.arange(x.shape[1], device=x.device)
+        at = (x == cue) & (pos >= gap)
         count += int(at.sum())
         given = {"carried": state}
         if controls:

@@ -104,7 +104,8 @@ class LMTask:
             from crt_repro.memory_reach import recall_metrics
 
             # The controls (three passes) on the reported split only.
-            out |= recall_metrics(model, self.eval_stream(split), self.cfg.data.reach_keys, controls=split == "test")
+            out |= recall_metrics(model, self.eval_stream(split), self.cfg.data.reach_keys, self.cfg.data.reach_gap,
+                                  controls=split == "test")
         return out
 
     def state_dict(self) -> dict:
