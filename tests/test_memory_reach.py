@@ -99,7 +99,9 @@ def test_plan_rmt_rows_wait_for_the_cpu_reproduction_and_the_reach_grid():
     assert len(t8.optional_run_ids) == 2 and set(t8.optional_run_ids) < set(t2.optional_run_ids)
     assert all("-rmt-L3-" in r for r in t2.optional_run_ids)
     smoke = plan_workflow(_experiments(), _settings("smoke"), "smoke", None)
-    assert len(smoke.tables["table2_ptb_3layer"].run_ids) == 12 and not smoke.tables["table2_ptb_3layer"].optional_run_ids
+    assert len(smoke.tables["table2_ptb_3layer"].optional_run_ids) == 3
+    on = plan_workflow(_experiments(), {**_settings("smoke"), "beyond_paper": True}, "smoke", None)
+    assert len(on.tables["table2_ptb_3layer"].run_ids) == 12 and not on.tables["table2_ptb_3layer"].optional_run_ids
     spec = _experiments()["memory_reach"]
     assert len(cpu.reach_run_ids) == len(spec["models"]) * len(spec["gaps"]) * len(spec["bptt_segments"]) * 2
     assert len(smoke.reach_run_ids) == len(spec["models"]) * 2  # 2 gaps, 1 bptt window, 1 seed
