@@ -13,7 +13,7 @@ from test_report import TABLE2, fake_runs
 from workflow_helpers import REPO, copy_workflow, job_counts, needs_snakemake, snakemake
 
 from crt_repro.data import SegmentStream, batchify
-from crt_repro.data.memory_reach import N_FILLERS, cue_id, memory_reach_corpus
+from crt_repro.data.memory_reach import MAX_PAD, N_FILLERS, cue_id, memory_reach_corpus
 from crt_repro.memory_reach import recall_metrics
 from crt_repro.plan import plan_workflow
 from crt_repro.report.reach import REACH_COLUMNS
@@ -22,13 +22,18 @@ from crt_repro.report.tables import NOT_IN_PAPER, build_ppl_table, ppl_markdown
 KEYS, SEG = 8, 17
 
 
-def test_episodes_are_key_fillers_cue_key():
-    c = memory_reach_corpus(gap=5, keys=KEYS, train_tokens=70, eval_tokens=70)
-    ep = c.train.view(-1, 7)
-    assert torch.equal(ep[:, 0], ep[:, -1]) and bool((ep[:, 0] < KEYS).all())
-    assert ep[:, 1:5].tolist() == [[KEYS + i % N_FILLERS for i in range(4)]] * len(ep)
-    assert bool((ep[:, 5] == cue_id(KEYS)).all()) and len(c.vocab) == KEYS + N_FILLERS + 1
-    again = memory_reach_corpus(gap=5, keys=KEYS, train_tokens=70, eval_tokens=70)
+def test_episodes_are_key_fillers_cue_key_and_pads():
+    c = memory_reach_corpus(gap=5, keys=KEYS, train_tokens=700, eval_tokens=70)
+    text = c.train.tolist()
+    # An episode starts at a key that does not follow the cue (that one is the recalled key).
+    starts = [i for i, t in enumerate(text) if t < KEYS and (i == 0 or text[i - 1] != cue_id(KEYS))]
+    for a, b in zip(starts, starts[1:]):
+        ep = text[a:b]
+        assert ep[:7] == [ep[0], *(KEYS + i % N_FILLERS for i in range(4)), cue_id(KEYS), ep[0]]
+        assert ep[7:] == [cue_id(KEYS) + 1] * (len(ep) - 7) and len(ep) - 7 < MAX_PAD
+    assert {b - a for a, b in zip(starts, starts[1:])} == {7, 8, 9, 10}  # every pad count occurs
+    assert len(c.vocab) == KEYS + N_FILLERS + 2
+    again = memory_reach_corpus(gap=5, keys=KEYS, train_tokens=700, eval_tokens=70)
     assert torch.equal(c.train, again.train) and not torch.equal(c.valid, c.test)
 
 

@@ -3,8 +3,7 @@
 One CSV row per (model, rnn, bptt_segments, gap), columns ``REACH_COLUMNS``: recall accuracy at
 the recall positions (mean over seeds, and its sample std), the two controls (state reset at every
 segment, state of another stream), chance (1 / keys), test perplexity and the ideal perplexity of
-a model that recalls every key (``keys ** (1 / (gap + 2))``: only the episodes' first keys are
-unpredictable). The markdown pivots accuracy over the gaps; the figure plots it against the gap,
+a model that recalls every key (``crt_repro.data.memory_reach.ideal_ppl``). The markdown pivots accuracy over the gaps; the figure plots it against the gap,
 one panel per ``optim.bptt_segments``.
 """
 from __future__ import annotations
@@ -46,6 +45,7 @@ def reach_records(paths) -> "pd.DataFrame":
 def reach_table(runs: "pd.DataFrame") -> "pd.DataFrame":
     import pandas as pd
 
+    from crt_repro.data.memory_reach import ideal_ppl
     from crt_repro.report.tables import model_label
 
     keys = ["model", "rnn", "bptt_segments", "gap"]
@@ -62,7 +62,7 @@ def reach_table(runs: "pd.DataFrame") -> "pd.DataFrame":
                      "recall_acc_reset": round(float(cell["recall_acc_reset"].mean()), 4),
                      "recall_acc_swap": round(float(cell["recall_acc_swap"].mean()), 4),
                      "recall_chance": round(1 / k, 4), "test_ppl": round(float(cell["ppl"].mean()), 3),
-                     "ideal_ppl": round(k ** (1 / (gap + 2)), 3), "train_tokens": int(cell["train_tokens"].mean()),
+                     "ideal_ppl": round(ideal_ppl(int(gap), k), 3), "train_tokens": int(cell["train_tokens"].mean()),
                      "profile": cell["profile"].iloc[0]})
     table = pd.DataFrame(rows, columns=list(REACH_COLUMNS))
     table["_order"] = [order.index((m, r)) for m, r in zip(table["model"], table["rnn"])]
