@@ -5,8 +5,8 @@ controls that show it is the carried state that recalls.
   likely token is the key, state carried over the whole stream as in every evaluation.
 * ``recall_acc_reset``: the state reset (``init_state``) at every segment: what the model recalls
   from within its segment alone.
-* ``recall_acc_swap``: every segment gets the state that *another* stream (the next one of the
-  batch) carried to that point: same statistics, other keys. A model that recalls through its
+* ``recall_acc_swap``: every segment gets the state that *another* stream (the previous one of
+  the batch) carried to that point: same statistics, other keys. A model that recalls through its
   state falls to chance or below; one that recalls within the segment keeps its accuracy.
 * ``recall_chance``: 1 / keys.
 
@@ -24,7 +24,7 @@ from crt_repro.models.layers import State
 
 
 def other_stream(state: State) -> State:
-    """The state of stream b + 1 (cyclically) for every stream b."""
+    """The state of stream b - 1 (cyclically) for every stream b."""
     if state is None:
         return None
     if isinstance(state, Tensor):
