@@ -124,7 +124,7 @@ def reach_figure(table: "pd.DataFrame"):
     seg, chance = int(table["seg_len"].iloc[0]), float(table["recall_chance"].iloc[0])
     for ax, bptt in zip(axes[0], bptts):
         part = table[table["bptt_segments"] == bptt]
-        for i, (label, row) in enumerate(part.groupby("label", sort=False)):
+        for label, row in part.groupby("label", sort=False):
             row = row.sort_values("gap")
             line, = ax.plot(row["gap"], 100 * row["recall_acc"], marker="o", label=label)
             ax.plot(row["gap"], 100 * row["recall_acc_swap"], ls=":", color=line.get_color(), alpha=0.7)
@@ -132,6 +132,9 @@ def reach_figure(table: "pd.DataFrame"):
         for k in range(1, bptt + 1):
             ax.axvline(k * seg, color="grey", lw=0.6, alpha=0.5)
         ax.set_xscale("log", base=2)
+        gaps = sorted(set(part["gap"]))
+        ax.set_xticks(gaps, [str(g) for g in gaps])
+        ax.minorticks_off()
         ax.set_title(f"bptt_segments = {bptt}")
         ax.set_xlabel("gap (tokens)")
     axes[0][0].set_ylabel("recall accuracy (%)")
