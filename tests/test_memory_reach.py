@@ -121,6 +121,8 @@ def test_memory_reach_target_with_an_outside_model_from_a_users_experiments_file
     test short; the package's file has seven, test_plan_... counts their runs): it trains every run
     and writes the table, the outside model among its rows, and the figure."""
     wf = copy_workflow(tmp_path)
+    plain = snakemake(wf, "-n", "memory_reach", "--config", "profile=smoke")  # the package's file: 7 models x 2 gaps
+    assert job_counts(plain) == {"train": 14, "memory_reach_report": 1, "memory_reach": 1}
     mine = _experiments()
     mine["memory_reach"]["models"] = [{"model": "crt", "rnn": "ncgru"}, {"model": "plugin_model:GRULanguageModel"}]
     (wf / "mine.yaml").write_text(yaml.safe_dump(mine))
