@@ -32,6 +32,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/video.smk"
+include: "workflow/rules/memory_reach.smk"
 
 
 localrules:
@@ -53,6 +54,9 @@ localrules:
     table13_smarthome_rnn,
     fig5_ptb_3layer,
     fig6_ptb_16layer,
+    memory_reach,
+    memory_reach_report,
+    beyond_paper,
     claims_3layer,
     gradient_reach_ptb,
     curves_ptb_3layer,
@@ -171,6 +175,20 @@ rule fig5_ptb_3layer:
 rule fig6_ptb_16layer:
     input:
         figure_files("fig6_ptb_16layer"),
+
+
+# Beyond the paper (README, "What the memory carries"); neither is part of `all`.
+rule memory_reach:
+    input:
+        [f"{RESULTS}/tables/memory_reach.{ext}" for ext in ("csv", "md")],
+        [f"{FIGURES}/memory_reach.{ext}" for ext in ("png", "pdf")],
+
+
+# The runs of the rows not in the paper (RMT in Tables 2 and 8), whatever beyond_paper says;
+# rebuild the tables afterwards to show them.
+rule beyond_paper:
+    input:
+        [ancient(f"{run_dir(r)}/metrics.json") for t in PLAN.tables.values() for r in t.optional_run_ids],
 
 
 # At the end of a run, where its outputs went; on failure, the cause from each failed job's log

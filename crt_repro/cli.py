@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "crt_repro.bench",
     "crt_repro.gradient_reach",
     "crt_repro.report.cli",
+    "crt_repro.report.reach",
 ]
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from crt_repro.config import LM_MODELS, PROFILES, VIDEO_MODELS, build_config, parse_overrides
+from crt_repro.config import LM_MODELS, PROFILES, VIDEO_MODELS, build_config, is_plugin, parse_overrides
+
+
+def model_name(text: str) -> str:
+    """``--model``: one of ours, ``package.module:Class`` or a ``crt_repro.models`` entry point."""
+    if text in LM_MODELS + VIDEO_MODELS or is_plugin(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a model: one of {', '.join(LM_MODELS + VIDEO_MODELS)}, "
+                                     "a package.module:Class or a crt_repro.models entry point")
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
@@ -46,8 +54,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model and evaluate it; rerun to resume")
     p.add_argument("--profile", choices=PROFILES, required=True)
-    p.add_argument("--dataset", required=True, help="ptb | wikitext-2 | wt103 | synthetic | smarthome | synthetic-video")
-    p.add_argument("--model", choices=LM_MODELS + VIDEO_MODELS, required=True)
+    p.add_argument("--dataset", required=True, help="ptb | wikitext-2 | wt103 | synthetic | memory-reach | smarthome | synthetic-video")
+    p.add_argument("--model", type=model_name, required=True,
+                   help=f"{' | '.join(LM_MODELS + VIDEO_MODELS)} | package.module:Class (README: your own model)")
     p.add_argument("--layers", type=int)
     p.add_argument("--seg-len", type=int)
     p.add_argument("--rnn", choices=("gru", "ncgru"))

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ from typing import Any
 import yaml
 
 PROFILES = ("smoke", "cpu", "paper")
-LM_MODELS = ("transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc")
+LM_MODELS = ("transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc", "rmt")
 VIDEO_MODELS = ("timesformer", "crvit")
-LM_DATASETS = ("ptb", "wikitext-2", "wt103", "synthetic")
+LM_DATASETS = ("ptb", "wikitext-2", "wt103", "synthetic", "memory-reach")
 VIDEO_DATASETS = ("smarthome", "synthetic-video")
 DATASET_ALIASES = {"wikitext-103": "wt103", "wikitext103": "wt103", "wikitext2": "wikitext-2"}
 
@@ -46,6 +47,9 @@ class ModelConfig:
     dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
     tie_embeddings: bool = True
     activation: str = "gelu"  # gelu | relu (Transformer-XL's): the feed-forward non-linearity
+    # RMT (not in the paper): memory tokens read at a segment's start and written at its end;
+    # 1 gives it CRT's memory budget (one d_model vector).
+    rmt_memory_tokens: int = 1
     # Transformer-XL: hidden states kept per layer; None means "= seg_len" (the paper's tables).
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
@@ -86,6 +90,10 @@ class DataConfig:
     # Truncations that make the smoke profile fast; None = the whole split.
     max_train_tokens: int | None = None
     max_eval_segments: int | None = None
+    # memory-reach (crt_repro/data/memory_reach.py): filler tokens between a key and its recall,
+    # and how many keys (chance = 1 / reach_keys).
+    reach_gap: int = 64
+    reach_keys: int = 8
     # video
     frames: int = 16
     resize: int = 256
@@ -162,9 +170,18 @@ class Config:
 
     @property
     def mem_len(self) -> int:
-        """Memory length in the paper's sense: vectors carried between segments."""
+        """Memory length in the paper's sense: vectors carried between segments (a plugin model
+        says so by a ``memory_len`` attribute of its class, a number or a function of the
+        ModelConfig; none: 0)."""
         if self.model.name == "transformer_xl":
             return self.model.mem_len or self.data.seg_len
+        if self.model.name == "rmt":
+            return self.model.rmt_memory_tokens
+        if is_plugin(self.model.name):
+            from crt_repro.models import model_class
+
+            n = getattr(model_class(self.model.name), "memory_len", 0)
+            return int(n(self.model) if callable(n) else n)
         has_memory = self.model.name in ("transformer_rnn_memory", "crvit") or (
             self.model.name == "crt" and self.model.memory)
         return int(has_memory)
@@ -183,6 +200,11 @@ class Config:
         m, data = d["model"], d["data"]
         for k in ("data_dir", "num_workers"):
             data.pop(k)
+        if self.data.dataset != "memory-reach":
+            data.pop("reach_gap")
+            data.pop("reach_keys")
+        if self.model.name != "rmt":
+            m.pop("rmt_memory_tokens")
         if not uses_rnn(self.model):
             for k in ("rnn", "rnn_reset", *NCGRU_KEYS):
                 m.pop(k)
@@ -225,17 +247,31 @@ class Config:
         m = self.model
         rnn = f"-{m.rnn}" if uses_rnn(m) else ""
         seg = "" if self.is_video else f"-n{self.data.seg_len}"
-        name = f"{self.data.dataset}-{m.name}{rnn}-L{m.n_layer}{seg}-s{self.run.seed}"
+        name = f"{self.data.dataset}-{m.name.replace(':', '.')}{rnn}-L{m.n_layer}{seg}-s{self.run.seed}"
         return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
 # Keys added after results were committed (section.key -> default). Such a key enters a run's
 # hash only when it is set to something other than its default, so committed runs keep their
 # ids and are not retrained. Every key a later change adds goes here.
-LATER_KEYS: dict[str, Any] = {}
+LATER_KEYS: dict[str, Any] = {"model.rmt_memory_tokens": 1, "data.reach_gap": 64, "data.reach_keys": 8}
 
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
 CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
+
+
+PLUGIN_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_plugin(name: str) -> bool:
+    """A model from outside the package: ``package.module:Class`` or a ``crt_repro.models`` entry point."""
+    if name in LM_MODELS + VIDEO_MODELS:
+        return False
+    if PLUGIN_NAME.match(name):
+        return True
+    from importlib import metadata
+
+    return bool(metadata.entry_points(group="crt_repro.models").select(name=name))
 
 
 def uses_rnn(m: ModelConfig) -> bool:
@@ -431,7 +467,11 @@ def validate(cfg: Config) -> None:
             _require(all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])
                          if isinstance(v, float)), f"{section}.{f.name}", value, "must be a finite number")
     _require(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
-    _require(m.name in LM_MODELS + VIDEO_MODELS, "model.name", m.name, f"must be one of {LM_MODELS + VIDEO_MODELS}")
+    _require(m.name in LM_MODELS + VIDEO_MODELS or is_plugin(m.name), "model.name", m.name,
+             f"must be one of {LM_MODELS + VIDEO_MODELS}, a package.module:Class or a crt_repro.models entry point")
+    _require(m.rmt_memory_tokens >= 1, "model.rmt_memory_tokens", m.rmt_memory_tokens, "must be >= 1")
+    _require(d.reach_gap >= 1, "data.reach_gap", d.reach_gap, "must be >= 1")
+    _require(d.reach_keys >= 2, "data.reach_keys", d.reach_keys, "must be >= 2")
     _require(m.rnn in ("gru", "ncgru"), "model.rnn", m.rnn, "must be gru or ncgru")
     _require(m.pos_encoding in ("rnn_add", "rnn_replace", "sinusoidal"), "model.pos_encoding", m.pos_encoding,
              "must be rnn_add, rnn_replace or sinusoidal")

@@ -320,6 +320,15 @@ def formula_breakdown(cfg: Config, vocab_size: int) -> dict[str, int]:
                 add(key, v)
         if memory:
             add("layernorm", ln * n * d)  # head.normed(y) feeding the memory RNN
+    elif name == "rmt":
+        from crt_repro.models.rmt import matched_d_inner
+
+        k = m.rmt_memory_tokens
+        t = n + 2 * k  # read memory, segment, write memory
+        add("attn_proj", L * 4 * t * d * d)
+        add("attention", L * 2 * t * t * d)
+        add("ffn", L * 2 * t * d * matched_d_inner(m))
+        add("layernorm", L * 2 * ln * t * d + ln * k * d)  # blocks; LN_f of the written memory
     else:
         raise ValueError(f"no cost formula for model {name!r} (have: {', '.join(LM_MODELS)})")
     add("layernorm", ln * n * d)  # final LN before the softmax layer
@@ -378,7 +387,8 @@ def forward_cost(cfg: Config, vocab_size: int, device: str = "meta") -> dict[str
         "params": count_params(model),
         "macs_fwd": macs,
         "flops_fwd": 2 * macs,
-        "formula_macs": formula_macs(cfg, vocab_size),
+        # A plugin model has no formula of ours: its count is fvcore's alone.
+        "formula_macs": formula_macs(cfg, vocab_size) if m.name in LM_MODELS else math.nan,
         "paper_formula_flops": paper_formula_flops(m.name, m.n_layer, cfg.data.seg_len, m.d_model),
     }
 

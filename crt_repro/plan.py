@@ -75,6 +75,10 @@ class TablePlan:
     paper_layers: int
     layers: int
     run_ids: list[str] = field(default_factory=list)
+    # Rows not in the paper (``not_in_paper: true`` in experiments.yaml): required runs when the
+    # workflow setting ``beyond_paper`` is on, else shown only once their runs exist (the target
+    # ``beyond_paper`` trains them).
+    optional_run_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -97,9 +101,12 @@ class Plan:
     # Tables 7 and 13: kept apart from the language runs (their own workflow rules).
     video_runs: dict[str, RunSpec] = field(default_factory=dict)
     video_tables: dict[str, VideoTablePlan] = field(default_factory=dict)
+    # The memory-reach benchmark (``memory_reach`` of experiments.yaml): its runs are in ``runs``.
+    reach_run_ids: list[str] = field(default_factory=list)
 
     def datasets_to_download(self) -> set[str]:
-        return {s.dataset for s in self.runs.values() if s.dataset != "synthetic"} if self.data_dir is None else set()
+        generated = ("synthetic", "memory-reach")
+        return {s.dataset for s in self.runs.values() if s.dataset not in generated} if self.data_dir is None else set()
 
     def tags(self, run_id: str) -> list[str]:
         return [t for t, p in {**self.tables, **self.video_tables}.items() if run_id in p.run_ids]
@@ -141,11 +148,13 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
         raise ResultsError(f"extra_seeds: {', '.join(unknown)} is not a perplexity table of experiments.yaml")
     runs: dict[str, RunSpec] = {}
     tables: dict[str, TablePlan] = {}
+    beyond_paper = bool(settings.get("beyond_paper", False))
     for name, t in (experiments.get("tables") or {}).items():
         key = t.get("reference") or name.split("_")[0]
         rows = reference_rows(key, "ppl", ref)
         paper_cells = {(r.model, r.rnn, int(r.seg_len)) for r in rows.itertuples()}
-        ours = {(m["model"], m.get("rnn") or "", int(n)) for m in t["models"] for n in t["seg_lens"]}
+        ours = {(m["model"], m.get("rnn") or "", int(n)) for m in t["models"] if not m.get("not_in_paper")
+                for n in t["seg_lens"]}
         if ours != paper_cells:
             extra, missing = sorted(ours - paper_cells), sorted(paper_cells - ours)
             raise ResultsError(f"experiments: {name} does not match the paper's {key}: "
@@ -169,16 +178,43 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
                         # Two routes to one config (e.g. an rnn flag a model ignores): keep the first.
                         spec = runs[rid]
                     runs.setdefault(rid, spec)
-                    if rid not in plan.run_ids:
-                        plan.run_ids.append(rid)
+                    ids = plan.optional_run_ids if m.get("not_in_paper") and not beyond_paper else plan.run_ids
+                    if rid not in ids:
+                        ids.append(rid)
         tables[name] = plan
     figures = dict(experiments.get("figures") or {})
     for fig, table in figures.items():
         if table not in tables:
             raise ResultsError(f"experiments: figure {fig} plots the runs of {table!r}, which is not a table")
     video_runs, video_tables = plan_video(experiments, settings, profile, ref)
+    reach = plan_memory_reach(experiments.get("memory_reach") or {}, settings, profile)
+    for rid, spec in reach.items():
+        runs.setdefault(rid, spec)
     return Plan(profile, data_dir, runs, tables, figures, list(experiments.get("cost_tables") or []),
-                video_runs, video_tables)
+                video_runs, video_tables, list(reach))
+
+
+def plan_memory_reach(spec: dict[str, Any], settings: dict[str, Any], profile: str) -> dict[str, RunSpec]:
+    """The runs of the memory-reach benchmark: ``models`` x ``gaps`` x ``bptt_segments`` x seeds at
+    ``seg_len``, on the generated memory-reach corpus with ``keys`` keys. The profile's
+    ``memory_reach`` setting may replace ``gaps``, ``bptt_segments`` and ``seeds`` (default: the
+    profile's seeds) and adds ``set`` (overrides of every such run)."""
+    if not spec:
+        return {}
+    mine = dict(settings.get("memory_reach") or {})
+    seeds = [int(s) for s in mine.get("seeds") or settings.get("seeds") or [0]]
+    base = _sets(mine.get("set"))
+    runs: dict[str, RunSpec] = {}
+    for m in spec["models"]:
+        for gap in mine.get("gaps") or spec["gaps"]:
+            for bptt in mine.get("bptt_segments") or spec["bptt_segments"]:
+                own = _sets({"data.reach_gap": int(gap), "data.reach_keys": int(spec.get("keys", 8)),
+                             "optim.bptt_segments": int(bptt)})
+                for seed in seeds:
+                    run = RunSpec(profile, "memory-reach", m["model"], None, int(spec["seg_len"]), seed,
+                                  m.get("rnn") or None, tuple(sorted(base + own)))
+                    runs.setdefault(run.run_id(), run)
+    return runs
 
 
 def run_checkpoint(run_id: str, profile: str) -> str:

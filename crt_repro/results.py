@@ -65,9 +65,9 @@ def _metrics_path(path: str | Path) -> Path:
 
 
 def vocab_size_of(cfg) -> int:
-    from crt_repro.data.corpus import load_corpus
+    from crt_repro.data import corpus_for
 
-    return load_corpus(cfg.data.dataset, cfg.data.data_dir).vocab_size
+    return corpus_for(cfg.data).vocab_size
 
 
 def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,

@@ -25,12 +25,14 @@ MODELS = [
     ("crt", "gru", {"pos_encoding": "sinusoidal"}),
     ("transformer_rnn_memory", "ncgru", {}),
     ("transformer_rnn_posenc", "ncgru", {}),
+    ("rmt", "gru", {}),
+    ("rmt", "gru", {"rmt_memory_tokens": 3}),
 ]
-IDS = [f"{n}-{r}" + (f"-{e['pos_encoding']}" if e else "") for n, r, e in MODELS]
+IDS = [f"{n}-{r}" + (f"-{next(iter(e.values()))}" if e else "") for n, r, e in MODELS]
 # Models whose state carries information from one segment to the next.
-CARRIES = {"transformer_xl", "crt", "transformer_rnn_memory"}
+CARRIES = {"transformer_xl", "crt", "transformer_rnn_memory", "rmt"}
 # ... and whose carried state keeps its gradient (XL's memory is detached by design).
-CARRIES_GRAD = {"crt", "transformer_rnn_memory"}
+CARRIES_GRAD = {"crt", "transformer_rnn_memory", "rmt"}
 
 
 def tiny(name: str, rnn: str = "gru", seed: int = 0, **extra) -> torch.nn.Module:
@@ -99,7 +101,7 @@ def _grad_to_previous_segment(model, detach: bool) -> float:
 
 
 @pytest.mark.parametrize("name,rnn,extra", MODELS, ids=IDS)
-def test_gradient_crosses_segments_only_through_crt_memory(name, rnn, extra):
+def test_gradient_crosses_segments_only_through_recurrent_memory(name, rnn, extra):
     model = tiny(name, rnn, **extra).train()
     g = _grad_to_previous_segment(model, detach=False)
     assert (g > 0) == (name in CARRIES_GRAD), g
@@ -120,6 +122,8 @@ def test_any_segment_length_trains(name, rnn, extra):
     loss.backward()
     if name == "transformer_xl":
         assert [m.shape for m in state] == [(3, 4, 16)] * 2  # the last mem_len inputs of each layer
+    elif name == "rmt":
+        assert state.shape == (3, extra.get("rmt_memory_tokens", 1), 16)  # k written memory tokens
     elif name in CARRIES:
         assert state.shape == (3, 16)
     else:
@@ -327,3 +331,28 @@ def test_evaluation_carries_state_over_the_stream(name):
         # An untrained model's predictions are near uniform, so the gap is small, but far above
         # rounding (the same computation in another order differs by ~1e-7 here).
         assert abs(carried - reset) > 1e-5, (carried, reset)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_rmt_has_crts_parameters_at_the_cpu_widths(k):
+    """RMT widens its feed-forward layers by CRT-NCGRU's RNN parameters (rmt.matched_d_inner)."""
+    counts = {}
+    for name in ("crt", "rmt"):
+        cfg = build_config("cpu", "synthetic", {"model": {"name": name, "rnn": "ncgru", "rmt_memory_tokens": k}})
+        with torch.device("meta"):
+            model = build_model(cfg, 10_000)
+        counts[name] = sum(p.numel() for p in model.parameters())
+    assert abs(counts["rmt"] - counts["crt"]) / counts["crt"] < 1e-3, counts
+
+
+def test_rmt_reads_the_state_it_wrote_and_starts_from_its_learned_memory():
+    model = tiny("rmt", rmt_memory_tokens=2).eval()
+    idx = torch.randint(0, V, (2, 2 * SEG))
+    with torch.no_grad():
+        h_none, s1 = model(idx[:, :SEG], None)
+        h_init, _ = model(idx[:, :SEG], model.memory.expand(2, -1, -1))
+        h2, _ = model(idx[:, SEG:], s1)
+        h2_fresh, _ = model(idx[:, SEG:], None)
+    assert torch.equal(h_none, h_init)
+    assert s1.shape == (2, 2, 16) and not torch.allclose(h2, h2_fresh)
+    torch.testing.assert_close(s1.std(-1, unbiased=False), torch.ones(2, 2), atol=0.05, rtol=0)  # LN_f-normed

@@ -142,7 +142,11 @@ def test_plan_shares_runs_between_tables():
                             ("table12_wt103_16layer_rnn", "table5_wt103_16layer")]:
         shared = t[rnn_table] & t[base]
         assert len(shared) == 3 and all("-crt-ncgru-" in r for r in shared)
-    assert len(plan.runs) == 4 * 9 + 2 + 4 * 3
+    table_runs = set().union(*t.values())
+    assert len(table_runs) == 4 * 9 + 2 + 4 * 3
+    # besides them, the train rule's runs: the rows not in the paper (RMT) and the memory-reach benchmark
+    beyond = {r for p in plan.tables.values() for r in p.optional_run_ids}
+    assert set(plan.runs) == table_runs | beyond | set(plan.reach_run_ids) and len(beyond) == 3
     crt70 = next(r for r in t["table8_ablation"] if r.startswith("ptb-crt-ncgru-L3-n70-"))
     assert plan.tags(crt70) == ["table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn"]
     assert plan.datasets_to_download() == {"ptb", "wt103"}
@@ -158,7 +162,7 @@ def test_plan_profile_changes_every_run_id():
     # Without data the smoke profile runs on the generated corpus; PTB and WikiText tables then
     # share their common cells (3 layers at 70 and 35 tokens).
     ci = plan_workflow(EXPERIMENTS, settings("smoke"), "smoke", None)
-    assert {s.dataset for s in ci.runs.values()} == {"synthetic"}
+    assert {s.dataset for s in ci.runs.values()} == {"synthetic", "memory-reach"}  # both generated
     assert len(set(ci.tables["table2_ptb_3layer"].run_ids) & set(ci.tables["table4_wt103_3layer"].run_ids)) == 6
     assert ci.datasets_to_download() == set()
 

@@ -16,6 +16,7 @@ from .corpus import (
     load_corpus,
     unigram_ppl,
 )
+from .memory_reach import memory_reach_corpus
 from .stream import SegmentStream, batchify
 from .synthetic import synthetic_corpus
 
@@ -27,9 +28,17 @@ __all__ = [
     "SegmentStream",
     "batchify",
     "canonical_dataset",
+    "corpus_for",
     "dataset_paths",
     "fingerprint",
     "load_corpus",
     "synthetic_corpus",
     "unigram_ppl",
 ]
+
+
+def corpus_for(data) -> Corpus:
+    """The corpus of a run's ``DataConfig``: a generated one from its settings, else from files."""
+    if data.dataset == "memory-reach":
+        return memory_reach_corpus(data.reach_gap, data.reach_keys)
+    return load_corpus(data.dataset, data.data_dir)

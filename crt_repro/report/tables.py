@@ -38,6 +38,7 @@ PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "eval_memory_len", "seg_l
 MCA_COLUMNS = ("model", "rnn", "source", "layers", "frames", "paper_mca", "mca", "mca_std", "n_seeds", "delta", "top1",
                "init_from", "profile", "dataset", "note")
 MEASURED, REFERENCE_ONLY = "measured", "reference_only"
+NOT_IN_PAPER = "not in the paper"  # rows of models the paper's table lacks (RMT, your own)
 XL_QUOTED = "from the Transformer-XL paper"  # the reference CSV's note on rows the paper copies from Dai et al.
 
 
@@ -75,6 +76,7 @@ MODEL_NAMES = {
     "crt": "CRT",
     "transformer_rnn_memory": "Transformer + RNN memory",
     "transformer_rnn_posenc": "Transformer + RNN pos. enc.",
+    "rmt": "RMT",
     # Table 7
     "timesformer": "TimeSformer",
     "crvit": "CR-ViT",
@@ -183,26 +185,35 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
     what = f"{source} ({name})"
     profile, dataset, layers = (_one(runs, c, what) for c in ("profile", "dataset", "layers"))
     used: set[str] = set()
-    rows = []
-    for r in ref.itertuples():
-        cell = _row_runs(runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn) & (runs["seg_len"] == int(r.seg_len))],
-                         f"model={r.model}, rnn={r.rnn or '-'}, seg_len={r.seg_len}", what, "test_ppl")
+
+    def row(model: str, rnn: str, seg_len: int, paper_ppl: float) -> dict:
+        cell = _row_runs(runs[(runs["model"] == model) & (runs["rnn"] == rnn) & (runs["seg_len"] == seg_len)],
+                         f"model={model}, rnn={rnn or '-'}, seg_len={seg_len}", what, "test_ppl")
         used.update(cell["run_id"])
         s = seed_stats(cell["test_ppl"])
         memory = int(_one(cell, "mem_len", what))
         eval_memory = sorted(set(pd.to_numeric(cell["eval_mem_len"].replace("", math.nan)).dropna().astype(int)))
         if len(eval_memory) > 1:
             raise ResultsError(f"{what}: runs of one row kept different evaluation memories {eval_memory}")
-        rows.append({
-            "model": r.model, "rnn": r.rnn, "layers": int(layers), "memory_len": memory,
+        return {
+            "model": model, "rnn": rnn, "layers": int(layers), "memory_len": memory,
             "eval_memory_len": eval_memory[0] if eval_memory else memory,
-            "seg_len": int(r.seg_len), "paper_ppl": float(r.value), "ppl": round(s.mean, 2),
+            "seg_len": seg_len, "paper_ppl": paper_ppl, "ppl": round(s.mean, 2),
             "ppl_std": round(s.std, 2), "ppl_ci95_low": round(s.low, 2), "ppl_ci95_high": round(s.high, 2),
-            "n_seeds": s.n, "delta": round(s.mean - float(r.value), 2),
+            "n_seeds": s.n, "delta": round(s.mean - paper_ppl, 2),
             "train_tokens": round(float(cell["train_tokens"].mean())), "epochs": round(float(cell["epochs"].mean()), 2),
             "precision": "; ".join(sorted(set(cell["precision"].astype(str)))),
             "profile": profile, "dataset": dataset,
-        })
+        }
+
+    rows = [row(r.model, r.rnn, int(r.seg_len), float(r.value)) for r in ref.itertuples()]
+    # Rows not in the paper (RMT, a user's own model: experiments.yaml's not_in_paper): runs of a
+    # model the paper's table does not have, after the paper's rows, with no paper value.
+    seg_order = list(dict.fromkeys(int(n) for n in ref["seg_len"]))
+    beyond = runs[~runs["model"].isin(set(ref["model"])) & runs["seg_len"].isin(seg_order)]
+    models = list(dict.fromkeys(zip(beyond["model"], beyond["rnn"])))
+    rows += [row(m, r, n, math.nan) for m, r in models for n in seg_order
+             if ((beyond["model"] == m) & (beyond["rnn"] == r) & (beyond["seg_len"] == n)).any()]
     extra = runs[~runs["run_id"].isin(used)]
     if not extra.empty:
         cells = sorted({f"model={m}, rnn={r or '-'}, seg_len={n}" for m, r, n in
@@ -365,8 +376,11 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
         label = model_label(r.model, r.rnn)
         note = notes.get((r.model, r.rnn, int(r.seg_len)), "")
         ci = "–" if math.isnan(r.ppl_ci95_low) else f"[{r.ppl_ci95_low:.2f}, {r.ppl_ci95_high:.2f}]"
+        if math.isnan(r.paper_ppl):
+            note = NOT_IN_PAPER
         body.append([label + (f" [{note}]" if note else ""), f"{r.memory_len} / {r.seg_len}", str(r.layers),
-                     f"{r.paper_ppl:.1f}", _fmt(r.ppl), _fmt(r.ppl_std), ci, str(r.n_seeds), f"{r.delta:+.2f}"])
+                     _fmt(r.paper_ppl, 1), _fmt(r.ppl), _fmt(r.ppl_std), ci, str(r.n_seeds),
+                     "–" if math.isnan(r.delta) else f"{r.delta:+.2f}"])
     lines.append(markdown_table(["Model", "Memory / seg len", "Layers", "Paper PPL", "Ours PPL", "± std", "95% CI",
                                  "Seeds", "Δ"], body))
     quoted = [(r.model, int(r.seg_len)) for r in ref.itertuples() if "Transformer-XL paper" in str(r.note)]

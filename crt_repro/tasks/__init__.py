@@ -37,6 +37,10 @@ def data_fingerprint(cfg: Config) -> dict:
         from crt_repro.tasks.video import video_fingerprint
 
         return video_fingerprint(cfg)
+    if cfg.data.dataset == "memory-reach":
+        from crt_repro.data.memory_reach import fingerprint as generated
+
+        return generated()
     from crt_repro.data import fingerprint
 
     return fingerprint(cfg.data.dataset, cfg.data.data_dir)

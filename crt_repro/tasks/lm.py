@@ -3,7 +3,8 @@
 Every model sees the same streams in the same order. One optimiser step covers
 ``optim.bptt_segments`` consecutive segments; the carried state (CRT's memory vector, XL's hidden
 states) is detached at the start of each step and reset at the start of each epoch, and it is
-carried over the whole stream in evaluation.
+carried over the whole stream in evaluation. On the memory-reach corpus evaluation also scores
+recall (``crt_repro.memory_reach``).
 """
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.config import Config, ConfigError, OptimConfig
-from crt_repro.data import SegmentStream, batchify, load_corpus
+from crt_repro.data import SegmentStream, batchify, corpus_for
 
 
 class LMTask:
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg = cfg
         self.device = device
-        corpus = load_corpus(cfg.data.dataset, cfg.data.data_dir)
+        corpus = corpus_for(cfg.data)
         self.corpus = corpus
         self.n_out = len(corpus.vocab)
         train = corpus.train
@@ -98,7 +99,14 @@ class LMTask:
             nll += model.head.loss(hidden, y).item() * y.numel()
             count += y.numel()
         loss = nll / count
-        return {"loss": loss, "ppl": math.exp(loss), "tokens": count}
+        out = {"loss": loss, "ppl": math.exp(loss), "tokens": count}
+        if self.cfg.data.dataset == "memory-reach":
+            from crt_repro.memory_reach import recall_metrics
+
+            # The controls (three passes) on the reported split only.
+            out |= recall_metrics(model, self.eval_stream(split), self.cfg.data.reach_keys, self.cfg.data.reach_gap,
+                                  controls=split == "test")
+        return out
 
     def state_dict(self) -> dict:
         return {"state": self.state}

@@ -33,12 +33,12 @@ def _int_or_keep(value):
 def _coerce_cli_types(cfg):
     """`--config` parses lists and mappings with YAML's BaseLoader, i.e. as strings: turn the
     numbers back into numbers (the schema then checks the rest)."""
-    for key in ("data_dir", "smarthome_dir", "k400_checkpoint"):
+    for key in ("data_dir", "smarthome_dir", "k400_checkpoint", "experiments"):
         if cfg.get(key) in ("", "null", "None", "none", "~"):
             cfg[key] = None
-    if isinstance(cfg.get("video_two_stage"), str):
-        cfg["video_two_stage"] = {"true": True, "false": False}.get(cfg["video_two_stage"].lower(),
-                                                                      cfg["video_two_stage"])
+    for key in ("video_two_stage", "beyond_paper"):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = {"true": True, "false": False}.get(cfg[key].lower(), cfg[key])
     seeds = cfg.get("seeds")
     if seeds is not None:
         cfg["seeds"] = [_int_or_keep(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
@@ -59,7 +59,9 @@ if config.get("profile") in PROFILES:
 _coerce_cli_types(config)
 validate(config, "../schemas/config.schema.yaml")
 
-EXPERIMENTS = _read_yaml(WORKFLOW_DIR / "config" / "experiments.yaml")
+# A user's own experiments file (rows for their own models, README "How to add your own model"):
+# --config experiments=my_experiments.yaml
+EXPERIMENTS = _read_yaml(config.get("experiments") or WORKFLOW_DIR / "config" / "experiments.yaml")
 validate(EXPERIMENTS, "../schemas/experiments.schema.yaml")
 
 PROFILE = config["profile"]
@@ -118,7 +120,14 @@ def train_inputs(wildcards):
 
 
 def table_metrics(wildcards):
-    return [ancient(f"{run_dir(r)}/metrics.json") for r in PLAN.tables[wildcards.table].run_ids]
+    """The table's runs, and its rows not in the paper whose runs exist (beyond_paper: false)."""
+    plan = PLAN.tables[wildcards.table]
+    optional = [r for r in plan.optional_run_ids if Path(f"{run_dir(r)}/metrics.json").is_file()]
+    return [ancient(f"{run_dir(r)}/metrics.json") for r in [*plan.run_ids, *optional]]
+
+
+def reach_metrics(wildcards):
+    return [ancient(f"{run_dir(r)}/metrics.json") for r in PLAN.reach_run_ids]
 
 
 def table_runs_csv(table):
