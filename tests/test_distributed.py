@@ -1,0 +1,106 @@
+"""Data-parallel training: two gloo ranks on the CPU against one process of the same config."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from crt_repro.config import build_config, parse_overrides
+from crt_repro.train import CHECKPOINT, LOG, train
+
+
+def tiny(model: str):
+    # 5 streams over 2 ranks (2 and 3): the shares differ, so the loss weighting is exercised.
+    # CRT with one segment per step: its memory RNN gets no gradient (DDP must let it be).
+    return build_config("smoke", "synthetic", parse_overrides([
+        f"optim.bptt_segments={1 if model == 'crt' else 2}", f"model.name={model}", "model.rnn=gru", "model.n_layer=1", "model.d_model=16", "model.n_head=2",
+        "model.d_inner=32", "model.dropout=0.0", "data.seg_len=6", "data.batch_size=5", "data.max_train_tokens=1200",
+        "data.max_eval_segments=4", "optim.max_steps=20", "optim.warmup_steps=0", "run.checkpoint_every=5",
+        "run.log_every=1", "run.bf16=false", "run.device=cpu"]))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(step):
+    def on_step(s):
+        if s == step:
+            raise Interrupt
+    return on_step
+
+
+def _rank(rank: int, port: int, root, model: str, errors) -> None:
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        cfg = tiny(model)
+        train(cfg, root / "full", progress=False)
+        with pytest.raises(Interrupt):
+            train(cfg, root / "cut", on_step=stop_at(8), progress=False)  # last checkpoint: step 5
+        if rank == 0:
+            shutil.copytree(root / "cut", root / "cut_then_one_process")
+        dist.barrier()
+        train(cfg, root / "cut", progress=False)
+        dist.destroy_process_group()
+    except BaseException:
+        errors.put(f"rank {rank}: {traceback.format_exc()}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(run) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (run / LOG).read_text().splitlines()) if "split" not in e]
+
+
+@pytest.mark.parametrize("model", ["transformer_xl", "crt"])
+def test_two_ranks_train_as_one_process_and_resume_bitwise(tmp_path, model):
+    ctx = multiprocessing.get_context("spawn")
+    errors, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, tmp_path, model, errors)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert errors.empty(), errors.get()
+    assert all(p.exitcode == 0 for p in procs)
+
+    one = train(tiny(model), tmp_path / "one", progress=False)
+    two = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert len(losses(tmp_path / "one")) == 20
+    assert losses(tmp_path / "full") == pytest.approx(losses(tmp_path / "one"), abs=1e-5, rel=0)
+    for split in ("valid", "test"):
+        assert two[f"{split}_loss"] == pytest.approx(one[f"{split}_loss"], abs=1e-5, rel=0)
+        assert two[f"{split}_tokens"] == one[f"{split}_tokens"]
+    assert two["train_items"] == one["train_items"]
+
+    # Resumed with the same two ranks: bitwise the uninterrupted run.
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    full, cut = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False) for d in ("full", "cut"))
+    assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
+    cut_metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert cut_metrics["valid_loss"] == two["valid_loss"] and cut_metrics["test_loss"] == two["test_loss"]
+
+    # Resumed by one process from the two ranks' checkpoint (the state of all 5 streams).
+    resumed = train(tiny(model), tmp_path / "cut_then_one_process", progress=False)
+    assert losses(tmp_path / "cut_then_one_process") == pytest.approx(losses(tmp_path / "one"), abs=1e-5, rel=0)
+    assert resumed["valid_loss"] == pytest.approx(one["valid_loss"], abs=1e-5, rel=0)
+
+
+def test_nproc_flag_hands_the_same_arguments_to_torchrun():
+    from crt_repro.commands import torchrun_command
+
+    cmd = torchrun_command(4, ["train", "--profile", "paper", "--nproc", "4", "--dataset", "wt103", "--nproc=4",
+                               "--out", "runs/x"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "crt_repro",
+                       "train", "--profile", "paper", "--dataset", "wt103", "--out", "runs/x"]
