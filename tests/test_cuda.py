@@ -1,0 +1,71 @@
+"""The CUDA code paths against the CPU's (skipped without CUDA; scripts/gpu_check.sh runs them)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from crt_repro.config import build_config, parse_overrides
+from crt_repro.train import LOG, train
+
+from conftest import REPO_ROOT
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def tiny(model: str, device: str, *sets: str):
+    return build_config("smoke", "synthetic", parse_overrides([
+        f"model.name={model}", "model.rnn=ncgru", "model.n_layer=2", "data.seg_len=9", "optim.max_steps=20",
+        "run.checkpoint_every=5", "run.log_every=1", "run.bf16=false", f"run.device={device}", *sets]))
+
+
+def losses(run) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (run / LOG).read_text().splitlines()) if "split" not in e]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(step):
+    def on_step(s):
+        if s == step:
+            raise Interrupt
+    return on_step
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["transformer", "transformer_xl", "crt"])
+def test_a_cuda_run_trains_as_the_cpu_run_and_resumes(tmp_path, model):
+    cpu = train(tiny(model, "cpu"), tmp_path / "cpu", progress=False)
+    gpu = train(tiny(model, "cuda"), tmp_path / "cuda", progress=False)
+    assert gpu["device"] == torch.cuda.get_device_name()
+    # fp32 on both (no TF32 for matmuls by default); only summation orders differ.
+    assert losses(tmp_path / "cuda") == pytest.approx(losses(tmp_path / "cpu"), abs=2e-3, rel=0)
+    assert gpu["valid_loss"] == pytest.approx(cpu["valid_loss"], abs=2e-3)
+    # The carried state comes back from the checkpoint onto the GPU.
+    with pytest.raises(Interrupt):
+        train(tiny(model, "cuda"), tmp_path / "cut", on_step=stop_at(7), progress=False)
+    resumed = train(tiny(model, "cuda"), tmp_path / "cut", progress=False)
+    assert resumed["valid_loss"] == pytest.approx(gpu["valid_loss"], abs=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["transformer_xl", "crt"])
+def test_bf16_autocast_on_cuda_trains(tmp_path, model):
+    cpu = train(tiny(model, "cpu"), tmp_path / "cpu", progress=False)
+    bf16 = train(tiny(model, "cuda", "run.bf16=true"), tmp_path / "bf16", progress=False)
+    assert bf16["precision"] == "bf16"
+    assert bf16["valid_loss"] == pytest.approx(cpu["valid_loss"], abs=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_gpu_check_says_no_gpu_and_succeeds_without_one(tmp_path):
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "no GPU" in done.stdout and "no GPU" in (tmp_path / "out" / "summary.txt").read_text()
