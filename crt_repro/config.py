@@ -45,6 +45,9 @@ class ModelConfig:
     dropout_attn: float = 0.0  # attention probabilities
     dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
     tie_embeddings: bool = True
+    # Adaptive softmax (Transformer-XL's on WikiText-103, div_val 1, tied): models.adaptive.
+    adaptive: bool = False
+    adaptive_cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
     activation: str = "gelu"  # gelu | relu (Transformer-XL's): the feed-forward non-linearity
     # Transformer-XL: hidden states kept per layer; None means "= seg_len" (the paper's tables).
     mem_len: int | None = None
@@ -189,6 +192,8 @@ class Config:
         elif self.model.rnn == "gru":
             for k in NCGRU_KEYS:
                 m.pop(k)
+        if not self.model.adaptive or self.is_video:
+            m.pop("adaptive_cutoffs")
         if self.model.name != "transformer_xl":
             m.pop("mem_len")
             m.pop("eval_mem_len")
@@ -204,7 +209,7 @@ class Config:
             o.pop("ncgru_a_lr")
         video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
                       "vit_memory_scope", "vit_loss_iterations", "init_from")
-        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings"):
+        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings", "adaptive"):
             m.pop(k, None)
         for k in ("frames", "resize", "crop", "normalize") if not self.is_video else ("seg_len", "max_train_tokens"):
             data.pop(k)
@@ -232,7 +237,10 @@ class Config:
 # Keys added after results were committed (section.key -> default). Such a key enters a run's
 # hash only when it is set to something other than its default, so committed runs keep their
 # ids and are not retrained. Every key a later change adds goes here.
-LATER_KEYS: dict[str, Any] = {}
+LATER_KEYS: dict[str, Any] = {
+    "model.adaptive": False,
+    "model.adaptive_cutoffs": [20000, 40000, 200000],
+}
 
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
 CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
@@ -451,6 +459,8 @@ def validate(cfg: Config) -> None:
     for key, choices in (("activation", ("gelu", "relu")), ("pos_rnn_init", ("memory", "zeros")),
                          ("memory_input", ("final_ln", "raw")), ("rnn_reset", ("after", "before"))):
         _require(getattr(m, key) in choices, f"model.{key}", getattr(m, key), f"must be {' or '.join(choices)}")
+    _require(all(c >= 1 for c in m.adaptive_cutoffs) and m.adaptive_cutoffs == sorted(set(m.adaptive_cutoffs)),
+             "model.adaptive_cutoffs", m.adaptive_cutoffs, "must be increasing word counts, each >= 1")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
     _require(d.normalize in ("kinetics", "imagenet"), "data.normalize", d.normalize, "must be kinetics or imagenet")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
