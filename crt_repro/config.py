@@ -53,6 +53,8 @@ class ModelConfig:
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
+    # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
+    xl_attention: str = "auto"
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal
@@ -144,6 +146,7 @@ class RunConfig:
     eval_every: int = 0  # validation every this many steps; 0: see n_evals
     n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
     report: str = "last"  # last | best_valid: the checkpoint whose test metrics are reported
+    compile: bool = False  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
 
 
 @dataclass
@@ -197,6 +200,7 @@ class Config:
         if self.model.name != "transformer_xl":
             m.pop("mem_len")
             m.pop("eval_mem_len")
+            m.pop("xl_attention")
         if self.model.name != "crt":
             m.pop("memory")
             m.pop("pos_encoding")
@@ -240,6 +244,8 @@ class Config:
 LATER_KEYS: dict[str, Any] = {
     "model.adaptive": False,
     "model.adaptive_cutoffs": [20000, 40000, 200000],
+    "model.xl_attention": "auto",
+    "run.compile": False,
 }
 
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
@@ -456,6 +462,10 @@ def validate(cfg: Config) -> None:
     _require(m.ncgru_exact_every >= 1, "model.ncgru_exact_every", m.ncgru_exact_every, "must be >= 1")
     _require(m.eval_mem_len is None or m.eval_mem_len >= 1, "model.eval_mem_len", m.eval_mem_len,
              "must be >= 1 (or null for = mem_len)")
+    _require(m.xl_attention in ("auto", "sdpa", "flex"), "model.xl_attention", m.xl_attention,
+             "must be auto, sdpa or flex")
+    _require(not (m.xl_attention == "flex" and m.dropout_attn > 0), "model.xl_attention", m.xl_attention,
+             f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto or sdpa")
     for key, choices in (("activation", ("gelu", "relu")), ("pos_rnn_init", ("memory", "zeros")),
                          ("memory_input", ("final_ln", "raw")), ("rnn_reset", ("after", "before"))):
         _require(getattr(m, key) in choices, f"model.{key}", getattr(m, key), f"must be {' or '.join(choices)}")

@@ -381,6 +381,8 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
         write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
     world.barrier()
     model = build_model(cfg, task.n_out).to(device)
+    if cfg.run.compile:
+        model.compile()  # in place: parameters, state_dict and attributes stay the module's
     opt = make_optimizer(model, cfg)
     schedule = Schedule.of(cfg, task.total_steps(cfg.optim))
     evals = schedule.eval_steps(cfg)

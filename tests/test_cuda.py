@@ -69,3 +69,33 @@ def test_gpu_check_says_no_gpu_and_succeeds_without_one(tmp_path):
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "no GPU" in done.stdout and "no GPU" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+@needs_cuda
+@pytest.mark.parametrize("mlen", [0, 7])
+def test_xl_flex_attention_on_cuda_equals_sdpa_in_value_and_gradient(mlen):
+    from crt_repro.config import ModelConfig
+    from crt_repro.models.layers import sinusoid_table
+    from crt_repro.models.transformer_xl import RelativeAttention
+
+    outs = {}
+    for kernel in ("sdpa", "flex"):
+        torch.manual_seed(0)
+        att = RelativeAttention(ModelConfig(d_model=64, n_head=4, dropout=0.0, xl_attention=kernel)).cuda()
+        g = torch.Generator(device="cuda").manual_seed(1)
+        x = torch.randn(3, 20, 64, device="cuda", generator=g, requires_grad=True)
+        ctx = torch.randn(3, mlen, 64, device="cuda", generator=g) if mlen else None
+        r = sinusoid_table(torch.arange(mlen + 19, -1, -1, dtype=torch.float32, device="cuda"), 64)
+        y = att(x, ctx, r)
+        y.square().sum().backward()
+        outs[kernel] = (y.detach(), x.grad, att.u.grad, att.v.grad, att.r.weight.grad)
+    for a, b in zip(outs["sdpa"], outs["flex"]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
+    eager = train(tiny("transformer_xl", "cuda"), tmp_path / "eager", progress=False)
+    compiled = train(tiny("transformer_xl", "cuda", "run.compile=true"), tmp_path / "compiled", progress=False)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=2e-3, rel=0)
+    assert compiled["valid_loss"] == pytest.approx(eager["valid_loss"], abs=2e-3)
