@@ -15,6 +15,7 @@ rank, so a run resumes with any number of ranks, and with the same number as if 
 """
 from __future__ import annotations
 
+import datetime
 import os
 import random
 from dataclasses import dataclass
@@ -60,12 +61,15 @@ def init_from_env() -> World:
     """Join the process group torchrun's environment describes (WORLD_SIZE > 1); else a world of one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return current()
+    # The other ranks wait at their next collective while rank 0 evaluates (a whole WikiText-103
+    # split), longer than the default 10 minutes allow on a slow device.
+    timeout = datetime.timedelta(hours=2)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # NCCL for the gradients on the GPUs, gloo for what goes through the CPU (run.device=cpu).
-        dist.init_process_group("cpu:gloo,cuda:nccl")
+        dist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return current()
 
 

@@ -24,14 +24,14 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 CRT=("$PY" -m crt_repro)
 
-if ! "$PY" -c 'import torch' 2>/dev/null; then
+if ! found=$("$PY" -c 'import torch; print(torch.__version__, int(torch.cuda.is_available()))' 2>/dev/null); then
     echo "gpu_check: $PY cannot import torch; set PYTHON to the project's environment" >&2
     exit 1
 fi
+read -r torch_version has_cuda <<<"$found"
 mkdir -p "$OUT_DIR"
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_check: no GPU (torch $("$PY" -c 'import torch; print(torch.__version__)') sees no CUDA device); nothing checked" \
-        | tee "$OUT_DIR/summary.txt"
+if [ "$has_cuda" != 1 ]; then
+    echo "gpu_check: no GPU (torch $torch_version sees no CUDA device); nothing checked" | tee "$OUT_DIR/summary.txt"
     exit 0
 fi
 

@@ -15,6 +15,9 @@ from crt_repro.config import build_config, parse_overrides
 from crt_repro.train import CHECKPOINT, LOG, train
 
 
+MODELS = ("transformer_xl", "crt")
+
+
 def tiny(model: str):
     # 5 streams over 2 ranks (2 and 3): the shares differ, so the loss weighting is exercised.
     # CRT with one segment per step: its memory RNN gets no gradient (DDP must let it be).
@@ -36,18 +39,19 @@ def stop_at(step):
     return on_step
 
 
-def _rank(rank: int, port: int, root, model: str, errors) -> None:
+def _rank(rank: int, port: int, root, errors) -> None:
     try:
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-        cfg = tiny(model)
-        train(cfg, root / "full", progress=False)
-        with pytest.raises(Interrupt):
-            train(cfg, root / "cut", on_step=stop_at(8), progress=False)  # last checkpoint: step 5
-        if rank == 0:
-            shutil.copytree(root / "cut", root / "cut_then_one_process")
-        dist.barrier()
-        train(cfg, root / "cut", progress=False)
+        for model in MODELS:
+            cfg, runs = tiny(model), root / model
+            train(cfg, runs / "full", progress=False)
+            with pytest.raises(Interrupt):
+                train(cfg, runs / "cut", on_step=stop_at(8), progress=False)  # last checkpoint: step 5
+            if rank == 0:
+                shutil.copytree(runs / "cut", runs / "cut_then_one_process")
+            dist.barrier()
+            train(cfg, runs / "cut", progress=False)
         dist.destroy_process_group()
     except BaseException:
         errors.put(f"rank {rank}: {traceback.format_exc()}")
@@ -63,37 +67,44 @@ def losses(run) -> list[float]:
     return [e["loss"] for e in map(json.loads, (run / LOG).read_text().splitlines()) if "split" not in e]
 
 
-@pytest.mark.parametrize("model", ["transformer_xl", "crt"])
-def test_two_ranks_train_as_one_process_and_resume_bitwise(tmp_path, model):
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """Each model trained by two gloo ranks (one process group for all, to start it once)."""
+    root = tmp_path_factory.mktemp("ddp")
     ctx = multiprocessing.get_context("spawn")
     errors, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, tmp_path, model, errors)) for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=(r, port, root, errors)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=120)
+        p.join(timeout=180)
     assert errors.empty(), errors.get()
     assert all(p.exitcode == 0 for p in procs)
+    return root
 
+
+@pytest.mark.parametrize("model", MODELS)
+def test_two_ranks_train_as_one_process_and_resume_bitwise(two_rank_runs, tmp_path, model):
+    runs = two_rank_runs / model
     one = train(tiny(model), tmp_path / "one", progress=False)
-    two = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    two = json.loads((runs / "full" / "metrics.json").read_text())
     assert len(losses(tmp_path / "one")) == 20
-    assert losses(tmp_path / "full") == pytest.approx(losses(tmp_path / "one"), abs=1e-5, rel=0)
+    assert losses(runs / "full") == pytest.approx(losses(tmp_path / "one"), abs=1e-5, rel=0)
     for split in ("valid", "test"):
         assert two[f"{split}_loss"] == pytest.approx(one[f"{split}_loss"], abs=1e-5, rel=0)
         assert two[f"{split}_tokens"] == one[f"{split}_tokens"]
     assert two["train_items"] == one["train_items"]
 
     # Resumed with the same two ranks: bitwise the uninterrupted run.
-    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
-    full, cut = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False) for d in ("full", "cut"))
+    assert losses(runs / "cut") == losses(runs / "full")
+    full, cut = (torch.load(runs / d / CHECKPOINT, weights_only=False) for d in ("full", "cut"))
     assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
-    cut_metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    cut_metrics = json.loads((runs / "cut" / "metrics.json").read_text())
     assert cut_metrics["valid_loss"] == two["valid_loss"] and cut_metrics["test_loss"] == two["test_loss"]
 
     # Resumed by one process from the two ranks' checkpoint (the state of all 5 streams).
-    resumed = train(tiny(model), tmp_path / "cut_then_one_process", progress=False)
-    assert losses(tmp_path / "cut_then_one_process") == pytest.approx(losses(tmp_path / "one"), abs=1e-5, rel=0)
+    resumed = train(tiny(model), runs / "cut_then_one_process", progress=False)
+    assert losses(runs / "cut_then_one_process") == pytest.approx(losses(tmp_path / "one"), abs=1e-5, rel=0)
     assert resumed["valid_loss"] == pytest.approx(one["valid_loss"], abs=1e-5, rel=0)
 
 
