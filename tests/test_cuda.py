@@ -12,7 +12,7 @@ import torch
 from crt_repro.config import build_config, parse_overrides
 from crt_repro.train import LOG, train
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, Stop, stop_at
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -27,17 +27,6 @@ def losses(run) -> list[float]:
     return [e["loss"] for e in map(json.loads, (run / LOG).read_text().splitlines()) if "split" not in e]
 
 
-class Interrupt(Exception):
-    pass
-
-
-def stop_at(step):
-    def on_step(s):
-        if s == step:
-            raise Interrupt
-    return on_step
-
-
 @needs_cuda
 @pytest.mark.parametrize("model", ["transformer", "transformer_xl", "crt"])
 def test_a_cuda_run_trains_as_the_cpu_run_and_resumes(tmp_path, model):
@@ -48,7 +37,7 @@ def test_a_cuda_run_trains_as_the_cpu_run_and_resumes(tmp_path, model):
     assert losses(tmp_path / "cuda") == pytest.approx(losses(tmp_path / "cpu"), abs=2e-3, rel=0)
     assert gpu["valid_loss"] == pytest.approx(cpu["valid_loss"], abs=2e-3)
     # The carried state comes back from the checkpoint onto the GPU.
-    with pytest.raises(Interrupt):
+    with pytest.raises(Stop):
         train(tiny(model, "cuda"), tmp_path / "cut", on_step=stop_at(7), progress=False)
     resumed = train(tiny(model, "cuda"), tmp_path / "cut", progress=False)
     assert resumed["valid_loss"] == pytest.approx(gpu["valid_loss"], abs=1e-4)

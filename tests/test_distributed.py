@@ -14,6 +14,8 @@ import torch.distributed as dist
 from crt_repro.config import build_config, parse_overrides
 from crt_repro.train import CHECKPOINT, LOG, train
 
+from conftest import Stop, stop_at
+
 
 MODELS = ("transformer_xl", "crt")
 
@@ -28,17 +30,6 @@ def tiny(model: str):
         "run.log_every=1", "run.bf16=false", "run.device=cpu"]))
 
 
-class Interrupt(Exception):
-    pass
-
-
-def stop_at(step):
-    def on_step(s):
-        if s == step:
-            raise Interrupt
-    return on_step
-
-
 def _rank(rank: int, port: int, root, errors) -> None:
     try:
         torch.set_num_threads(1)
@@ -46,7 +37,7 @@ def _rank(rank: int, port: int, root, errors) -> None:
         for model in MODELS:
             cfg, runs = tiny(model), root / model
             train(cfg, runs / "full", progress=False)
-            with pytest.raises(Interrupt):
+            with pytest.raises(Stop):
                 train(cfg, runs / "cut", on_step=stop_at(8), progress=False)  # last checkpoint: step 5
             if rank == 0:
                 shutil.copytree(runs / "cut", runs / "cut_then_one_process")
