@@ -33,8 +33,8 @@ gives XL the same count as the Transformer, i.e. it leaves these out.
 Kernels (``model.xl_attention``): SDPA takes the position term as a float mask, which on CUDA
 leaves it only its slowest kernels. FlexAttention instead adds the term inside its fused kernel,
 reading it from the unshifted scores (the rel-shift is an index) and skipping the masked future
-blocks; "auto" uses it on CUDA where no attention dropout applies (FlexAttention has none), SDPA
-everywhere else, so CPU runs compute exactly what they always did. Both give the same function
+blocks; "auto" uses it on CUDA where no attention dropout applies (FlexAttention has none) and
+heads are at least 16 wide (its CUDA kernel's least), SDPA everywhere else, so CPU runs compute exactly what they always did. Both give the same function
 (tests/test_models.py and tests/test_cuda.py hold them equal).
 """
 from __future__ import annotations
@@ -111,7 +111,9 @@ class RelativeAttention(nn.Module):
 
     def _flex(self, x: Tensor) -> bool:
         if self.kernel == "auto":
-            return x.is_cuda and not (self.training and self.dropout_attn > 0)
+            # The CUDA kernel needs heads of 16 or more (the paper's are 38 and 41 wide).
+            wide = x.shape[-1] // self.n_head >= 16
+            return x.is_cuda and wide and not (self.training and self.dropout_attn > 0)
         return self.kernel == "flex"
 
     def _heads(self, t: Tensor) -> Tensor:
