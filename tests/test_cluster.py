@@ -100,3 +100,12 @@ def test_slurm_submits_one_task_on_4_gpus_for_wt103_and_an_array_for_a_seed_swee
     assert "--cpus-per-task=32" in multi and "--target-jobs 'train_multi_gpu:run_id=wt103-transformer_xl" in multi
     # Both seeds in one array job, one GPU each.
     assert "--array=" in sweep and " --gpus=1" in sweep
+
+
+def test_on_one_local_gpu_a_4_gpu_run_trains_in_one_process(workflow):
+    wd, data = workflow
+    out = snakemake(wd, "-n", "-p", "--workflow-profile", "workflow/profiles/default", "table5_wt103_16layer",
+                    "--config", "profile=paper", f"data_dir={data}")
+    train = [j for j in jobs_of(out) if j["rule"] == "train_multi_gpu"]
+    assert len(train) == 9
+    assert all(j["resources"]["gpu"] == "1" and "--nproc" not in j["shell"] for j in train)

@@ -110,10 +110,10 @@ def train_gpus(wildcards):
     return gpus_of(wildcards.run_id)
 
 
-def train_nproc(wildcards):
-    """`--nproc N`: `crt-repro train` starts N data-parallel processes through torchrun."""
-    n = gpus_of(wildcards.run_id)
-    return f"--nproc {n}" if n > 1 else ""
+def train_nproc(wildcards, resources):
+    """`--nproc N`: `crt-repro train` starts N data-parallel processes through torchrun, one per
+    GPU the job got (a local `--resources gpu=1` caps a 4-GPU run to 1: then it trains in one)."""
+    return f"--nproc {resources.gpu}" if resources.gpu > 1 else ""
 
 
 def train_threads(wildcards):
