@@ -44,13 +44,13 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: give at least 1 process")
+    cfg = build_config(args.profile, args.dataset, train_overrides(args))  # a bad config: one line, before torchrun
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
         return subprocess.run(torchrun_command(args.nproc, args.argv)).returncode
 
     from crt_repro import distributed
     from crt_repro.train import train
 
-    cfg = build_config(args.profile, args.dataset, train_overrides(args))
     world = distributed.init_from_env()
     metrics = train(cfg, args.out)
     if not world.is_main:

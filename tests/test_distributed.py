@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -106,3 +109,17 @@ def test_nproc_flag_hands_the_same_arguments_to_torchrun():
                                "--out", "runs/x"])
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "crt_repro",
                        "train", "--profile", "paper", "--dataset", "wt103", "--out", "runs/x"]
+
+
+def test_crt_repro_train_nproc_runs_under_torchrun(tmp_path):
+    """The CLI contract: `crt-repro train --nproc 2` is torchrun with two processes of `python -m crt_repro`."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "crt_repro", "train", "--nproc", "2", "--profile", "smoke", "--dataset", "synthetic",
+           "--model", "transformer_xl", "--layers", "1", "--seg-len", "6", "--device", "cpu", "--set",
+           "model.d_model=16", "--set", "optim.max_steps=4", "--set", "optim.warmup_steps=0", "--set", "run.log_every=1",
+           "--out", str(out)]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"].startswith("2 x cpu") and len(losses(out)) == 4
+    assert json.loads(done.stdout)["run_id"] == metrics["run_id"]  # printed once, by rank 0
