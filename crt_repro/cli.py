@@ -46,6 +46,7 @@ def keep_freed_memory() -> None:
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # `train --nproc N` hands them on to torchrun
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

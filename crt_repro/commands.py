@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 from crt_repro.config import LM_MODELS, PROFILES, VIDEO_MODELS, build_config, is_plugin, parse_overrides
 
@@ -34,11 +37,32 @@ def train_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """``crt-repro train --nproc N ARGS`` as the torchrun command it stands for (one machine)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc"
+            continue
+        rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "crt_repro", *rest]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: give at least 1 process")
+    cfg = build_config(args.profile, args.dataset, train_overrides(args))  # a bad config: one line, before torchrun
+    if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        return subprocess.run(torchrun_command(args.nproc, args.argv)).returncode
+
+    from crt_repro import distributed
     from crt_repro.train import train
 
-    cfg = build_config(args.profile, args.dataset, train_overrides(args))
+    world = distributed.init_from_env()
     metrics = train(cfg, args.out)
+    if not world.is_main:
+        return 0
     print(json.dumps({k: metrics[k] for k in ("run_id", "valid_loss", "test_loss") if k in metrics} |
                      {k: v for k, v in metrics.items() if k.endswith(("_ppl", "_mca", "_top1"))}, indent=2))
     return 0
@@ -67,6 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. --set model.d_model=64 (repeatable)")
     p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a checkpoint)")
+    p.add_argument("--nproc", type=int, help="data-parallel processes on this machine, one per GPU (through "
+                   "torchrun; the same as `torchrun --nproc_per_node N -m crt_repro train ...`)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-evaluate a run directory's last checkpoint")

@@ -46,6 +46,9 @@ class ModelConfig:
     dropout_attn: float = 0.0  # attention probabilities
     dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
     tie_embeddings: bool = True
+    # Adaptive softmax (Transformer-XL's on WikiText-103, div_val 1, tied): models.adaptive.
+    adaptive: bool = False
+    adaptive_cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
     activation: str = "gelu"  # gelu | relu (Transformer-XL's): the feed-forward non-linearity
     # RMT (not in the paper): memory tokens read at a segment's start and written at its end;
     # 1 gives it CRT's memory budget (one d_model vector).
@@ -54,6 +57,8 @@ class ModelConfig:
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
+    # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
+    xl_attention: str = "auto"
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal
@@ -149,6 +154,7 @@ class RunConfig:
     eval_every: int = 0  # validation every this many steps; 0: see n_evals
     n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
     report: str = "last"  # last | best_valid: the checkpoint whose test metrics are reported
+    compile: bool = False  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
 
 
 @dataclass
@@ -211,9 +217,12 @@ class Config:
         elif self.model.rnn == "gru":
             for k in NCGRU_KEYS:
                 m.pop(k)
+        if not self.model.adaptive or self.is_video:
+            m.pop("adaptive_cutoffs")
         if self.model.name != "transformer_xl":
             m.pop("mem_len")
             m.pop("eval_mem_len")
+            m.pop("xl_attention")
         if self.model.name != "crt":
             m.pop("memory")
             m.pop("pos_encoding")
@@ -226,7 +235,7 @@ class Config:
             o.pop("ncgru_a_lr")
         video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
                       "vit_memory_scope", "vit_loss_iterations", "init_from")
-        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings"):
+        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings", "adaptive"):
             m.pop(k, None)
         for k in ("frames", "resize", "crop", "normalize") if not self.is_video else ("seg_len", "max_train_tokens"):
             data.pop(k)
@@ -254,7 +263,15 @@ class Config:
 # Keys added after results were committed (section.key -> default). Such a key enters a run's
 # hash only when it is set to something other than its default, so committed runs keep their
 # ids and are not retrained. Every key a later change adds goes here.
-LATER_KEYS: dict[str, Any] = {"model.rmt_memory_tokens": 1, "data.reach_gap": 64, "data.reach_keys": 8}
+LATER_KEYS: dict[str, Any] = {
+    "model.rmt_memory_tokens": 1,
+    "data.reach_gap": 64,
+    "data.reach_keys": 8,
+    "model.adaptive": False,
+    "model.adaptive_cutoffs": [20000, 40000, 200000],
+    "model.xl_attention": "auto",
+    "run.compile": False,
+}
 
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
 CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
@@ -488,9 +505,15 @@ def validate(cfg: Config) -> None:
     _require(m.ncgru_exact_every >= 1, "model.ncgru_exact_every", m.ncgru_exact_every, "must be >= 1")
     _require(m.eval_mem_len is None or m.eval_mem_len >= 1, "model.eval_mem_len", m.eval_mem_len,
              "must be >= 1 (or null for = mem_len)")
+    _require(m.xl_attention in ("auto", "sdpa", "flex"), "model.xl_attention", m.xl_attention,
+             "must be auto, sdpa or flex")
+    _require(not (m.xl_attention == "flex" and m.dropout_attn > 0), "model.xl_attention", m.xl_attention,
+             f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto or sdpa")
     for key, choices in (("activation", ("gelu", "relu")), ("pos_rnn_init", ("memory", "zeros")),
                          ("memory_input", ("final_ln", "raw")), ("rnn_reset", ("after", "before"))):
         _require(getattr(m, key) in choices, f"model.{key}", getattr(m, key), f"must be {' or '.join(choices)}")
+    _require(all(c >= 1 for c in m.adaptive_cutoffs) and m.adaptive_cutoffs == sorted(set(m.adaptive_cutoffs)),
+             "model.adaptive_cutoffs", m.adaptive_cutoffs, "must be increasing word counts, each >= 1")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
     _require(d.normalize in ("kinetics", "imagenet"), "data.normalize", d.normalize, "must be kinetics or imagenet")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")

@@ -41,7 +41,8 @@ Our exact formula (MACs, batch 1; n = seg_len, d = d_model, F = d_inner, V = voc
 LN = 5 per element, m = XL memory length, k = m + n)
 ------------------------------------------------------------------------------------------
 * Transformer, per layer: ``4 n d^2 + 2 n d F + 2 n^2 d + 2*LN n d``; plus the softmax layer
-  ``n d V`` and the final LN.
+  ``n d V`` (adaptive softmax: ``n d (V + c)`` for c tail clusters, the full distribution) and
+  the final LN.
 * Transformer-XL, per layer: q ``n d^2``, k/v ``2 k d^2``, W_r on k relative sinusoids ``k d^2``,
   output ``n d^2``, position scores ``n k d``, SDPA ``2 n k d``, FFN ``2 n d F``, LN on memory
   and segment ``LN (m + 2n) d``. At m = n: ``8 n d^2 + 2 n d F + 6 n^2 d``.
@@ -87,6 +88,7 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.config import LM_MODELS, Config, build_config, uses_rnn
+from crt_repro.models.adaptive import effective_cutoffs
 
 LN_PER_ELEMENT = 5  # fvcore's estimate for an affine LayerNorm, per element
 CSV_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "params", "macs_fwd", "flops_fwd", "formula_macs")
@@ -332,7 +334,10 @@ def formula_breakdown(cfg: Config, vocab_size: int) -> dict[str, int]:
     else:
         raise ValueError(f"no cost formula for model {name!r} (have: {', '.join(LM_MODELS)})")
     add("layernorm", ln * n * d)  # final LN before the softmax layer
-    add("softmax_layer", n * d * V)
+    # The adaptive softmax's full distribution: the head scores its words and one token per tail
+    # cluster, every tail its own words (a target's loss needs only its own cluster).
+    tails = len(effective_cutoffs(m.adaptive_cutoffs, V)) if m.adaptive else 0
+    add("softmax_layer", n * d * (V + tails))
     return terms
 
 

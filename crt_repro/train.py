@@ -4,6 +4,7 @@ The run directory holds ``config.yaml`` (resolved), ``log.jsonl`` (one line per 
 evaluation), ``checkpoint.pt`` (model, optimiser, scheduler, RNG states, carried state, step) and,
 only after a run finished cleanly, ``metrics.json``. Rerunning the same command resumes from the
 checkpoint and, on CPU, reaches bitwise the same final metrics as an uninterrupted run.
+Started by torchrun, a run trains data-parallel on all its processes (``crt_repro.distributed``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from crt_repro import atomic
+from crt_repro import atomic, distributed
 from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file, uses_rnn
 from crt_repro.models import build_model
 from crt_repro.tasks import data_fingerprint, make_task
@@ -244,11 +245,15 @@ def read_log(out: Path, up_to_step: int) -> list[dict]:
 class Logger:
     """Appends to log.jsonl; on resume, entries past the checkpoint are dropped first."""
 
-    def __init__(self, out: Path, resume_step: int):
+    def __init__(self, out: Path, resume_step: int, enabled: bool = True):
         self.path = out / LOG
-        atomic.write_text(self.path, "".join(json.dumps(e) + "\n" for e in read_log(out, resume_step)))
+        self.enabled = enabled  # in data-parallel training, rank 0 alone writes
+        if enabled:
+            atomic.write_text(self.path, "".join(json.dumps(e) + "\n" for e in read_log(out, resume_step)))
 
     def write(self, **entry) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -257,19 +262,31 @@ class Logger:
 # Training
 
 
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
 def save_checkpoint(out: Path, step: int, model, opt: Optimizers, task, clock: dict, precision: str,
-                    data: dict) -> None:
-    atomic.torch_save(out / CHECKPOINT, {
+                    data: dict, world: distributed.World = distributed.World()) -> None:
+    """In data-parallel training every rank calls it (it gathers their states) and rank 0 writes."""
+    task_state = task.state_dict()
+    rngs = distributed.gather(rng_state(), world)
+    if not world.is_main:
+        return
+    ck = {
         "step": step,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
-        "task": task.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "task": task_state,
+        "rng": rngs[0],
         "clock": clock,
         "precision": precision,
         "data": data,
-    })
+    }
+    if world.parallel:
+        ck["rng_ranks"] = rngs
+    atomic.torch_save(out / CHECKPOINT, ck)
 
 
 def read_checkpoint(path: Path, map_location) -> dict:
@@ -291,18 +308,25 @@ def load_model_state(model, state: dict, path: Path) -> None:
                           "Delete it to start the run over, or train into another --out") from None
 
 
-def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict) -> dict:
+def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict,
+                    world: distributed.World = distributed.World()) -> dict:
     """Restore a run from its checkpoint; one trained on other data is refused before anything
-    of it is loaded (another vocabulary would otherwise fail as a shape mismatch)."""
+    of it is loaded (another vocabulary would otherwise fail as a shape mismatch). A checkpoint
+    of another number of ranks resumes too; a rank it holds no RNG state for seeds its own."""
     ck = read_checkpoint(out / CHECKPOINT, "cpu")
     check_same_data(out, ck["data"], data, CHECKPOINT)
     load_model_state(model, ck["model"], out / CHECKPOINT)
     opt.load_state_dict(ck["optimizer"])
     task.load_state_dict(ck["task"])
-    torch.set_rng_state(ck["rng"]["torch"])
-    random.setstate(ck["rng"]["python"])
-    if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+    rngs = ck.get("rng_ranks", [ck["rng"]])
+    if world.rank >= len(rngs):
+        distributed.seed_rank(task.cfg, world, ck["step"])
+        return ck
+    rng = rngs[world.rank]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return ck
 
 
@@ -334,8 +358,10 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     ``run.log_every`` steps elsewhere. Returns the metrics that were written to metrics.json.
     """
     out = Path(out)
-    check_run_dir(cfg, out)
-    device = resolve_device(cfg.run.device)
+    world = distributed.current()
+    if world.is_main:
+        check_run_dir(cfg, out)
+    device = world.device(resolve_device(cfg.run.device))
     if (out / METRICS).exists():
         metrics = json.loads((out / METRICS).read_text())
         try:
@@ -344,40 +370,50 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
             current = None
         if current is not None:
             check_same_data(out, metrics.get("data_files"), current, "metrics.json")
-        say(f"{cfg.run_id()}: already finished: {out / METRICS} present")
+        if world.is_main:
+            say(f"{cfg.run_id()}: already finished: {out / METRICS} present")
         return metrics
     warn_paper_video_start(cfg)
     seed_everything(cfg.run.seed)
-    task = make_task(cfg, device)
+    task = make_task(cfg, device, distributed.shard(cfg, world))
     data = data_fingerprint(cfg)
-    write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
+    if world.is_main:
+        write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
+    world.barrier()
     model = build_model(cfg, task.n_out).to(device)
+    if cfg.run.compile:
+        model.compile()  # in place: parameters, state_dict and attributes stay the module's
     opt = make_optimizer(model, cfg)
     schedule = Schedule.of(cfg, task.total_steps(cfg.optim))
     evals = schedule.eval_steps(cfg)
     step, precision = 0, resolve_precision(cfg, device)
     clock = {"train_s": 0.0, "wall_s": 0.0, "items": 0, "best_valid": None}
     if (out / CHECKPOINT).exists():
-        ck = load_checkpoint(out, model, opt, task, data)
+        ck = load_checkpoint(out, model, opt, task, data, world)
         # The precision a run started with is kept, so that one run is one precision throughout.
         step, clock, precision = ck["step"], ck["clock"], ck["precision"]
-        say(f"{cfg.run_id()}: resuming from step {step} of {schedule.total} ({CHECKPOINT})")
+        if world.is_main:
+            say(f"{cfg.run_id()}: resuming from step {step} of {schedule.total} ({CHECKPOINT})")
     else:
-        say(f"{cfg.run_id()}: {schedule.total} steps ({task.budget_text(cfg.optim)}), {precision}, on {device}")
-    log = Logger(out, step)
+        distributed.seed_rank(cfg, world, 0)
+        if world.is_main:
+            on = f"{world.size} processes on {device.type}" if world.parallel else str(device)
+            say(f"{cfg.run_id()}: {schedule.total} steps ({task.budget_text(cfg.optim)}), {precision}, on {on}")
+    step_loss = distributed.step_loss(world, model, task, cfg, device)
+    log = Logger(out, step, enabled=world.is_main)
     started = time.perf_counter()
     wall_at_start = clock["wall_s"]
     interactive = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=schedule.total, initial=step, desc=cfg.run_id(), unit="step", dynamic_ncols=True,
-               disable=not interactive)
+               disable=not interactive or not world.is_main)
     model.train()
     while step < schedule.total:
         t0 = time.perf_counter()
         opt.set_lr_factor(schedule.lr_factor(step, cfg))
         with autocast(precision, device):
-            loss, items = task.train_loss(model, step)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1} of run {out}; no metrics written "
+            loss, shown, items = step_loss(step)  # shown: the mean over all ranks' streams
+        if not torch.isfinite(shown):
+            raise TrainingDiverged(f"loss is {shown.item()} at step {step + 1} of run {out}; no metrics written "
                                    "(lower optim.lr or raise optim.warmup_steps)")
         opt.zero_grad()
         loss.backward()
@@ -392,13 +428,13 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
         bar.update(1)
         if step % cfg.run.log_every == 0 or step == schedule.total:
             rate = clock["items"] / max(clock["train_s"], 1e-9)
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
-            log.write(step=step, loss=loss.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
-            if not interactive:
+            bar.set_postfix(loss=f"{shown.item():.3f}", tok_s=f"{rate:.0f}")
+            log.write(step=step, loss=shown.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
+            if not interactive and world.is_main:
                 eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
-                say(f"step {step}/{schedule.total} loss {loss.item():.3f} {rate:.0f} items/s "
+                say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} items/s "
                     f"eta {datetime.timedelta(seconds=round(eta))}")
-        if step in evals:
+        if step in evals and world.is_main:
             r = evaluate_model(task, model, precision, device, "valid")
             log.write(step=step, split="valid", items=clock["items"], **r)
             if cfg.run.report == "best_valid" and (clock["best_valid"] is None
@@ -407,10 +443,12 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
                 clock["best_valid"] = {"step": step, "loss": r["loss"]}
         if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals:
             clock["wall_s"] = wall_at_start + time.perf_counter() - started
-            save_checkpoint(out, step, model, opt, task, clock, precision, data)
+            save_checkpoint(out, step, model, opt, task, clock, precision, data, world)
         if on_step is not None:
             on_step(step)
     bar.close()
+    if not world.is_main:
+        return {}
 
     final_valid = evaluate_model(task, model, precision, device, "valid")
     log.write(step=step, split="valid", items=clock["items"], **final_valid)
@@ -424,6 +462,8 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
                "test": evaluate_model(task, model, precision, device, "test")}
     log.write(step=step, split="test", items=clock["items"], reported_step=reported, **results["test"])
     metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
+    if world.parallel:
+        metrics["device"] = f"{world.size} x {metrics['device']}"
     metrics.update(steps=schedule.total, reported_step=reported, precision=precision, data_files=data,
                    train_epochs=clock["items"] / task.epoch_items)
     atomic.write_json(out / METRICS, metrics)

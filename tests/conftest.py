@@ -35,3 +35,15 @@ def shared_data() -> Path:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Token-id caches go to a per-session folder, never to the user's ~/.cache."""
     monkeypatch.setenv("CRT_REPRO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(n: int):
+    """An ``on_step`` that interrupts a run after step ``n`` (as a kill would, after its checkpoint)."""
+    def on_step(step):
+        if step == n:
+            raise Stop
+    return on_step

@@ -204,12 +204,14 @@ def test_rel_shift_indexes_distances():
             assert out[i, j] == 100 * i + (m + i - j)
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
 @pytest.mark.parametrize("mlen", [0, 4])
-def test_xl_attention_equals_naive_relative_attention(mlen):
+def test_xl_attention_equals_naive_relative_attention(mlen, kernel):
     """Dai et al.'s score (q_i + u).k_j + (q_i + v).W_r R[i - j] with R indexed explicitly at the
-    distance of every (i, j) pair, softmax over j <= i, in loops."""
+    distance of every (i, j) pair, softmax over j <= i, in loops; by both kernels (FlexAttention
+    runs its reference implementation here, forward only: it has no CPU backward)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=8, n_head=2, dropout=0.0)
+    cfg = ModelConfig(d_model=8, n_head=2, dropout=0.0, xl_attention=kernel)
     att = RelativeAttention(cfg).eval()
     b, n, d, dh = 2, 5, 8, 4
     x, ctx = torch.randn(b, n, d), torch.randn(b, mlen, d)

@@ -18,6 +18,8 @@ from crt_repro.plan import plan_workflow
 from crt_repro.tasks.lm import LMTask
 from crt_repro.train import METRICS, Schedule, make_optimizer, resolve_precision, train
 
+from conftest import Stop, stop_at
+
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = yaml.safe_load((REPO / "workflow/config/experiments.yaml").read_text())
 
@@ -105,18 +107,6 @@ def test_bf16_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
     assert resolve_precision(smoke("run.bf16=false"), cpu) == "fp32"
     with pytest.raises(ConfigError, match="run.bf16"):
         smoke("run.bf16=sometimes")
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_at(n: int):
-    """An ``on_step`` that interrupts a run after step ``n`` (as a kill would, after its checkpoint)."""
-    def on_step(step):
-        if step == n:
-            raise Stop
-    return on_step
 
 
 def test_the_precision_used_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):

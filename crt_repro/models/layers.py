@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig
+from crt_repro.models.adaptive import AdaptiveSoftmax, effective_cutoffs
 
 State = Tensor | list[Tensor] | None
 
@@ -102,12 +103,18 @@ class Block(nn.Module):
 
 
 class LMHead(nn.Module):
-    """Final LayerNorm, output dropout and the softmax layer (tied to the embedding if asked)."""
+    """Final LayerNorm, output dropout and the softmax layer (tied to the embedding if asked):
+    a full softmax, or with ``model.adaptive`` the adaptive softmax (``models.adaptive``)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, embedding: nn.Embedding):
         super().__init__()
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout_emb)
+        self.adaptive = cfg.adaptive and bool(effective_cutoffs(cfg.adaptive_cutoffs, vocab_size))
+        if self.adaptive:
+            self.out = AdaptiveSoftmax(cfg.d_model, vocab_size, cfg.adaptive_cutoffs,
+                                       embedding.weight if cfg.tie_embeddings else None)
+            return
         self.out = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out.weight = embedding.weight
@@ -116,10 +123,15 @@ class LMHead(nn.Module):
         return self.ln_f(h)
 
     def logits(self, h: Tensor) -> Tensor:
+        """Scores whose softmax is the model's distribution (the adaptive softmax's log-probabilities)."""
+        if self.adaptive:
+            return self.out.log_probs(self.drop(self.ln_f(h)))
         return self.out(self.drop(self.ln_f(h)))
 
     def loss(self, h: Tensor, targets: Tensor) -> Tensor:
         """Mean negative log-likelihood in nats, computed in fp32 for a stable softmax."""
+        if self.adaptive:
+            return self.out.nll(self.drop(self.ln_f(h)), targets).mean()
         logits = self.logits(h).float()
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 

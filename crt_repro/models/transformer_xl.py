@@ -29,6 +29,13 @@ Choices where the paper and Dai et al. leave room (none has a config key; ``mem_
 
 Parameters per layer beyond the Transformer baseline: W_r (d^2) and u, v (2d). Paper Table 1
 gives XL the same count as the Transformer, i.e. it leaves these out.
+
+Kernels (``model.xl_attention``): SDPA takes the position term as a float mask, which on CUDA
+leaves it only its slowest kernels. FlexAttention instead adds the term inside its fused kernel,
+reading it from the unshifted scores (the rel-shift is an index) and skipping the masked future
+blocks; "auto" uses it on CUDA where no attention dropout applies (FlexAttention has none) and
+heads are at least 16 wide (its CUDA kernel's least), SDPA everywhere else, so CPU runs compute exactly what they always did. Both give the same function
+(tests/test_models.py and tests/test_cuda.py hold them equal).
 """
 from __future__ import annotations
 
@@ -38,6 +45,9 @@ from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig
 from crt_repro.models.layers import LanguageModel, State, sinusoid_table
+
+_compiled_flex = None
+_block_masks: dict = {}
 
 
 def rel_shift(x: Tensor) -> Tensor:
@@ -52,6 +62,34 @@ def rel_shift(x: Tensor) -> Tensor:
     *lead, q, k = x.shape
     x = F.pad(x, (1, 0)).view(*lead, k + 1, q)
     return x[..., 1:, :].reshape(*lead, q, k)
+
+
+def flex_relative_attention(q: Tensor, k: Tensor, v: Tensor, bd: Tensor) -> Tensor:
+    """Causal attention over [memory; segment] with the position term ``rel_shift(bd)`` added to
+    the scores, as SDPA with that float mask computes it; through FlexAttention (compiled on CUDA).
+
+    ``bd`` [B, H, n, klen] holds query i against distances klen-1..0; the rel-shift maps key j to
+    column n - 1 - i + j (clamped where j is in the future, which the block mask drops anyway).
+    """
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    n, klen = q.shape[-2], k.shape[-2]
+    scale = q.shape[-1] ** -0.5
+
+    def score_mod(score, b, h, i, j):
+        return score + bd[b, h, i, torch.clamp(n - 1 - i + j, max=klen - 1)] * scale
+
+    key = (n, klen, q.device)
+    if key not in _block_masks:
+        def causal(b, h, i, j):
+            return j <= klen - n + i
+        _block_masks[key] = create_block_mask(causal, None, None, n, klen, device=q.device)
+    attend = flex_attention
+    if q.is_cuda:
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention)
+        attend = _compiled_flex
+    return attend(q, k, v, score_mod=score_mod, block_mask=_block_masks[key], scale=scale)
 
 
 class RelativeAttention(nn.Module):
@@ -69,6 +107,14 @@ class RelativeAttention(nn.Module):
         self.v = nn.Parameter(torch.randn(cfg.n_head, 1, d_head) * 0.02)  # r_r_bias: position bias
         self.dropout_attn = cfg.dropout_attn
         self.drop = nn.Dropout(cfg.dropout)
+        self.kernel = cfg.xl_attention
+
+    def _flex(self, x: Tensor) -> bool:
+        if self.kernel == "auto":
+            # The CUDA kernel needs heads of 16 or more (the paper's are 38 and 41 wide).
+            wide = x.shape[-1] // self.n_head >= 16
+            return x.is_cuda and wide and not (self.training and self.dropout_attn > 0)
+        return self.kernel == "flex"
 
     def _heads(self, t: Tensor) -> Tensor:
         *lead, n, d = t.shape
@@ -82,6 +128,9 @@ class RelativeAttention(nn.Module):
         k, v = self.kv(kv_in).chunk(2, dim=-1)
         q, k, v = self._heads(self.q(x)), self._heads(k), self._heads(v)  # [B, H, len, d_head]
         r_k = self._heads(self.r(r))  # [H, klen, d_head]
+        if self._flex(x):
+            y = flex_relative_attention(q + self.u, k, v, (q + self.v) @ r_k.transpose(-1, -2))
+            return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
         # Terms (b)+(d) as an additive bias to the content scores (a)+(c), which SDPA computes
         # from the query q + u; both are scaled by 1/sqrt(d_head) like the content scores.
         pos = rel_shift((q + self.v) @ r_k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)

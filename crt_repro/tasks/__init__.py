@@ -21,14 +21,15 @@ import torch
 from crt_repro.config import Config
 
 
-def make_task(cfg: Config, device: torch.device):
+def make_task(cfg: Config, device: torch.device, streams: slice | None = None):
+    """``streams``: the training streams of this rank in data-parallel training (language models only)."""
     if cfg.is_video:
         from crt_repro.tasks.video import VideoTask
 
         return VideoTask(cfg, device)
     from crt_repro.tasks.lm import LMTask
 
-    return LMTask(cfg, device)
+    return LMTask(cfg, device, streams)
 
 
 def data_fingerprint(cfg: Config) -> dict:

@@ -5,6 +5,10 @@ Every model sees the same streams in the same order. One optimiser step covers
 states) is detached at the start of each step and reset at the start of each epoch, and it is
 carried over the whole stream in evaluation. On the memory-reach corpus evaluation also scores
 recall (``crt_repro.memory_reach``).
+
+In data-parallel training (``crt_repro.distributed``) a task trains only its rank's ``streams``
+of the B; budgets, epochs and items stay those of all B streams, and its ``state_dict`` holds the
+state of all of them, gathered from every rank.
 """
 from __future__ import annotations
 
@@ -13,14 +17,16 @@ import math
 import torch
 from torch import Tensor, nn
 
+from crt_repro import distributed
 from crt_repro.config import Config, ConfigError, OptimConfig
 from crt_repro.data import SegmentStream, batchify, corpus_for
 
 
 class LMTask:
-    def __init__(self, cfg: Config, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device, streams: slice | None = None):
         self.cfg = cfg
         self.device = device
+        self.streams = streams
         corpus = corpus_for(cfg.data)
         self.corpus = corpus
         self.n_out = len(corpus.vocab)
@@ -35,6 +41,10 @@ class LMTask:
                 f"data.seg_len={cfg.data.seg_len} is longer than a training stream: {train.numel():,} training "
                 f"tokens of {cfg.data.dataset} in data.batch_size={cfg.data.batch_size} streams give "
                 f"{streams.shape[1] - 1:,} input positions per stream; lower --seg-len or data.batch_size")
+        self.n_streams = cfg.data.batch_size
+        if self.streams is not None:
+            streams = streams[self.streams]
+            self.n_streams = streams.shape[0]
         self.train_stream = SegmentStream(streams.to(device), cfg.data.seg_len)
         self.window = cfg.optim.bptt_segments
         self.steps_per_epoch = math.ceil(len(self.train_stream) / self.window)
@@ -72,7 +82,7 @@ class LMTask:
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, int]:
         first = (step % self.steps_per_epoch) * self.window
         if first == 0:
-            self.state = model.init_state(self.cfg.data.batch_size, self.device)
+            self.state = model.init_state(self.n_streams, self.device)
         state = model.detach_state(self.state)
         total, count = 0.0, 0
         for i in range(first, min(first + self.window, len(self.train_stream))):
@@ -109,7 +119,15 @@ class LMTask:
         return out
 
     def state_dict(self) -> dict:
-        return {"state": self.state}
+        """A collective in data-parallel training: every rank calls it."""
+        if self.streams is None:
+            return {"state": self.state}
+        return {"state": distributed.gather_streams(self.state, distributed.current())}
 
     def load_state_dict(self, d: dict) -> None:
-        self.state = d["state"]
+        state = d["state"]
+        if state is not None:
+            # Saved by any number of ranks: the state of all B streams, of which this task keeps its own.
+            part = slice(None) if self.streams is None else self.streams
+            state = state[part].to(self.device) if isinstance(state, Tensor) else [s[part].to(self.device) for s in state]
+        self.state = state

@@ -50,6 +50,8 @@ def _coerce_cli_types(cfg):
     for key in ("gpu", "threads"):
         if key in cfg:
             cfg[key] = _int_or_keep(cfg[key])
+    if isinstance(cfg.get("train_gpus"), dict):
+        cfg["train_gpus"] = {str(k): _int_or_keep(v) for k, v in cfg["train_gpus"].items()}
 
 
 # Profile settings (workflow/config/<profile>.yaml) under the user's --config keys.
@@ -78,6 +80,8 @@ K400_CHECKPOINT = config["k400_checkpoint"]
 PLAN = plan_workflow(EXPERIMENTS, config, PROFILE, DATA_DIR)
 GPU = int(config["gpu"])
 TRAIN_THREADS = int(config["threads"])
+# A run of a dataset listed here trains on that many GPUs in one job (torchrun inside it).
+TRAIN_GPUS = config.get("train_gpus") or {}
 
 # Files `crt-repro download <name> --to data` writes (crt_repro.data.corpus.DATASETS).
 DOWNLOAD_FILES = {
@@ -88,11 +92,34 @@ DOWNLOAD_FILES = {
 
 
 def regex_of(names):
-    return "|".join(re.escape(n) for n in sorted(names))
+    """A wildcard constraint matching exactly these names; none: matching nothing (an empty
+    constraint would match everything)."""
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
 
 
 def run_dir(run_id):
     return f"{runs_dir(PROFILE)}/{run_id}"
+
+
+def gpus_of(run_id):
+    return int(TRAIN_GPUS.get(PLAN.runs[run_id].dataset, GPU))
+
+
+MULTI_GPU_RUNS = {r for r in PLAN.runs if gpus_of(r) > 1}
+
+
+def train_gpus(wildcards):
+    return gpus_of(wildcards.run_id)
+
+
+def train_nproc(wildcards, resources):
+    """`--nproc N`: `crt-repro train` starts N data-parallel processes through torchrun, one per
+    GPU the job got (a local `--resources gpu=1` caps a 4-GPU run to 1: then it trains in one)."""
+    return f"--nproc {resources.gpu}" if resources.gpu > 1 else ""
+
+
+def train_threads(wildcards):
+    return TRAIN_THREADS * max(1, gpus_of(wildcards.run_id))
 
 
 def train_data_dir(spec):

@@ -16,11 +16,24 @@ rule train:
         CONDA_ENV
     params:
         args=train_args,
+        nproc=train_nproc,
         out=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
-        run_id=regex_of(PLAN.runs),
+        run_id=regex_of(PLAN.runs.keys() - MULTI_GPU_RUNS),
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
     shell:
-        "crt-repro train {params.args} --out {params.out} > {log} 2>&1"
+        "crt-repro train {params.args} {params.nproc} --out {params.out} > {log} 2>&1"
+
+
+# A run on several GPUs (config train_gpus: dataset -> N) is still one job: `crt-repro train
+# --nproc N` starts torchrun's N data-parallel processes inside it (crt_repro.distributed). It has
+# a rule of its own so that a cluster profile gives it its own resources, and so that a job array
+# of one rule holds jobs of one size (the Slurm plugin sizes an array by its first job).
+use rule train as train_multi_gpu with:
+    wildcard_constraints:
+        run_id=regex_of(MULTI_GPU_RUNS),
+    threads: train_threads
+    resources:
+        gpu=train_gpus,
