@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from crt_repro.models import native_scan
 from crt_repro.models import rnn as rnn_module
 from crt_repro.models.rnn import (
     GRU,
@@ -495,6 +496,7 @@ def test_reset_before_differs_from_after(kind):
 def test_reset_after_is_bitwise_unchanged(kind, setting, monkeypatch):
     """reset="after" runs exactly the ops it ran before the option existed: outputs and every
     gradient equal, bit for bit, those of the frozen copy of that scan."""
+    monkeypatch.setattr(native_scan, "supports", lambda *tensors: False)  # the C scan: its own test
     _seed()
     m = make_rnn(kind, 8, 16, reset="after")
     b = 1 if setting == "bf16-small-batch" else 3
@@ -521,6 +523,38 @@ def test_reset_after_is_bitwise_unchanged(kind, setting, monkeypatch):
     names = ["out", "out (no grad)", "x", "h0"] + [n for n, _ in m.named_parameters()]
     for name, a, b_ in zip(names, new, old):
         assert a.dtype == b_.dtype and torch.equal(a, b_), name
+
+
+@pytest.mark.skipif(not native_scan.available(), reason="no C compiler: streaming uses the Python scan")
+@pytest.mark.parametrize("kind,opts", CONFIGS, ids=CONFIG_IDS)
+def test_native_streaming_scan_equals_python_scan(kind, opts, monkeypatch):
+    """The C scan that batch-1 inference runs gives the Python scan's outputs and carried state
+    (float64, to rounding), over two segments with the state carried."""
+    _seed()
+    m = make_rnn(kind, 8, 16, **opts).double()
+    x = torch.randn(1, 2, 11, 8, dtype=torch.float64)
+    h0 = torch.randn(1, 16, dtype=torch.float64)
+    called = []
+    real = native_scan.scan
+    monkeypatch.setattr(native_scan, "scan", lambda *a: called.append(1) or real(*a))
+
+    def stream():
+        h, outs = h0, []
+        with torch.no_grad():
+            for seg in x.unbind(1):
+                out, h = m(seg, h)
+                outs.append(out)
+        return torch.cat(outs, 1), h
+
+    fast = stream()
+    assert len(called) == 2
+    monkeypatch.setattr(native_scan, "supports", lambda *tensors: False)
+    ref = stream()
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # a trace (fvcore's MAC count) must see the Python scan's ops
+        torch.jit.trace(m, (x[:, 0], h0), check_trace=False)
+    assert len(called) == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crt_repro.models import native_scan
+
 __all__ = ["RNN_KINDS", "RESETS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "gated_scan"]
 
 RNN_KINDS = ("gru", "ncgru")
@@ -336,11 +338,15 @@ def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before)
+    if xp.shape[0] < SMALL_CPU_BATCH and native_scan.supports(h0, r_cat, b_hh, b_mod):
+        # Streaming inference: the time loop in C, not one Python dispatch per op and step.
+        return native_scan.scan(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod if kind == "modrelu" else None, before)
     with _autocast_off(xp.device.type):
         return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
 
 
-# Below this many streams a CPU step product runs in fp32 even under autocast. Timed on the 2-core
+# Below this many streams a CPU step product runs in fp32 even under autocast, and inference runs
+# the C scan (``native_scan``). Timed on the 2-core
 # AMD EPYC this was developed on, torch.mm of [B,256] x [256,768] with operands already cast (as
 # the scan runs its steps): fp32 15 us at B=1 and 32-44 us at B=2..8; bf16 23-30 us at B=1..8.
 # So only a single stream (batch-1 streaming) is faster in fp32.
