@@ -557,6 +557,25 @@ def test_native_streaming_scan_equals_python_scan(kind, opts, monkeypatch):
     assert len(called) == 2
 
 
+def test_ncgru_inference_reuses_w_only_while_its_sources_are_unchanged():
+    _seed()
+    m = NCGRU(8, 16)
+    x = torch.randn(3, 4, 8)
+
+    def both():
+        with torch.no_grad():
+            fast = m(x)[0]
+        return fast, m(x)[0].detach()  # with gradient: W rebuilt
+
+    a, b = both()
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        m.A.add_(0.01 * (torch.eye(16).roll(1, 0) - torch.eye(16).roll(1, 1)))  # a skew step
+    m.post_step(1)
+    c, d = both()
+    assert torch.equal(c, d) and not torch.equal(c, a)
+
+
 # ---------------------------------------------------------------------------------------------
 # NCGRU: orthogonality and the cached inverse
 # ---------------------------------------------------------------------------------------------

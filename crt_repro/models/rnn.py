@@ -542,6 +542,7 @@ class NCGRU(_GatedCell):
         self.register_buffer("inv", torch.eye(h))
         self.register_buffer("a_old", torch.zeros(h, h))
         self._warned = False
+        self._recurrent_cache = None
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -639,13 +640,27 @@ class NCGRU(_GatedCell):
 
     # ---- forward ---------------------------------------------------------------------------------
 
+    def _recurrent(self) -> Tensor:
+        """[Z_h | R_h | W], the scan's r_cat. Without gradient it is reused until A, the inverse or
+        Z_h | R_h change (the cache holds the tensors it was made from and their versions): a
+        decoding step would otherwise rebuild W, an H^3 product, for every token. The same ops
+        make it either way, so the values are the same bit for bit. A trace (the MAC count) always
+        sees the product, once per call."""
+        sources = (self.A, self.inv, self.d, self.weight_hh_zr)
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return torch.cat([self.weight_hh_zr, cayley_weight(self.A, self.inv, self.d)], dim=1)
+        cached = self._recurrent_cache
+        if cached is None or any(a is not b or a._version != v for a, (b, v) in zip(sources, cached[0])):
+            r_cat = torch.cat([self.weight_hh_zr, cayley_weight(self.A, self.inv, self.d)], dim=1)
+            self._recurrent_cache = cached = ([(t, t._version) for t in sources], r_cat)
+        return cached[1]
+
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h0 = _check_inputs(x, h0, self.input_size, self.hidden_size)
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), h0.to(x.dtype)
         self._check_fresh()
-        w = cayley_weight(self.A, self.inv, self.d)
-        recurrent = torch.cat([self.weight_hh_zr, w], dim=1)  # [Z_h | R_h | W], the scan's r_cat
+        recurrent = self._recurrent()
         bias = self.bias
         if not self.candidate_bias:  # a zero third keeps the segment's input projection one product
             bias = torch.cat([bias, bias.new_zeros(self.hidden_size)])
