@@ -641,25 +641,29 @@ class NCGRU(_GatedCell):
     # ---- forward ---------------------------------------------------------------------------------
 
     def _recurrent(self) -> Tensor:
-        """[Z_h | R_h | W], the scan's r_cat. Without gradient it is reused until A, the inverse or
-        Z_h | R_h change (the cache holds the tensors it was made from and their versions): a
-        decoding step would otherwise rebuild W, an H^3 product, for every token. The same ops
-        make it either way, so the values are the same bit for bit. A trace (the MAC count) always
-        sees the product, once per call."""
-        sources = (self.A, self.inv, self.d, self.weight_hh_zr)
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return torch.cat([self.weight_hh_zr, cayley_weight(self.A, self.inv, self.d)], dim=1)
+        """[Z_h | R_h | W], the scan's r_cat, after ``_check_fresh``. Without gradient it is reused
+        until A, the inverse or Z_h | R_h change (the cache holds the tensors it was made from and
+        their versions; A unchanged since a fresh check is still fresh): a decoding step would
+        otherwise rebuild W, an H^3 product, and compare A with A_old for every token. The same
+        ops make it either way, so the values are the same bit for bit. A trace (the MAC count)
+        always sees the product, once per call."""
+        reuse = not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
         cached = self._recurrent_cache
-        if cached is None or any(a is not b or a._version != v for a, (b, v) in zip(sources, cached[0])):
-            r_cat = torch.cat([self.weight_hh_zr, cayley_weight(self.A, self.inv, self.d)], dim=1)
-            self._recurrent_cache = cached = ([(t, t._version) for t in sources], r_cat)
-        return cached[1]
+        if reuse and cached and all(a is b and a._version == v for a, (b, v) in zip(self._w_sources(), cached[0])):
+            return cached[1]
+        self._check_fresh()
+        r_cat = torch.cat([self.weight_hh_zr, cayley_weight(self.A, self.inv, self.d)], dim=1)
+        if reuse:
+            self._recurrent_cache = ([(t, t._version) for t in self._w_sources()], r_cat)
+        return r_cat
+
+    def _w_sources(self) -> tuple[Tensor, ...]:
+        return self.A, self.inv, self.d, self.weight_hh_zr
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h0 = _check_inputs(x, h0, self.input_size, self.hidden_size)
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), h0.to(x.dtype)
-        self._check_fresh()
         recurrent = self._recurrent()
         bias = self.bias
         if not self.candidate_bias:  # a zero third keeps the segment's input projection one product
