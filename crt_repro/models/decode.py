@@ -27,7 +27,10 @@ from torch import Tensor
 
 
 class KV:
-    """One layer's cached keys and values, each [B, n_head, positions, d_head]."""
+    """One layer's cached keys and values, each [B, n_head, positions, d_head]. A query sees
+    them all (``mask`` None; ``export.SlotKV`` keeps fixed slots and masks the unused ones)."""
+
+    mask: Tensor | None = None
 
     def __init__(self) -> None:
         self.k: Tensor | None = None

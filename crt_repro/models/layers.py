@@ -73,11 +73,12 @@ class CausalSelfAttention(nn.Module):
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
 
     def step(self, x: Tensor, kv) -> Tensor:
-        """Decoding (eval): x [B, 1, d], one new position per stream, which attends to every
-        position cached in ``kv`` (a ``decode.KV``) and is appended to it first."""
+        """Decoding (eval): x [B, 1, d], one new position per stream, which attends to the
+        positions cached in ``kv`` (a ``decode.KV``: all of them, or those ``kv.mask`` allows) and
+        is appended to it first."""
         k, v = self.kv(x).chunk(2, dim=-1)
         k, v = kv.append(self._heads(k), self._heads(v))
-        y = F.scaled_dot_product_attention(self._heads(self.q(x)), k, v)
+        y = F.scaled_dot_product_attention(self._heads(self.q(x)), k, v, attn_mask=kv.mask)
         return self.proj(y.transpose(1, 2).reshape(x.shape))
 
 

@@ -105,6 +105,8 @@ class RelativeAttention(nn.Module):
         # (q + v) . (W_r R_j) as ((q + v) W_r) . R_j: one d x d product per token, not klen of them.
         w_r = self.r.weight.view(self.n_head, -1, d)  # [H, d_head, d]
         pos = ((q + self.v) @ w_r) @ r.t() * (q.shape[-1] ** -0.5)  # [B, H, 1, klen]
+        if kv.mask is not None:
+            pos = pos.masked_fill(~kv.mask, float("-inf"))
         y = F.scaled_dot_product_attention(q + self.u, k, v, attn_mask=pos.to(q.dtype))
         return self.proj(y.transpose(1, 2).reshape(b, 1, d))
 
