@@ -16,7 +16,12 @@ name, ``crt-<cell>`` for the RNN cell) at each segment length:
   ``models/decode.py``), each token's logits computed; a repeat is one segment of tokens. Rows add
   the median and p99 latency per token (``ms_token_p50``, ``ms_token_p99``: CRT's and XL's
   segment-end work shows in the p99), ``cache_peak_bytes`` (the most the cache held within a
-  segment) and, as ``state_bytes``, what the cache holds at a segment boundary.
+  segment) and, as ``state_bytes``, what the cache holds at a segment boundary; ``file_bytes`` is
+  the model's state_dict (what an eager model ships).
+* ``onnx`` (not run unless asked): the same decoding, by the step exported to ONNX and run by ONNX
+  Runtime (``crt_repro.export``) with torch's thread count; its state has fixed shapes, so
+  ``state_bytes`` = ``cache_peak_bytes`` = all the slots, and ``file_bytes`` is the .onnx file.
+  No peak RSS (the exporter's own memory would count).
 
 Throughput: every row's ``gflop_s`` is 2 x the counted MACs of one segment's forward at the row's
 batch (x 3 for train: backward costs about twice the forward) over its time, and ``peak_share``
@@ -64,10 +69,11 @@ from crt_repro.config import Config, build_config, uses_rnn
 from crt_repro.models.decode import Cache
 
 DEFAULT_MODELS = ("transformer", "transformer_xl", "crt-gru", "crt-ncgru")
-MODES = ("train", "forward", "stream", "decode")
+MODES = ("train", "forward", "stream", "decode", "onnx")
+STREAMING = ("stream", "decode", "onnx")  # batch 1
 DEFAULT_MODES = MODES[:3]
 CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "tokens_per_s", "peak_mem_mb",
-               "state_bytes", "ms_token_p50", "ms_token_p99", "cache_peak_bytes", "gflop_s", "peak_share")
+               "state_bytes", "ms_token_p50", "ms_token_p99", "cache_peak_bytes", "file_bytes", "gflop_s", "peak_share")
 
 
 def parse_model(spec: str) -> tuple[str, str]:
@@ -103,6 +109,12 @@ class BenchSpec:
         if self.rnn:
             overrides["model"]["rnn"] = self.rnn
         return build_config("cpu", "synthetic", overrides)
+
+
+def params_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the state_dict's tensors, tied ones once: what an eager model ships."""
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    return sum(seen.values())
 
 
 def state_bytes(state) -> int:
@@ -155,8 +167,9 @@ class Runner:
         """Carried states of full size (XL: mem_len states per layer) for these modes."""
         self.model.eval()
         for mode in modes:
-            if mode == "decode":  # XL's memory fills in one segment of decoding when mem_len <= seg_len
-                self.states[mode] = self.model.init_cache(1, self.cfg.data.seg_len, self.device)
+            if mode in ("decode", "onnx"):  # XL's memory fills in one segment when mem_len <= seg_len
+                self.states[mode] = (self.model.init_cache(1, self.cfg.data.seg_len, self.device)
+                                     if mode == "decode" else self._export_onnx())
                 mem = self.cfg.mem_len or 1
                 for _ in range(max(1, -(-mem // self.cfg.data.seg_len))):
                     self.step(mode)
@@ -192,6 +205,9 @@ class Runner:
         if mode == "decode":
             self._decode_segment()
             return
+        if mode == "onnx":
+            self._onnx_segment()
+            return
         x = self.x1 if mode == "stream" else self.x
         with torch.no_grad(), self.autocast():
             hidden, state = model(x, self.states[mode])
@@ -210,6 +226,27 @@ class Runner:
                 self.token_ms.append((time.perf_counter() - t0) * 1000.0)
                 self.cache_peak = max(self.cache_peak, cache.nbytes())
         self.states["decode"] = cache
+
+    def _export_onnx(self) -> tuple:
+        """The decoding step exported and loaded into ONNX Runtime (``crt_repro.export``); its
+        fixed-shape state. The file lives as long as the runner."""
+        import tempfile
+
+        from crt_repro.export import OnnxStep, export_onnx, stream_step
+
+        step = stream_step(self.model, self.cfg.data.seg_len)
+        self._onnx_dir = tempfile.TemporaryDirectory(prefix="crt-bench-")
+        self.onnx = OnnxStep(export_onnx(step, os.path.join(self._onnx_dir.name, "step.onnx")))
+        return step.init_state(1)
+
+    def _onnx_segment(self) -> None:
+        state = self.states["onnx"]
+        for pos, token in enumerate(self.x1[0].unbind(0)):
+            t0 = time.perf_counter()
+            _, *state = self.onnx(token[None], torch.tensor(pos), *state)
+            self.token_ms.append((time.perf_counter() - t0) * 1000.0)
+        self.cache_peak = state_bytes(state)  # fixed shapes: the same at every token
+        self.states["onnx"] = state
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -322,13 +359,13 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
         for mode in modes:
             medians = time_round_robin([r for _, _, r in runners], mode, warmup, repeats)
             for (_, spec, r), ms in zip(runners, medians):
-                b = 1 if mode in ("stream", "decode") else batch
+                b = 1 if mode in STREAMING else batch
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                     r.step(mode)
                     r.sync()
                     peak = torch.cuda.max_memory_allocated() / 2**20
-                elif memory:
+                elif memory and mode != "onnx":  # there the exporter's own peak would count
                     peak = measure_memory_subprocess(spec, mode)
                 else:
                     peak = float("nan")
@@ -336,11 +373,12 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                        "batch": b, "mode": mode, "ms_per_batch": round(ms, 4),
                        "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
                        "state_bytes": state_bytes(r.states[mode]), "ms_token_p50": "", "ms_token_p99": "",
-                       "cache_peak_bytes": "", "gflop_s": "", "peak_share": ""}
-                if mode == "decode":
+                       "cache_peak_bytes": "", "file_bytes": "", "gflop_s": "", "peak_share": ""}
+                if mode in ("decode", "onnx"):
                     timed = r.token_ms[-repeats * n :]
                     row.update(ms_token_p50=round(statistics.median(timed), 4),
-                               ms_token_p99=round(percentile(timed, 99), 4), cache_peak_bytes=r.cache_peak)
+                               ms_token_p99=round(percentile(timed, 99), 4), cache_peak_bytes=r.cache_peak,
+                               file_bytes=r.onnx.file_bytes if mode == "onnx" else params_bytes(r.model))
                 rows.append(row)
                 if progress:
                     progress(row)
@@ -385,7 +423,7 @@ def matmul_peak_gflops(d_model: int, *, bf16: bool = False, device: str = "cpu",
 
 
 # FLOPs of a row over those of one segment's forward: backward costs about twice the forward.
-FLOP_FACTOR = {"train": 3, "forward": 1, "stream": 1, "decode": 1}
+FLOP_FACTOR = {"train": 3, "forward": 1, "stream": 1, "decode": 1, "onnx": 1}
 
 
 def add_throughput(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], int], peak_gflops: float) -> None:
@@ -404,20 +442,21 @@ def format_decode_table(rows: list[dict[str, Any]]) -> str:
     """The decode rows side by side: per-token latency (median, p99 and their ratio, which shows
     the burst at segment ends), what crosses a segment boundary, the most the cache holds within
     a segment, and the peak RSS; ratios to Transformer-XL at the same segment length."""
-    xl = {r["seg_len"]: r for r in rows if r["mode"] == "decode" and r["model"] == "transformer_xl"}
-    head = (f"{'model':<16} {'seg':>4} {'ms/token':>9} {'p99':>8} {'p99/p50':>7} {'x XL':>6} {'state B':>10} "
-            f"{'cache peak B':>12} {'x XL':>6} {'peak MB':>8}")
+    xl = {(r["seg_len"], r["mode"]): r for r in rows if r["model"] == "transformer_xl"}
+    head = (f"{'model':<16} {'seg':>4} {'run':<6} {'ms/token':>9} {'p99':>8} {'p99/p50':>7} {'x XL':>6} "
+            f"{'state B':>10} {'cache peak B':>12} {'x XL':>6} {'file B':>10} {'peak MB':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        if r["mode"] != "decode":
+        if r["mode"] not in ("decode", "onnx"):
             continue
         name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
-        ref = xl.get(r["seg_len"])
+        ref = xl.get((r["seg_len"], r["mode"]))
         t_ratio = f"{r['ms_token_p50'] / ref['ms_token_p50']:.2f}" if ref else ""
         c_ratio = f"{r['cache_peak_bytes'] / ref['cache_peak_bytes']:.2f}" if ref else ""
-        lines.append(f"{name:<16} {r['seg_len']:>4} {r['ms_token_p50']:>9.3f} {r['ms_token_p99']:>8.3f} "
+        run = "eager" if r["mode"] == "decode" else "onnx"
+        lines.append(f"{name:<16} {r['seg_len']:>4} {run:<6} {r['ms_token_p50']:>9.3f} {r['ms_token_p99']:>8.3f} "
                      f"{r['ms_token_p99'] / r['ms_token_p50']:>7.2f} {t_ratio:>6} {r['state_bytes']:>10} "
-                     f"{r['cache_peak_bytes']:>12} {c_ratio:>6} {r['peak_mem_mb']:>8}")
+                     f"{r['cache_peak_bytes']:>12} {c_ratio:>6} {r['file_bytes']:>10} {r['peak_mem_mb']:>8}")
     return "\n".join(lines)
 
 
@@ -477,7 +516,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"# matmul peak at d_model {args.d_model} ({'bf16' if args.bf16 else 'fp32'}, [4096, d] x [d, 4d]): "
           f"{peak:.1f} GFLOP/s; GFLOP/s = 2 x counted forward MACs (x3 for train) / time")
     print(format_table(rows, macs))
-    if "decode" in args.modes:
+    if {"decode", "onnx"} & set(args.modes):
         print(format_decode_table(rows))
     print(machine_note(args.device).replace("#", "# after:"))
     if args.csv:
@@ -501,7 +540,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast (CPU: AVX-512 BF16 or AMX matmuls where the CPU has them)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
-                   help="decode: batch 1, one token at a time (model.step) (default: %(default)s)")
+                   help="decode: batch 1, one token at a time (model.step); onnx: the same step exported and "
+                        "run by ONNX Runtime (needs the 'export' extra) (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-mem", action="store_true", help="skip the per-configuration memory subprocesses (CPU)")

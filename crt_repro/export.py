@@ -161,7 +161,8 @@ def stream_step(model, seg_len: int) -> nn.Module:
 
 
 def export_onnx(step: nn.Module, path: str | os.PathLike, batch: int = 1) -> Path:
-    """``torch.export`` the step at this batch, convert to ONNX and write ``path``; returns it."""
+    """``torch.export`` the step at this batch, convert to ONNX and write ``path``, weights inside
+    (one file: its size is what ships); returns it."""
     import warnings
 
     args = (torch.zeros(batch, dtype=torch.int64), torch.zeros((), dtype=torch.int64), *step.init_state(batch))
@@ -169,7 +170,7 @@ def export_onnx(step: nn.Module, path: str | os.PathLike, batch: int = 1) -> Pat
         program = torch.export.export(step, args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(program, args, str(path), dynamo=True, verbose=False)
+            torch.onnx.export(program, args, str(path), dynamo=True, verbose=False, external_data=False)
     return Path(path)
 
 

@@ -141,3 +141,15 @@ def test_throughput_columns_from_counted_macs():
     assert fwd["gflop_s"] == pytest.approx(2 * m / fwd["ms_per_batch"] / 1e6, abs=1e-3)
     assert fwd["peak_share"] == pytest.approx(fwd["gflop_s"] / 10.0, abs=1e-4)
     assert bench.matmul_peak_gflops(16, repeats=1) > 0
+
+
+def test_onnx_rows_report_the_exported_file_and_its_fixed_state():
+    pytest.importorskip("onnxruntime")
+    rows = bench.bench(["crt-gru"], [4], modes=["decode", "onnx"], **TINY)
+    eager, onnx = rows
+    d, L = TINY["d_model"], TINY["layers"]
+    assert onnx["mode"] == "onnx" and onnx["batch"] == 1 and onnx["ms_token_p50"] > 0
+    # slots for the memory token + 4 tokens in every layer, and the two RNN states
+    assert onnx["state_bytes"] == onnx["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4
+    assert eager["state_bytes"] == d * 4
+    assert 0 < eager["file_bytes"] < onnx["file_bytes"]  # weights, and the graph besides
