@@ -651,7 +651,7 @@ class NCGRU(_GatedCell):
         cached = self._recurrent_cache
         if reuse and cached and all(a is b and a._version == v for a, (b, v) in zip(self._w_sources(), cached[0])):
             return cached[1]
-        if not torch.compiler.is_compiling():  # a graph cannot branch on A's values: export checks first
+        if not torch.compiler.is_exporting():  # a graph cannot branch on A's values: export checks first
             self._check_fresh()
         r_cat = torch.cat([self.weight_hh_zr, cayley_weight(self.A, self.inv, self.d)], dim=1)
         if reuse:
