@@ -403,7 +403,7 @@ def forward_macs(models, seg_lens, batches, *, d_model: int, layers: int, vocab:
     return macs
 
 
-def matmul_peak_gflops(d_model: int, *, bf16: bool = False, device: str = "cpu", repeats: int = 5) -> float:
+def matmul_peak_gflops(d_model: int, *, bf16: bool = False, device: str = "cpu", repeats: int = 10) -> float:
     """GFLOP/s of this machine's matrix product at this width and precision, timed now: the best
     of ``repeats`` products [4096, d] x [d, 4d] (an MLP's first layer over a large batch), with
     the threads the rows run on. What a row reaches is read against it (``add_throughput``)."""
