@@ -552,9 +552,13 @@ def test_native_streaming_scan_equals_python_scan(kind, opts, monkeypatch):
     ref = stream()
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    with torch.no_grad():  # a trace (fvcore's MAC count) must see the Python scan's ops
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():  # a trace (fvcore's MAC count) or a dispatch mode must see the Python scan's ops
         torch.jit.trace(m, (x[:, 0], h0), check_trace=False)
-    assert len(called) == 2
+        with FlopCounterMode(display=False) as fc:
+            m(x[:, 0], h0)
+    assert len(called) == 2 and fc.get_total_flops() >= 2 * 11 * 16 * 48
 
 
 def test_ncgru_inference_reuses_w_only_while_its_sources_are_unchanged():

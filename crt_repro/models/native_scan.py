@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _SOURCE = Path(__file__).with_name("_scan.c")
 _X86_LINUX = platform.system() == "Linux" and platform.machine() == "x86_64"
@@ -85,9 +86,11 @@ def available() -> bool:
 
 def supports(*tensors: Tensor | None) -> bool:
     """True where ``scan`` can run these tensors: all on the CPU, of one dtype it has a loop for,
-    and eager: a JIT trace (fvcore's MAC count), ``torch.export`` or ``torch.compile`` must see the
-    Python scan's ops, which ctypes would hide from them."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    and plain eager: a JIT trace (fvcore's MAC count), a dispatch mode (``FlopCounterMode``, fake
+    tensors), ``torch.export`` or ``torch.compile`` must see the Python scan's ops, which ctypes
+    would hide from them."""
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or torch._C._is_torch_function_mode_enabled()):
         return False
     present = [t for t in tensors if t is not None]
     dt = present[0].dtype
