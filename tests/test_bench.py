@@ -108,6 +108,8 @@ def test_table6_rows_in_paper_order_with_paper_numbers():
     assert list(df["paper_params_m"]) == [151, 151, 150]
     assert list(df["paper_inference_ms"]) == [997, 1421.3, 997.5]
     assert df["ratio_to_transformer"].iloc[0] == 1.0 and (df["inference_ms"] > 0).all()
+    assert (df["inference_ms_batch1"] > 0).all() and (df["decode_ms_per_token"] > 0).all()
+    assert df["device"].str.startswith("cpu").all()
     assert list(df["memory_len"]) == [0, 12, 1]
     assert df["note"].str.contains("not the paper's scale").all()
     assert (df["dataset"] == "wikitext-2").all()
