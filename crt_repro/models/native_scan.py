@@ -6,8 +6,8 @@ not its arithmetic (``crt-repro bench --modes stream``). Training never comes he
 numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
 
 The C file is compiled at first use with the system C compiler (``$CC``, else ``cc``) into a
-per-user cache (``$CRT_REPRO_CACHE``, else ``~/.cache/crt-repro``), keyed by the source and the
-flags, and loaded with ctypes: it includes no torch headers, so the build takes about a second
+per-user cache (``native/`` in ``$CRT_REPRO_CACHE``, else in ``~/.cache/crt-repro``), keyed by the
+source and the flags, and loaded with ctypes: it includes no torch headers, so the build takes about a second
 and cannot break with the torch version. Without a compiler (or with ``CRT_REPRO_NATIVE=0``) every
 caller gets the Python scan; ``available()`` says which.
 """
@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from crt_repro.data.corpus import default_cache_dir
+
 _SOURCE = Path(__file__).with_name("_scan.c")
 _X86_LINUX = platform.system() == "Linux" and platform.machine() == "x86_64"
 # -fno-math-errno lets the gate loops call glibc's vector exp (libmvec, declared in _scan.c); the
@@ -36,18 +38,13 @@ _FUNCS = {torch.float32: "gated_scan_f32", torch.float64: "gated_scan_f64"}
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("CRT_REPRO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crt-repro"
-    return Path(root)
-
-
 def _build() -> ctypes.CDLL | None:
     if os.environ.get("CRT_REPRO_NATIVE", "1") == "0":
         return None
     cc = os.environ.get("CC", "cc")
     src = _SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join([cc, *_FLAGS, *_LIBS, platform.machine(), platform.node()]).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"scan-{key}.so"
+    lib = default_cache_dir() / "native" / f"scan-{key}.so"
     try:
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)
