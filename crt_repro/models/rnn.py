@@ -227,6 +227,29 @@ def _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind: str, before: bool, save: boo
     return out, ((states, g_buf if keep_g else None, pre_buf) if save else None)
 
 
+def _scan_graph(xp, h0, r_cat, b_hh, b_mod, kind: str, before: bool) -> Tensor:
+    """The recurrence of ``_scan_forward`` without its buffers and ``out=`` writes, for a captured
+    graph (``torch.export``: the decoding step as ONNX). Those writes are what make the eager loop
+    cheap, but a graph turns each into scatters and slices: about 60 ONNX nodes a step, against
+    about 10 here. The same equations; tests/test_export.py holds the graph equal to eager."""
+    h = h0.shape[-1]
+    state, out = h0, []
+    for x in xp.unbind(1):
+        hm = state.to(r_cat.dtype)
+        if before:
+            g_zr = hm @ r_cat[:, : 2 * h] + (0 if b_hh is None else b_hh[: 2 * h])
+            zr = (x[:, : 2 * h] + g_zr).sigmoid()
+            rh = (zr[:, h:] * state).to(r_cat.dtype)
+            v = x[:, 2 * h :] + (rh @ r_cat[:, 2 * h :] + (0 if b_hh is None else b_hh[2 * h :]))
+        else:
+            g = hm @ r_cat + (0 if b_hh is None else b_hh)
+            zr = (x[:, : 2 * h] + g[:, : 2 * h]).sigmoid()
+            v = torch.addcmul(x[:, 2 * h :], zr[:, h:], g[:, 2 * h :])
+        state = torch.lerp(_candidate_(v, kind, b_mod), state, zr[:, :h])
+        out.append(state)
+    return torch.stack(out, dim=1)
+
+
 def _mm(a: Tensor, w: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
     return torch.mm(a, w, out=out) if bias is None else torch.addmm(bias, a, w, out=out)
 
@@ -338,6 +361,8 @@ def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before)
+    if torch.compiler.is_compiling():
+        return _scan_graph(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod, kind, before)
     if xp.shape[0] < SMALL_CPU_BATCH and native_scan.supports(h0, r_cat, b_hh, b_mod):
         # Streaming inference: the time loop in C, not one Python dispatch per op and step.
         return native_scan.scan(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod if kind == "modrelu" else None, before)
