@@ -561,6 +561,20 @@ def test_native_streaming_scan_equals_python_scan(kind, opts, monkeypatch):
     assert len(called) == 2 and fc.get_total_flops() >= 2 * 11 * 16 * 48
 
 
+@pytest.mark.parametrize("kind", ["tanh", "modrelu"])
+@pytest.mark.parametrize("before", [False, True])
+def test_graph_scan_equals_python_scan(kind, before):
+    """The functional loop that exported graphs use (``_scan_graph``), float64."""
+    _seed()
+    dt = torch.float64
+    xp, h0 = torch.randn(2, 7, 48, dtype=dt), torch.randn(2, 16, dtype=dt)
+    r_cat, b_hh, b_mod = torch.randn(16, 48, dtype=dt) / 4, torch.randn(48, dtype=dt), torch.randn(16, dtype=dt) / 10
+    b_hh = b_hh if kind == "tanh" else None
+    ref = rnn_module._scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
+    out = rnn_module._scan_graph(xp, h0, r_cat, b_hh, b_mod, kind, before)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_ncgru_inference_reuses_w_only_while_its_sources_are_unchanged():
     _seed()
     m = NCGRU(8, 16)
