@@ -131,7 +131,7 @@ class Runner:
 
     Built from a Config: device and bf16 from ``cfg.run``, batch from ``cfg.data.batch_size``."""
 
-    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=MODES):
+    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=DEFAULT_MODES):
         from crt_repro.models import build_model
         from crt_repro.train import make_optimizer, resolve_device, resolve_precision
 
@@ -154,7 +154,7 @@ class Runner:
         self.warm_states(modes)
 
     @classmethod
-    def from_spec(cls, spec: BenchSpec, seed: int = 0, modes=MODES) -> "Runner":
+    def from_spec(cls, spec: BenchSpec, seed: int = 0, modes=DEFAULT_MODES) -> "Runner":
         return cls(spec.config(), spec.vocab, seed, modes)
 
     def autocast(self):
@@ -163,7 +163,7 @@ class Runner:
         return autocast(self.precision, self.device)
 
     @torch.no_grad()
-    def warm_states(self, modes=MODES) -> None:
+    def warm_states(self, modes=DEFAULT_MODES) -> None:
         """Carried states of full size (XL: mem_len states per layer) for these modes."""
         self.model.eval()
         for mode in modes:
