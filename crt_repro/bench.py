@@ -12,6 +12,21 @@ name, ``crt-<cell>`` for the RNN cell) at each segment length:
 * ``stream``: batch 1, one segment at a time with the state carried (eval, no grad); ms per token
   is ``1000 / tokens_per_s``. ``state_bytes`` is what crosses the segment boundary (CRT: one
   d_model vector; XL: n_layer x mem_len x d_model).
+* ``decode`` (not run unless asked): batch 1, one token at a time through ``model.step`` (see
+  ``models/decode.py``), each token's logits computed; a repeat is one segment of tokens. Rows add
+  the median and p99 latency per token (``ms_token_p50``, ``ms_token_p99``: CRT's and XL's
+  segment-end work shows in the p99), ``cache_peak_bytes`` (the most the cache held within a
+  segment) and, as ``state_bytes``, what the cache holds at a segment boundary; ``file_bytes`` is
+  the model's state_dict (what an eager model ships).
+* ``onnx`` (not run unless asked): the same decoding, by the step exported to ONNX and run by ONNX
+  Runtime (``crt_repro.export``) with torch's thread count; its state has fixed shapes, so
+  ``state_bytes`` = ``cache_peak_bytes`` = all the slots, and ``file_bytes`` is the .onnx file.
+  No peak RSS (the exporter's own memory would count).
+
+Throughput: every row's ``gflop_s`` is 2 x the counted MACs of one segment's forward at the row's
+batch (x 3 for train: backward costs about twice the forward) over its time, and ``peak_share``
+that over this machine's matrix-product rate at the same width and precision, timed in the same
+run (``matmul_peak_gflops``).
 
 Timing: models are built once per segment length and measured round-robin (repeat r of every
 model before repeat r+1 of any), after ``warmup`` untimed iterations each, so that load from other
@@ -51,11 +66,14 @@ import torch
 from torch import Tensor
 
 from crt_repro.config import Config, build_config, uses_rnn
+from crt_repro.models.decode import Cache
 
 DEFAULT_MODELS = ("transformer", "transformer_xl", "crt-gru", "crt-ncgru")
-MODES = ("train", "forward", "stream")
+MODES = ("train", "forward", "stream", "decode", "onnx")
+STREAMING = ("stream", "decode", "onnx")  # batch 1
+DEFAULT_MODES = MODES[:3]
 CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "tokens_per_s", "peak_mem_mb",
-               "state_bytes")
+               "state_bytes", "ms_token_p50", "ms_token_p99", "cache_peak_bytes", "file_bytes", "gflop_s", "peak_share")
 
 
 def parse_model(spec: str) -> tuple[str, str]:
@@ -93,9 +111,17 @@ class BenchSpec:
         return build_config("cpu", "synthetic", overrides)
 
 
+def params_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the state_dict's tensors, tied ones once: what an eager model ships."""
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    return sum(seen.values())
+
+
 def state_bytes(state) -> int:
     if state is None:
         return 0
+    if isinstance(state, Cache):
+        return state.nbytes()
     tensors = [state] if isinstance(state, Tensor) else list(state)
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -105,7 +131,7 @@ class Runner:
 
     Built from a Config: device and bf16 from ``cfg.run``, batch from ``cfg.data.batch_size``."""
 
-    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=MODES):
+    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=DEFAULT_MODES):
         from crt_repro.models import build_model
         from crt_repro.train import make_optimizer, resolve_device, resolve_precision
 
@@ -123,11 +149,13 @@ class Runner:
         self.x1 = self.x[:1].contiguous()
         self.states = {m: None for m in MODES}
         self.step_count = 0
+        self.token_ms: list[float] = []  # decode: every token's latency
+        self.cache_peak = 0  # decode: the most bytes the cache held
         self.warm_states(modes)
 
     @classmethod
-    def from_spec(cls, spec: BenchSpec, seed: int = 0) -> "Runner":
-        return cls(spec.config(), spec.vocab, seed)
+    def from_spec(cls, spec: BenchSpec, seed: int = 0, modes=DEFAULT_MODES) -> "Runner":
+        return cls(spec.config(), spec.vocab, seed, modes)
 
     def autocast(self):
         from crt_repro.train import autocast
@@ -135,10 +163,18 @@ class Runner:
         return autocast(self.precision, self.device)
 
     @torch.no_grad()
-    def warm_states(self, modes=MODES) -> None:
+    def warm_states(self, modes=DEFAULT_MODES) -> None:
         """Carried states of full size (XL: mem_len states per layer) for these modes."""
         self.model.eval()
         for mode in modes:
+            if mode in ("decode", "onnx"):  # XL's memory fills in one segment when mem_len <= seg_len
+                self.states[mode] = (self.model.init_cache(1, self.cfg.data.seg_len, self.device)
+                                     if mode == "decode" else self._export_onnx())
+                mem = self.cfg.mem_len or 1
+                for _ in range(max(1, -(-mem // self.cfg.data.seg_len))):
+                    self.step(mode)
+                self.token_ms, self.cache_peak = [], 0
+                continue
             x = self.x1 if mode == "stream" else self.x
             state = self.model.init_state(x.shape[0], self.device)
             if state is not None:
@@ -166,11 +202,51 @@ class Runner:
             self.states["train"] = model.detach_state(state)
             return
         model.eval()
+        if mode == "decode":
+            self._decode_segment()
+            return
+        if mode == "onnx":
+            self._onnx_segment()
+            return
         x = self.x1 if mode == "stream" else self.x
         with torch.no_grad(), self.autocast():
             hidden, state = model(x, self.states[mode])
             model.head.logits(hidden)
         self.states[mode] = state
+
+    def _decode_segment(self) -> None:
+        """One segment of one stream, a token at a time (each token's logits computed)."""
+        cache = self.states["decode"]
+        with torch.no_grad(), self.autocast():
+            for token in self.x1[0].unbind(0):
+                self.sync()
+                t0 = time.perf_counter()
+                _, cache = self.model.step(token[None], cache)
+                self.sync()
+                self.token_ms.append((time.perf_counter() - t0) * 1000.0)
+                self.cache_peak = max(self.cache_peak, cache.nbytes())
+        self.states["decode"] = cache
+
+    def _export_onnx(self) -> tuple:
+        """The decoding step exported and loaded into ONNX Runtime (``crt_repro.export``); its
+        fixed-shape state. The file lives as long as the runner."""
+        import tempfile
+
+        from crt_repro.export import OnnxStep, export_onnx, stream_step
+
+        step = stream_step(self.model, self.cfg.data.seg_len)
+        self._onnx_dir = tempfile.TemporaryDirectory(prefix="crt-bench-")
+        self.onnx = OnnxStep(export_onnx(step, os.path.join(self._onnx_dir.name, "step.onnx")))
+        return step.init_state(1)
+
+    def _onnx_segment(self) -> None:
+        state = self.states["onnx"]
+        for pos, token in enumerate(self.x1[0].unbind(0)):
+            t0 = time.perf_counter()
+            _, *state = self.onnx(token[None], torch.tensor(pos), *state)
+            self.token_ms.append((time.perf_counter() - t0) * 1000.0)
+        self.cache_peak = state_bytes(state)  # fixed shapes: the same at every token
+        self.states["onnx"] = state
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -195,6 +271,15 @@ def time_round_robin(runners: list[Runner], mode: str, warmup: int = 2, repeats:
         for i, r in enumerate(runners):
             times[i].append(_timed(r, mode))
     return [statistics.median(t) for t in times]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, linear between order statistics (numpy's default)."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def _proc_status_kb(key: str) -> int | None:
@@ -236,11 +321,11 @@ def measure_memory_here(spec: BenchSpec, mode: str, iters: int = 2) -> float:
     import gc
 
     tiny = dataclasses.replace(spec, d_model=16, n_head=2, d_inner=32, batch=min(spec.batch, 2), vocab=32)
-    Runner.from_spec(tiny).step(mode)
+    Runner.from_spec(tiny, modes=(mode,)).step(mode)
     gc.collect()
     resettable = _reset_peak_rss()
     base = _proc_status_kb("VmRSS") or 0
-    runner = Runner.from_spec(spec)
+    runner = Runner.from_spec(spec, modes=(mode,))
     for _ in range(1 + iters):
         runner.step(mode)
     peak = _proc_status_kb("VmHWM") if resettable else _maxrss_kb()
@@ -260,7 +345,7 @@ def measure_memory_subprocess(spec: BenchSpec, mode: str, timeout: float = 600) 
 
 def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, layers: int = 3, batch: int = 32,
           vocab: int = 10000, device: str = "cpu", bf16: bool = False, n_head: int | None = None,
-          d_inner: int | None = None, modes=MODES, warmup: int = 2, repeats: int = 7, memory: bool = True,
+          d_inner: int | None = None, modes=DEFAULT_MODES, warmup: int = 2, repeats: int = 7, memory: bool = True,
           progress=None) -> list[dict[str, Any]]:
     """Rows with ``CSV_COLUMNS`` for every model x seg_len x mode (see the module docstring)."""
     rows = []
@@ -270,24 +355,30 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
             name, rnn = parse_model(spec_name)
             spec = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, batch=batch, vocab=vocab, device=device,
                              bf16=bf16, n_head=n_head, d_inner=d_inner)
-            runners.append((spec_name, spec, Runner.from_spec(spec)))
+            runners.append((spec_name, spec, Runner.from_spec(spec, modes=modes)))
         for mode in modes:
             medians = time_round_robin([r for _, _, r in runners], mode, warmup, repeats)
             for (_, spec, r), ms in zip(runners, medians):
-                b = 1 if mode == "stream" else batch
+                b = 1 if mode in STREAMING else batch
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                     r.step(mode)
                     r.sync()
                     peak = torch.cuda.max_memory_allocated() / 2**20
-                elif memory:
+                elif memory and mode != "onnx":  # there the exporter's own peak would count
                     peak = measure_memory_subprocess(spec, mode)
                 else:
                     peak = float("nan")
                 row = {"model": spec.model, "rnn": spec.rnn if uses_rnn(r.cfg.model) else "", "seg_len": n,
                        "batch": b, "mode": mode, "ms_per_batch": round(ms, 4),
                        "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
-                       "state_bytes": state_bytes(r.states[mode])}
+                       "state_bytes": state_bytes(r.states[mode]), "ms_token_p50": "", "ms_token_p99": "",
+                       "cache_peak_bytes": "", "file_bytes": "", "gflop_s": "", "peak_share": ""}
+                if mode in ("decode", "onnx"):
+                    timed = r.token_ms[-repeats * n :]
+                    row.update(ms_token_p50=round(statistics.median(timed), 4),
+                               ms_token_p99=round(percentile(timed, 99), 4), cache_peak_bytes=r.cache_peak,
+                               file_bytes=r.onnx.file_bytes if mode == "onnx" else params_bytes(r.model))
                 rows.append(row)
                 if progress:
                     progress(row)
@@ -312,6 +403,63 @@ def forward_macs(models, seg_lens, batches, *, d_model: int, layers: int, vocab:
     return macs
 
 
+def matmul_peak_gflops(d_model: int, *, bf16: bool = False, device: str = "cpu", repeats: int = 10) -> float:
+    """GFLOP/s of this machine's matrix product at this width and precision, timed now: the best
+    of ``repeats`` products [4096, d] x [d, 4d] (an MLP's first layer over a large batch), with
+    the threads the rows run on. What a row reaches is read against it (``add_throughput``)."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a = torch.randn(4096, d_model, dtype=dtype, device=device)
+    b = torch.randn(d_model, 4 * d_model, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.shape[0] * d_model * b.shape[1] / best / 1e9
+
+
+# FLOPs of a row over those of one segment's forward: backward costs about twice the forward.
+FLOP_FACTOR = {"train": 3, "forward": 1, "stream": 1, "decode": 1, "onnx": 1}
+
+
+def add_throughput(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], int], peak_gflops: float) -> None:
+    """Fill ``gflop_s`` (2 x counted MACs x ``FLOP_FACTOR`` over the row's time) and ``peak_share``
+    (of ``peak_gflops``). Decoding is counted as the segment forward: the same products, one row
+    at a time (XL's position term is cheaper there, d^2 + H d klen per token and layer)."""
+    for r in rows:
+        name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
+        m = macs.get((name, r["seg_len"], r["batch"]))
+        if m:
+            gflops = 2 * m * FLOP_FACTOR[r["mode"]] / (r["ms_per_batch"] / 1000.0) / 1e9
+            r["gflop_s"], r["peak_share"] = round(gflops, 3), round(gflops / peak_gflops, 4)
+
+
+def format_decode_table(rows: list[dict[str, Any]]) -> str:
+    """The decode rows side by side: per-token latency (median, p99 and their ratio, which shows
+    the burst at segment ends), what crosses a segment boundary, the most the cache holds within
+    a segment, and the peak RSS; ratios to Transformer-XL at the same segment length."""
+    xl = {(r["seg_len"], r["mode"]): r for r in rows if r["model"] == "transformer_xl"}
+    head = (f"{'model':<16} {'seg':>4} {'run':<6} {'ms/token':>9} {'p99':>8} {'p99/p50':>7} {'x XL':>6} "
+            f"{'state B':>10} {'cache peak B':>12} {'x XL':>6} {'file B':>10} {'peak MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["mode"] not in ("decode", "onnx"):
+            continue
+        name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
+        ref = xl.get((r["seg_len"], r["mode"]))
+        t_ratio = f"{r['ms_token_p50'] / ref['ms_token_p50']:.2f}" if ref else ""
+        c_ratio = f"{r['cache_peak_bytes'] / ref['cache_peak_bytes']:.2f}" if ref else ""
+        run = "eager" if r["mode"] == "decode" else "onnx"
+        lines.append(f"{name:<16} {r['seg_len']:>4} {run:<6} {r['ms_token_p50']:>9.3f} {r['ms_token_p99']:>8.3f} "
+                     f"{r['ms_token_p99'] / r['ms_token_p50']:>7.2f} {t_ratio:>6} {r['state_bytes']:>10} "
+                     f"{r['cache_peak_bytes']:>12} {c_ratio:>6} {r['file_bytes']:>10} {r['peak_mem_mb']:>8}")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], int] | None = None) -> str:
     """Readable table: one line per row, ratios to the Transformer at the same seg_len and mode,
     and ms per token for the streaming rows. With ``macs`` (see ``forward_macs``) a "MACs x TR"
@@ -320,7 +468,7 @@ def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], in
     base = {(r["seg_len"], r["mode"]): r["ms_per_batch"] for r in rows if r["model"] == "transformer"}
     macs = macs or {}
     head = (f"{'model':<16} {'seg':>4} {'batch':>5} {'mode':<8} {'ms/batch':>10} {'x TR':>6} {'MACs x TR':>9} "
-            f"{'tokens/s':>10} {'ms/token':>9} {'peak MB':>8} {'state B':>10}")
+            f"{'tokens/s':>10} {'ms/token':>9} {'GFLOP/s':>8} {'%peak':>6} {'peak MB':>8} {'state B':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
@@ -330,8 +478,10 @@ def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], in
         own_macs = macs.get((name, r["seg_len"], r["batch"]))
         macs_ratio = f"{own_macs / ref_macs:.2f}" if own_macs and ref_macs else ""
         per_tok = f"{1000.0 / r['tokens_per_s']:.3f}" if r["tokens_per_s"] else ""
+        gflops = f"{r['gflop_s']:.1f}" if r.get("gflop_s") != "" else ""
+        share = f"{100 * r['peak_share']:.0f}%" if r.get("peak_share") != "" else ""
         lines.append(f"{name:<16} {r['seg_len']:>4} {r['batch']:>5} {r['mode']:<8} {r['ms_per_batch']:>10.2f} "
-                     f"{ratio:>6} {macs_ratio:>9} {r['tokens_per_s']:>10.0f} {per_tok:>9} {r['peak_mem_mb']:>8} "
+                     f"{ratio:>6} {macs_ratio:>9} {r['tokens_per_s']:>10.0f} {per_tok:>9} {gflops:>8} {share:>6} {r['peak_mem_mb']:>8} "
                      f"{r['state_bytes']:>10}")
     return "\n".join(lines)
 
@@ -361,7 +511,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                  modes=args.modes, warmup=args.warmup, repeats=args.repeats, memory=not args.no_mem,
                  progress=progress, **widths)
     macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
+    peak = matmul_peak_gflops(args.d_model, bf16=args.bf16, device=args.device)
+    add_throughput(rows, macs, peak)
+    print(f"# matmul peak at d_model {args.d_model} ({'bf16' if args.bf16 else 'fp32'}, [4096, d] x [d, 4d]): "
+          f"{peak:.1f} GFLOP/s; GFLOP/s = 2 x counted forward MACs (x3 for train) / time")
     print(format_table(rows, macs))
+    if {"decode", "onnx"} & set(args.modes):
+        print(format_decode_table(rows))
     print(machine_note(args.device).replace("#", "# after:"))
     if args.csv:
         atomic.write_text(args.csv, rows_to_csv(rows, CSV_COLUMNS))
@@ -383,7 +539,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast (CPU: AVX-512 BF16 or AMX matmuls where the CPU has them)")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                   help="decode: batch 1, one token at a time (model.step); onnx: the same step exported and "
+                        "run by ONNX Runtime (needs the 'export' extra) (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-mem", action="store_true", help="skip the per-configuration memory subprocesses (CPU)")

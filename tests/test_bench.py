@@ -108,6 +108,8 @@ def test_table6_rows_in_paper_order_with_paper_numbers():
     assert list(df["paper_params_m"]) == [151, 151, 150]
     assert list(df["paper_inference_ms"]) == [997, 1421.3, 997.5]
     assert df["ratio_to_transformer"].iloc[0] == 1.0 and (df["inference_ms"] > 0).all()
+    assert (df["inference_ms_batch1"] > 0).all() and (df["decode_ms_per_token"] > 0).all()
+    assert df["device"].str.startswith("cpu").all()
     assert list(df["memory_len"]) == [0, 12, 1]
     assert df["note"].str.contains("not the paper's scale").all()
     assert (df["dataset"] == "wikitext-2").all()
@@ -115,3 +117,41 @@ def test_table6_rows_in_paper_order_with_paper_numbers():
     empty = load_reference().iloc[0:0]
     df2 = table6_cost("smoke", empty, seg_len=4, layers=1, batch=1, warmup=0, repeats=1)
     assert df2["paper_params_m"].isna().all() and isinstance(df2, pd.DataFrame)
+
+
+def test_decode_rows_latency_percentiles_and_cache_sizes():
+    rows = bench.bench(["transformer", "transformer_xl", "crt-gru"], [5], modes=["decode"], **TINY)
+    d, L = TINY["d_model"], TINY["layers"]
+    by = {r["model"]: r for r in rows}
+    for r in rows:
+        assert r["batch"] == 1 and 0 < r["ms_token_p50"] <= r["ms_token_p99"]
+    # at a boundary: nothing, XL's keys and values of mem_len = 5 positions, CRT's memory vector
+    assert [by[m]["state_bytes"] for m in ("transformer", "transformer_xl", "crt")] == [0, L * 2 * 5 * d * 4, d * 4]
+    # within a segment: XL mem_len + n - 1 positions, CRT n positions (memory token + n - 1) + 2 RNN states
+    assert by["transformer_xl"]["cache_peak_bytes"] == L * 2 * 9 * d * 4
+    assert by["crt"]["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4
+    assert "cache peak B" in bench.format_decode_table(rows)
+
+
+def test_throughput_columns_from_counted_macs():
+    rows = bench.bench(["transformer"], [5], modes=["train", "forward"], **TINY)
+    macs = bench.forward_macs(["transformer"], [5], [3], d_model=16, layers=2, vocab=20)
+    bench.add_throughput(rows, macs, peak_gflops=10.0)
+    train, fwd = rows
+    m = macs[("transformer", 5, 3)]
+    assert train["gflop_s"] == pytest.approx(6 * m / train["ms_per_batch"] / 1e6, abs=1e-3)
+    assert fwd["gflop_s"] == pytest.approx(2 * m / fwd["ms_per_batch"] / 1e6, abs=1e-3)
+    assert fwd["peak_share"] == pytest.approx(fwd["gflop_s"] / 10.0, abs=1e-4)
+    assert bench.matmul_peak_gflops(16, repeats=1) > 0
+
+
+def test_onnx_rows_report_the_exported_file_and_its_fixed_state():
+    pytest.importorskip("onnxruntime")
+    rows = bench.bench(["crt-gru"], [4], modes=["decode", "onnx"], **TINY)
+    eager, onnx = rows
+    d, L = TINY["d_model"], TINY["layers"]
+    assert onnx["mode"] == "onnx" and onnx["batch"] == 1 and onnx["ms_token_p50"] > 0
+    # slots for the memory token + 4 tokens in every layer, and the two RNN states
+    assert onnx["state_bytes"] == onnx["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4
+    assert eager["state_bytes"] == d * 4
+    assert 0 < eager["file_bytes"] < onnx["file_bytes"]  # weights, and the graph besides

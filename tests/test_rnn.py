@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from crt_repro.models import native_scan
 from crt_repro.models import rnn as rnn_module
 from crt_repro.models.rnn import (
     GRU,
@@ -495,6 +496,7 @@ def test_reset_before_differs_from_after(kind):
 def test_reset_after_is_bitwise_unchanged(kind, setting, monkeypatch):
     """reset="after" runs exactly the ops it ran before the option existed: outputs and every
     gradient equal, bit for bit, those of the frozen copy of that scan."""
+    monkeypatch.setattr(native_scan, "supports", lambda *tensors: False)  # the C scan: its own test
     _seed()
     m = make_rnn(kind, 8, 16, reset="after")
     b = 1 if setting == "bf16-small-batch" else 3
@@ -521,6 +523,75 @@ def test_reset_after_is_bitwise_unchanged(kind, setting, monkeypatch):
     names = ["out", "out (no grad)", "x", "h0"] + [n for n, _ in m.named_parameters()]
     for name, a, b_ in zip(names, new, old):
         assert a.dtype == b_.dtype and torch.equal(a, b_), name
+
+
+@pytest.mark.skipif(not native_scan.available(), reason="no C compiler: streaming uses the Python scan")
+@pytest.mark.parametrize("kind,opts", CONFIGS, ids=CONFIG_IDS)
+def test_native_streaming_scan_equals_python_scan(kind, opts, monkeypatch):
+    """The C scan that batch-1 inference runs gives the Python scan's outputs and carried state
+    (float64, to rounding), over two segments with the state carried."""
+    _seed()
+    m = make_rnn(kind, 8, 16, **opts).double()
+    x = torch.randn(1, 2, 11, 8, dtype=torch.float64)
+    h0 = torch.randn(1, 16, dtype=torch.float64)
+    called = []
+    real = native_scan.scan
+    monkeypatch.setattr(native_scan, "scan", lambda *a: called.append(1) or real(*a))
+
+    def stream():
+        h, outs = h0, []
+        with torch.no_grad():
+            for seg in x.unbind(1):
+                out, h = m(seg, h)
+                outs.append(out)
+        return torch.cat(outs, 1), h
+
+    fast = stream()
+    assert len(called) == 2
+    monkeypatch.setattr(native_scan, "supports", lambda *tensors: False)
+    ref = stream()
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():  # a trace (fvcore's MAC count) or a dispatch mode must see the Python scan's ops
+        torch.jit.trace(m, (x[:, 0], h0), check_trace=False)
+        with FlopCounterMode(display=False) as fc:
+            m(x[:, 0], h0)
+    assert len(called) == 2 and fc.get_total_flops() >= 2 * 11 * 16 * 48
+
+
+@pytest.mark.parametrize("kind", ["tanh", "modrelu"])
+@pytest.mark.parametrize("before", [False, True])
+def test_graph_scan_equals_python_scan(kind, before):
+    """The functional loop that exported graphs use (``_scan_graph``), float64."""
+    _seed()
+    dt = torch.float64
+    xp, h0 = torch.randn(2, 7, 48, dtype=dt), torch.randn(2, 16, dtype=dt)
+    r_cat, b_hh, b_mod = torch.randn(16, 48, dtype=dt) / 4, torch.randn(48, dtype=dt), torch.randn(16, dtype=dt) / 10
+    b_hh = b_hh if kind == "tanh" else None
+    ref = rnn_module._scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
+    out = rnn_module._scan_graph(xp, h0, r_cat, b_hh, b_mod, kind, before)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_ncgru_inference_reuses_w_only_while_its_sources_are_unchanged():
+    _seed()
+    m = NCGRU(8, 16)
+    x = torch.randn(3, 4, 8)
+
+    def both():
+        with torch.no_grad():
+            fast = m(x)[0]
+        return fast, m(x)[0].detach()  # with gradient: W rebuilt
+
+    a, b = both()
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        m.A.add_(0.01 * (torch.eye(16).roll(1, 0) - torch.eye(16).roll(1, 1)))  # a skew step
+    m.post_step(1)
+    c, d = both()
+    assert torch.equal(c, d) and not torch.equal(c, a)
 
 
 # ---------------------------------------------------------------------------------------------

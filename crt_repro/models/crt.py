@@ -16,6 +16,10 @@ across the segments of one optimiser step (the task cuts it with ``detach_state`
 boundaries) and evaluation carries it over the whole stream. Both RNNs are ``model.rnn``
 (gru | ncgru), hidden size d_model.
 
+Decoding (``step``, see ``decode``): the memory token's keys and values and those of the segment
+so far; the position RNN steps once per token and so does the memory RNN, whose state at the
+segment's end is the next memory, the only thing that crosses the boundary.
+
 Choices where the paper is silent (the config key that exposes each, where one exists):
 
 * ``model.memory_input``: the memory RNN reads the last layer's outputs *after* the final
@@ -49,6 +53,7 @@ import torch
 from torch import Tensor
 
 from crt_repro.config import ModelConfig, rnn_kwargs
+from crt_repro.models.decode import KV, Cache, check_token
 from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
 from crt_repro.models.rnn import make_rnn
 
@@ -90,6 +95,44 @@ class CRT(LanguageModel):
         y = x[:, 1:]  # the memory position produces no output
         _, m_next = self.mem_rnn(self.head.normed(y) if self.cfg.memory_input == "final_ln" else y, m)
         return y, m_next
+
+    def init_cache(self, batch_size: int, seg_len: int, device: torch.device) -> Cache:
+        return Cache(seg_len, carry={"m": self.init_state(batch_size, device)})
+
+    def step(self, token: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+        check_token(token, cache)
+        if cache.t == 0:
+            self._start_segment(cache)
+        state = cache.carry
+        e = self.embed_tokens(token[:, None])
+        if self.pos_rnn is None:
+            offset = int(self.cfg.memory) + cache.t
+            x = e + sinusoidal_positions(1, self.cfg.d_model, token.device, offset=offset)
+        else:
+            p, state["pos_h"] = self.pos_rnn(e, state["pos_h"])
+            x = e + p if self.cfg.pos_encoding == "rnn_add" else p
+        x = self.emb_drop(x)
+        for block, kv in zip(self.blocks, cache.kv):
+            x = block.step(x, kv)
+        if self.mem_rnn is not None:  # the memory RNN steps with the tokens (see decode)
+            y = self.head.normed(x) if self.cfg.memory_input == "final_ln" else x
+            _, state["mem_h"] = self.mem_rnn(y, state["mem_h"])
+        cache.t += 1
+        if cache.t == cache.seg_len:  # the segment's end: only the memory crosses it
+            cache.t, cache.kv, cache.carry = 0, [], {"m": state["mem_h"]}
+        return self.head.logits(x[:, 0]), cache
+
+    def _start_segment(self, cache: Cache) -> None:
+        """The memory token through every layer (position 0: it sees only itself) and the RNNs'
+        initial states, from the memory alone."""
+        m = cache.carry["m"]
+        cache.kv = [KV() for _ in self.blocks]
+        if m is not None:
+            x = m.unsqueeze(1).to(self.embed.weight.dtype)
+            for block, kv in zip(self.blocks, cache.kv):
+                x = block.step(x, kv)
+        pos_h = m if self.cfg.pos_rnn_init == "memory" else None
+        cache.carry = {"pos_h": pos_h, "mem_h": m}
 
 
 class TransformerRNNMemory(CRT):

@@ -73,6 +73,15 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
 
+    def step(self, x: Tensor, kv) -> Tensor:
+        """Decoding (eval): x [B, 1, d], one new position per stream, which attends to the
+        positions cached in ``kv`` (a ``decode.KV``: all of them, or those ``kv.mask`` allows) and
+        is appended to it first."""
+        k, v = self.kv(x).chunk(2, dim=-1)
+        k, v = kv.append(self._heads(k), self._heads(v))
+        y = F.scaled_dot_product_attention(self._heads(self.q(x)), k, v, attn_mask=kv.mask)
+        return self.proj(y.transpose(1, 2).reshape(x.shape))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -99,6 +108,11 @@ class Block(nn.Module):
     def forward(self, x: Tensor, memory: Tensor | None = None, **attn_kwargs) -> Tensor:
         context = None if memory is None else self.ln_1(memory)
         x = x + self.attn(self.ln_1(x), context, **attn_kwargs)
+        return x + self.mlp(self.ln_2(x))
+
+    def step(self, x: Tensor, kv, **attn_kwargs) -> Tensor:
+        """One position per stream against the layer's cache (see ``decode``)."""
+        x = x + self.attn.step(self.ln_1(x), kv, **attn_kwargs)
         return x + self.mlp(self.ln_2(x))
 
 

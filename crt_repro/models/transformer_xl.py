@@ -27,6 +27,9 @@ Choices where the paper and Dai et al. leave room (none has a config key; ``mem_
 * The memory holds hidden states after dropout (as Dai et al.'s ``hids``); dropout on R uses
   ``dropout_emb`` like the word embeddings (Dai et al. use one rate for both).
 
+Decoding (``step``, see ``decode``) keeps per layer the keys and values of the memory and of the
+segment so far, and at the segment's end the last ``eval_mem_len`` of them.
+
 Parameters per layer beyond the Transformer baseline: W_r (d^2) and u, v (2d). Paper Table 1
 gives XL the same count as the Transformer, i.e. it leaves these out.
 
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig
+from crt_repro.models.decode import KV, Cache, check_token
 from crt_repro.models.layers import LanguageModel, State, sinusoid_table
 
 _compiled_flex = None
@@ -140,6 +144,21 @@ class RelativeAttention(nn.Module):
         y = F.scaled_dot_product_attention(q + self.u, k, v, attn_mask=pos, dropout_p=p)
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
 
+    def step(self, x: Tensor, kv, r: Tensor) -> Tensor:
+        """Decoding (eval): x [B, 1, d] against ``kv`` (memory and segment so far), appended to it
+        first; r [klen, d] sinusoids of the distances klen-1..0 of the cached positions."""
+        b, _, d = x.shape
+        k, v = self.kv(x).chunk(2, dim=-1)
+        k, v = kv.append(self._heads(k), self._heads(v))
+        q = self._heads(self.q(x))  # [B, H, 1, d_head]
+        # (q + v) . (W_r R_j) as ((q + v) W_r) . R_j: one d x d product per token, not klen of them.
+        w_r = self.r.weight.view(self.n_head, -1, d)  # [H, d_head, d]
+        pos = ((q + self.v) @ w_r) @ r.t() * (q.shape[-1] ** -0.5)  # [B, H, 1, klen]
+        if kv.mask is not None:
+            pos = pos.masked_fill(~kv.mask, float("-inf"))
+        y = F.scaled_dot_product_attention(q + self.u, k, v, attn_mask=pos.to(q.dtype))
+        return self.proj(y.transpose(1, 2).reshape(b, 1, d))
+
 
 class TransformerXL(LanguageModel):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -166,3 +185,23 @@ class TransformerXL(LanguageModel):
             new_mems.append(torch.cat([mem, x], dim=1)[:, -keep:].detach())
             x = block(x, memory=mem, r=r)
         return x, new_mems
+
+    def init_cache(self, batch_size: int, seg_len: int, device: torch.device) -> Cache:
+        keep = self.mem_len if self.training else self.eval_mem_len
+        # The sinusoids of every distance a query can see, longest first; depends on no stream.
+        distances = torch.arange(keep + seg_len - 1, -1, -1, device=device, dtype=torch.float32)
+        return Cache(seg_len, kv=[KV() for _ in self.blocks], consts={"r": sinusoid_table(distances, self.cfg.d_model)})
+
+    def step(self, token: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+        check_token(token, cache)
+        r = self.emb_drop(cache.consts["r"][-(len(cache.kv[0]) + 1) :])
+        x = self.emb_drop(self.embed_tokens(token[:, None]))
+        for block, kv in zip(self.blocks, cache.kv):
+            x = block.step(x, kv, r=r)
+        cache.t += 1
+        if cache.t == cache.seg_len:  # the segment's end: each layer's memory is its last `keep` inputs
+            keep = self.mem_len if self.training else self.eval_mem_len
+            for kv in cache.kv:
+                kv.keep_last(keep)
+            cache.t = 0
+        return self.head.logits(x[:, 0]), cache

@@ -12,6 +12,7 @@ those of the corpora (they only size the softmax layer).
 from __future__ import annotations
 
 import math
+import statistics
 
 import pandas as pd
 
@@ -28,7 +29,7 @@ TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model",
                   "paper_params", "params_no_embedding", "params", "vocab", "profile")
 TABLE6_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "memory_len", "batch", "paper_params_m", "params_m",
                   "paper_inference_ms", "inference_ms", "paper_ratio_to_transformer", "ratio_to_transformer",
-                  "device", "precision", "dataset", "profile", "note")
+                  "inference_ms_batch1", "decode_ms_per_token", "device", "precision", "dataset", "profile", "note")
 
 
 def _dataset(profile: str, paper_name: str) -> str:
@@ -117,7 +118,10 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
     length and memory 150 (the paper's WikiText-103 setting). Inference = one forward of one
     segment of ``batch`` streams with the carried state at full size (XL: 150 states per layer)
     and the softmax layer, eval mode, no grad: ``crt_repro.bench`` "forward", models timed
-    round-robin, median of ``repeats``. ``batch`` defaults to the profile's eval batch size (the
+    round-robin, median of ``repeats``. Beside it, the same forward at batch 1
+    (``inference_ms_batch1``, bench "stream") and the median time per token of decoding one
+    stream token by token over one segment (``decode_ms_per_token``, bench "decode": each
+    model's own cache, see ``models/decode.py``). ``batch`` defaults to the profile's eval batch size (the
     paper does not state its batch size, nor its GPU: compare ratios to the Transformer, not ms).
     ``device`` defaults to the profile's (auto: CUDA when available).
     """
@@ -136,8 +140,11 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
         if device is not None:
             cfg.run.device = device
         cfgs.append(cfg)
-        runners.append(Runner(cfg, vocab, modes=("forward",)))
+        runners.append(Runner(cfg, vocab, modes=("forward", "stream", "decode")))
     ms = time_round_robin(runners, "forward", warmup, repeats)
+    ms_b1 = time_round_robin(runners, "stream", warmup, repeats)
+    time_round_robin(runners, "decode", 0, 1)  # one segment each, after the one that filled the caches
+    per_token = [statistics.median(r.token_ms) for r in runners]
     dev = runners[0].device
     dev_name = "cpu"
     if dev.type == "cuda":
@@ -151,14 +158,14 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
     note = "paper scale" if profile == "paper" else (
         f"{profile} profile: small widths, {ds} vocabulary standing in for WikiText-103; not the paper's scale")
     rows = []
-    for (model, rnn), cfg, r, t in zip(PAPER_ORDER, cfgs, runners, ms):
+    for (model, rnn), cfg, r, t, t1, tok in zip(PAPER_ORDER, cfgs, runners, ms, ms_b1, per_token):
         rows.append({
             "model": model, "rnn": rnn, "layers": layers, "d_model": cfg.model.d_model, "seg_len": seg_len,
             "memory_len": cfg.mem_len, "batch": cfg.data.batch_size,
             "paper_params_m": paper.get((model, rnn, "params_millions"), math.nan),
             "params_m": cost.count_params(r.model) / 1e6,
             "paper_inference_ms": paper.get((model, rnn, "inference_ms_per_batch"), math.nan),
-            "inference_ms": t, "device": dev_name, "precision": "bf16 autocast" if r.precision == "bf16" else "fp32",
+            "inference_ms": t, "inference_ms_batch1": t1, "decode_ms_per_token": tok, "device": dev_name, "precision": "bf16 autocast" if r.precision == "bf16" else "fp32",
             "dataset": ds, "profile": profile, "note": note,
         })
     df = pd.DataFrame(rows, columns=[c for c in TABLE6_COLUMNS if c not in ("paper_ratio_to_transformer",

@@ -1,0 +1,100 @@
+"""Token-by-token decoding: one token in, its next-token logits out, with each model's own cache.
+
+    cache = model.init_cache(batch_size, seg_len, device)
+    logits, cache = model.step(token, cache)      # token [B] ids -> logits [B, vocab]
+
+The models keep their segment structure (a segment is ``seg_len`` tokens), so decoding gives the
+logits of the segment-at-a-time forward, token for token (``tests/test_decode.py``):
+
+* Transformer: keys and values of the current segment, dropped at its end (the fixed-length
+  baseline sees nothing before its segment).
+* Transformer-XL: per layer, keys and values of the memory (the last ``eval_mem_len`` positions
+  before the segment) and of the segment so far; at the segment's end the oldest are dropped.
+* CRT: keys and values of the memory token and of the segment so far, the position RNN's state
+  (one step per token) and the memory RNN's state. The memory RNN reads y_t as soon as it exists,
+  one step per token, not all n at the segment's end: the same recurrence, so the same memory, but
+  no burst at the boundary and no buffer of n outputs. What crosses the boundary is the memory
+  vector alone; the next segment starts by running it through the blocks as position 0.
+
+Decoding runs in eval mode without gradient; ``Cache.nbytes`` is what it holds per stream set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+class KV:
+    """One layer's cached keys and values, each [B, n_head, positions, d_head]. A query sees
+    them all (``mask`` None; ``export.SlotKV`` keeps fixed slots and masks the unused ones)."""
+
+    mask: Tensor | None = None
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def keep_last(self, n: int) -> None:
+        if n <= 0 or self.k is None:
+            self.k = self.v = None
+        else:
+            self.k, self.v = self.k[:, :, -n:].contiguous(), self.v[:, :, -n:].contiguous()
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+
+@dataclass
+class Cache:
+    """What a decoding stream holds: the position ``t`` of the next token in its segment, one
+    ``KV`` per layer, and the model's recurrent tensors (``carry``: CRT's memory and RNN states).
+    ``nbytes`` counts the keys, values and carry, not ``consts``, which no stream owns."""
+
+    seg_len: int
+    t: int = 0
+    kv: list[KV] = field(default_factory=list)
+    carry: dict[str, Tensor | None] = field(default_factory=dict)
+    consts: dict[str, Tensor] = field(default_factory=dict)  # shared by all streams (XL's sinusoids)
+
+    def nbytes(self) -> int:
+        tensors = [c for c in self.carry.values() if c is not None]
+        return sum(kv.nbytes() for kv in self.kv) + sum(c.numel() * c.element_size() for c in tensors)
+
+
+def check_token(token: Tensor, cache: Cache) -> None:
+    if token.dim() != 1:
+        raise ValueError(f"step takes one token per stream, shape [B]; got {list(token.shape)}")
+    if cache.seg_len < 1:
+        raise ValueError(f"seg_len must be >= 1, got {cache.seg_len}")
+
+
+@torch.no_grad()
+def decode(model, tokens: Tensor, seg_len: int) -> Tensor:
+    """Logits [B, T, vocab] of ``tokens`` [B, T] fed one at a time from a fresh stream."""
+    cache = model.init_cache(tokens.shape[0], seg_len, tokens.device)
+    out = []
+    for token in tokens.unbind(1):
+        logits, cache = model.step(token, cache)
+        out.append(logits)
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def segment_logits(model, tokens: Tensor, seg_len: int) -> Tensor:
+    """Logits [B, T, vocab] of the segment-at-a-time forward over ``tokens``, state carried."""
+    state = model.init_state(tokens.shape[0], tokens.device)
+    out = []
+    for s in range(0, tokens.shape[1], seg_len):
+        hidden, state = model(tokens[:, s : s + seg_len], state)
+        out.append(model.head.logits(hidden))
+    return torch.cat(out, dim=1)

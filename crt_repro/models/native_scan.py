@@ -1,0 +1,112 @@
+"""The inference scan of GRU and NCGRU in C (``_scan.c``), for streaming a few sequences on CPU.
+
+``rnn.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
+the batch is below ``rnn.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
+not its arithmetic (``crt-repro bench --modes stream``). Training never comes here, so its
+numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
+
+The C file is compiled at first use with the system C compiler (``$CC``, else ``cc``) into a
+per-user cache (``native/`` in ``$CRT_REPRO_CACHE``, else in ``~/.cache/crt-repro``), keyed by the
+source and the flags, and loaded with ctypes: it includes no torch headers, so the build takes about a second
+and cannot break with the torch version. Without a compiler (or with ``CRT_REPRO_NATIVE=0``) every
+caller gets the Python scan; ``available()`` says which.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from crt_repro.data.corpus import default_cache_dir
+
+_SOURCE = Path(__file__).with_name("_scan.c")
+_X86_LINUX = platform.system() == "Linux" and platform.machine() == "x86_64"
+# -fno-math-errno lets the gate loops call glibc's vector exp (libmvec, declared in _scan.c); the
+# recurrent product is fastest in 512-bit registers where the CPU has them (ignored elsewhere).
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"] + (["-mprefer-vector-width=512"] if _X86_LINUX else [])
+_LIBS = ["-lmvec", "-lm"] if _X86_LINUX else ["-lm"]
+_FUNCS = {torch.float32: "gated_scan_f32", torch.float64: "gated_scan_f64"}
+_lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
+
+
+def _build() -> ctypes.CDLL | None:
+    if os.environ.get("CRT_REPRO_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CC", "cc")
+    src = _SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join([cc, *_FLAGS, *_LIBS, platform.machine(), platform.node()]).encode()).hexdigest()[:16]
+    lib = default_cache_dir() / "native" / f"scan-{key}.so"
+    try:
+        if not lib.exists():
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+            os.close(fd)
+            try:
+                subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), *_LIBS], check=True, capture_output=True,
+                               text=True, timeout=120)
+                os.replace(tmp, lib)  # atomic: a concurrent build never loads half a file
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        dll = ctypes.CDLL(str(lib))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or e
+        warnings.warn(f"native RNN scan unavailable ({detail}); streaming uses the Python scan", stacklevel=3)
+        return None
+    long, ptr = ctypes.c_long, ctypes.c_void_p
+    for name in _FUNCS.values():
+        fn = getattr(dll, name)
+        fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr]
+        fn.restype = None
+    return dll
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib
+    if _lib is False:
+        _lib = _build()
+    return _lib
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def supports(*tensors: Tensor | None) -> bool:
+    """True where ``scan`` can run these tensors: all on the CPU, of one dtype it has a loop for,
+    and plain eager: a JIT trace (fvcore's MAC count), a dispatch mode (``FlopCounterMode``, fake
+    tensors), ``torch.export`` or ``torch.compile`` must see the Python scan's ops, which ctypes
+    would hide from them."""
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or torch._C._is_torch_function_mode_enabled()):
+        return False
+    present = [t for t in tensors if t is not None]
+    dt = present[0].dtype
+    return (dt in _FUNCS and all(t.device.type == "cpu" and t.dtype == dt for t in present)
+            and available())
+
+
+def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool) -> Tensor:
+    """States [B,T,H] of the gated recurrence; arguments as ``rnn._scan_forward`` (the candidate is
+    modReLU where ``b_mod`` is given, else tanh). Caller checks ``supports`` first."""
+    b, t_len, h3 = xp.shape
+    h = h3 // 3
+    xp, h0, r_cat = xp.contiguous(), h0.contiguous(), r_cat.contiguous()
+    b_hh = None if b_hh is None else b_hh.contiguous()
+    b_mod = None if b_mod is None else b_mod.contiguous()
+    out = torch.empty(b, t_len, h, dtype=xp.dtype)
+    g = torch.empty(h3, dtype=xp.dtype)
+    fn = getattr(_library(), _FUNCS[xp.dtype])
+    fn(b, t_len, h, xp.data_ptr(), h0.data_ptr(), r_cat.data_ptr(),
+       None if b_hh is None else b_hh.data_ptr(), None if b_mod is None else b_mod.data_ptr(),
+       int(before), out.data_ptr(), g.data_ptr())
+    return out
