@@ -378,9 +378,10 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                        "ms_token_burst": "", "cache_peak_bytes": "", "file_bytes": "", "gflop_s": "", "peak_share": ""}
                 if mode in ("decode", "onnx"):
                     timed = r.token_ms[-repeats * n :]
+                    first, last = statistics.median(timed[0::n]), statistics.median(timed[n - 1 :: n])
                     row.update(ms_token_p50=round(statistics.median(timed), 4),
                                ms_token_p99=round(percentile(timed, 99), 4),
-                               ms_token_burst=round(max(statistics.median(timed[0::n]), statistics.median(timed[n - 1 :: n])), 4),
+                               ms_token_burst=round(max(first, last), 4),
                                cache_peak_bytes=r.cache_peak,
                                file_bytes=r.onnx.file_bytes if mode == "onnx" else params_bytes(r.model))
                 rows.append(row)

@@ -140,7 +140,8 @@ class CRT(LanguageModel):
             for block, kv in zip(self.blocks, cache.kv):
                 x = block.step(x, kv)
         pos_h = m if self.cfg.pos_rnn_init == "memory" else None
-        y = None if m is None else torch.empty(batch_size, cache.seg_len, self.cfg.d_model, dtype=dtype, device=m.device)
+        d = self.cfg.d_model
+        y = None if m is None else torch.empty(batch_size, cache.seg_len, d, dtype=dtype, device=m.device)
         cache.carry = {"m": m, "pos_h": pos_h, "y": y}
 
 
