@@ -53,7 +53,7 @@ def test_decode_equals_segment_forward(name, rnn, extra, batch):
 
 def test_cache_holds_what_each_model_carries():
     """At a segment boundary: nothing (Transformer), mem_len positions of keys and values per
-    layer (XL), one vector (CRT); within a segment CRT holds n + 1 positions."""
+    layer (XL), one vector (CRT); within a segment CRT holds n + 1 positions and n outputs."""
     d, layers = 16, 2
     sizes = {}
     for name in ("transformer", "transformer_xl", "crt"):
@@ -69,7 +69,8 @@ def test_cache_holds_what_each_model_carries():
     assert sizes["transformer_xl"][2 * SEG - 1] == layers * 2 * SEG * d * f64  # mem_len = seg_len
     assert max(sizes["transformer_xl"]) == layers * 2 * (2 * SEG - 1) * d * f64
     assert sizes["crt"][SEG - 1] == d * f64
-    assert max(sizes["crt"]) == layers * 2 * SEG * d * f64 + 2 * d * f64  # n-1 tokens + memory token, 2 RNN states
+    # n - 1 tokens + the memory token per layer, the memory, the position RNN's state, n outputs
+    assert max(sizes["crt"]) == layers * 2 * SEG * d * f64 + 2 * d * f64 + SEG * d * f64
 
 
 def test_step_rejects_a_segment_of_tokens():

@@ -11,10 +11,11 @@ logits of the segment-at-a-time forward, token for token (``tests/test_decode.py
 * Transformer-XL: per layer, keys and values of the memory (the last ``eval_mem_len`` positions
   before the segment) and of the segment so far; at the segment's end the oldest are dropped.
 * CRT: keys and values of the memory token and of the segment so far, the position RNN's state
-  (one step per token) and the memory RNN's state. The memory RNN reads y_t as soon as it exists,
-  one step per token, not all n at the segment's end: the same recurrence, so the same memory, but
-  no burst at the boundary and no buffer of n outputs. What crosses the boundary is the memory
-  vector alone; the next segment starts by running it through the blocks as position 0.
+  (one step per token), the memory and the segment's outputs so far (n x d_model at most). At the
+  segment's end the memory RNN runs over those n outputs as in the segment forward (one input
+  product for all of them, then its time loop) and gives the next memory, the only thing that
+  crosses the boundary; the next segment starts by running it through the blocks as position 0.
+  Per token CRT thus pays one RNN step; the two segment-end jobs fall on two tokens (its p99).
 
 Decoding runs in eval mode without gradient; ``Cache.nbytes`` is what it holds per stream set.
 """
