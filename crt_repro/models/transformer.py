@@ -22,13 +22,13 @@ class Transformer(LanguageModel):
         return x, None
 
     def init_cache(self, batch_size: int, seg_len: int, device: torch.device) -> Cache:
-        return Cache(seg_len)
+        return Cache(seg_len, consts={"pos": sinusoidal_positions(seg_len, self.cfg.d_model, device)})
 
     def step(self, token: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
         check_token(token, cache)
         if cache.t == 0:
             cache.kv = [KV() for _ in self.blocks]
-        x = self.embed_tokens(token[:, None]) + sinusoidal_positions(1, self.cfg.d_model, token.device, cache.t)
+        x = self.embed_tokens(token[:, None]) + cache.consts["pos"][cache.t]
         x = self.emb_drop(x)
         for block, kv in zip(self.blocks, cache.kv):
             x = block.step(x, kv)

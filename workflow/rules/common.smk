@@ -196,6 +196,12 @@ def gradient_reach_runs(seg_len):
             if s.seg_len == int(seg_len) and s.seed == seed}
 
 
+def gradient_reach_data_dir(wildcards):
+    """``--data-dir`` of the runs' corpus, as their train jobs were given it (none for synthetic)."""
+    data_dir = train_data_dir(PLAN.runs[next(iter(gradient_reach_runs(wildcards.seg).values()))])
+    return "" if data_dir is None else shlex.join(["--data-dir", data_dir])
+
+
 GRADIENT_REACH_FILES = [f for n in gradient_reach_seg_lens() for f in (
     f"{RESULTS}/tables/gradient_reach_ptb_n{n}.csv", *figure_files(f"gradient_reach_ptb_n{n}"))]
 

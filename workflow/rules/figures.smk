@@ -67,7 +67,7 @@ rule gradient_reach:
         CONDA_ENV
     params:
         runs=lambda wildcards: " ".join(f"--checkpoint {run_dir(r)}" for r in gradient_reach_runs(wildcards.seg).values()),
-        data_dir=lambda wildcards: f"--data-dir {DATA_DIR if DATA_DIR is not None else 'data'}",
+        data_dir=gradient_reach_data_dir,
     wildcard_constraints:
         seg="[0-9]+",
     shell:
