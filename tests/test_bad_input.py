@@ -1,5 +1,5 @@
 """Bad input comes out as one line naming the culprit, never as a traceback or a silent run
-(issue 13, items 9, 10, 12 and 14)."""
+(issue 13, items 9, 10, 12 and 14; run records that are not JSON besides)."""
 from __future__ import annotations
 
 import math
@@ -104,6 +104,18 @@ def test_invalid_yaml_in_a_run_config_is_one_line_naming_the_file(capsys, run_di
     assert f"{config}:" in line and "not valid YAML" in line and f"delete {run_dir}" in line
     rc = main(["evaluate", "--run", str(run_dir)])
     assert rc == 2 and str(config) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "log.jsonl"])
+def test_a_run_record_that_is_not_json_is_one_line_naming_the_file(capsys, run_dir, name):
+    record = run_dir / name
+    if name == "log.jsonl":
+        unfinished(run_dir)  # resuming rereads the log
+        record.write_text(record.read_text() + '{"step": 3, "lo\n')  # killed mid-line
+    else:
+        record.write_text('{"run_id": ')
+    line = error_line(*train(capsys, run_dir))
+    assert str(record) in line and "not valid JSON" in line and f"delete {run_dir}" in line
 
 
 def write_ptb(root: Path, n_types: int) -> Path:

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 from conftest import shared_data_dir
-from test_bad_input import write_ptb
+from test_bad_input import TINY, write_ptb
 from workflow_helpers import REPO, copy_workflow, job_counts, needs_snakemake, snakemake
 
 from crt_repro.cli import main
@@ -17,9 +17,6 @@ pytest_plugins = ["pytester"]
 
 README = (REPO / "README.md").read_text()
 VIDEO_RULES = {"train_video", "collect_video_table_runs", "mca_table", "table7_smarthome", "table13_smarthome_rnn"}
-TINY = ["--profile", "smoke", "--model", "transformer", "--layers", "1", "--seg-len", "8",
-        "--set", "optim.max_steps=2", "--set", "optim.warmup_steps=0", "--set", "model.d_model=16",
-        "--set", "model.n_head=2", "--set", "model.d_inner=32", "--set", "data.max_eval_segments=2"]
 
 
 def code_blocks(text: str) -> str:
@@ -121,6 +118,23 @@ def test_readme_smoke_budget_is_the_workflows_and_the_profiles():
     workflow_tokens = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())["set"]["optim.max_tokens"]
     package_steps = yaml.safe_load((REPO / "crt_repro/profiles/smoke.yaml").read_text())["optim"]["max_steps"]
     assert f"{workflow_tokens:,} tokens each" in smoke_row and f"trains {package_steps} steps" in smoke_row
+
+
+# --- item 7: a run off a terminal says what it does; where a DAG's outputs went, why a job failed
+
+
+def test_a_run_off_a_terminal_logs_its_steps_its_resume_and_its_end(capsys, tmp_path):
+    run = ["train", *TINY, "--dataset", "synthetic", "--set", "optim.max_steps=4", "--set", "run.log_every=2",
+           "--out", str(tmp_path / "run")]
+    assert main(run) == 0  # capsys's stderr is no terminal: no progress bar, log lines instead
+    err = capsys.readouterr().err
+    steps = re.findall(r"^step (\d+)/4 loss \d+\.\d{3} \d+ tokens/s eta \d+:\d\d:\d\d$", err, flags=re.M)
+    assert steps == ["2", "4"], err
+    (tmp_path / "run" / "metrics.json").unlink()  # killed after its last checkpoint
+    assert main(run) == 0
+    assert re.search(r"^\S+: resuming from step 4 of 4 \(checkpoint\.pt\)$", capsys.readouterr().err, flags=re.M)
+    assert main(run) == 0
+    assert f"already finished: {tmp_path / 'run' / 'metrics.json'} present" in capsys.readouterr().err
 
 
 # --- item 7: where a DAG's outputs went, and why a job failed --------------------------------
