@@ -33,6 +33,8 @@ def readme_section(title: str) -> str:
 def test_readme_examples_download_the_data_before_using_it():
     commands = code_blocks(README)
     assert "../shared/data" not in commands
+    workflow_examples = re.findall(r"```\n(.*?)```", (REPO / "workflow/README.md").read_text(), flags=re.S)
+    assert workflow_examples and "../shared/data" not in "".join(workflow_examples)
     download = commands.index("crt-repro download ptb --to data")
     uses = [m.start() for m in re.finditer(r"--data-dir data\b|data_dir=data\b|CRT_REPRO_DATA=", commands)]
     assert uses and download < min(uses)
