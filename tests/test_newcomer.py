@@ -178,6 +178,7 @@ def test_a_failed_jobs_cause_reaches_the_console(tmp_path):
 def test_a_missing_data_dir_stops_the_workflow_when_parsed(tmp_path):
     wf = copy_workflow(tmp_path)
     out = snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=/nonexistent", check=False)
-    assert "data_dir='/nonexistent' is not a folder" in out and "Job stats" not in out, out[-3000:]
+    assert "crt-repro workflow: error: data_dir='/nonexistent' is not a folder" in out, out[-3000:]
+    assert "Job stats" not in out and "Traceback" not in out and "ValueError" not in out
     (wf / "corpora").mkdir()
     assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=corpora"))
