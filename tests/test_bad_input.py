@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,20 @@ def write_ptb(root: Path, n_types: int) -> Path:
     for split in ("valid", "test"):
         (folder / f"ptb.{split}.txt").write_text(train[:3000])
     return root
+
+
+def test_a_changed_corpus_warns_in_one_line_naming_the_file(tmp_path):
+    # In a process of its own: pytest records warnings instead of printing them.
+    data = write_ptb(tmp_path / "data", 5000)
+    cmd = [sys.executable, "-m", "crt_repro", "train", *TINY, "--dataset", "ptb", "--data-dir", str(data),
+           "--set", "optim.max_steps=1", "--set", "run.n_evals=0", "--out", str(tmp_path / "run")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if "sha256 differs" in line]
+    assert len(warnings) == 3 and all(line.startswith("crt-repro train: warning: ") for line in warnings)
+    assert (f"crt-repro train: warning: {data / 'ptb' / 'ptb.train.txt'}: sha256 differs from the pinned ptb file "
+            "(fcea919f6cf8...): results will not be comparable with runs on the canonical corpus") in warnings
+    assert "UserWarning" not in p.stderr and "load_corpus(" not in p.stderr
 
 
 def test_a_corpus_file_that_is_not_utf8_names_the_file_and_the_byte_offset(capsys, tmp_path):
