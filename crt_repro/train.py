@@ -303,7 +303,8 @@ def read_checkpoint(path: Path, map_location) -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises EOFError, RuntimeError or UnpicklingError, by how it is broken
-        raise RunDirError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {' '.join(str(e).split())}); "
+        cause = " ".join(str(e).split()).split(". ")[0]  # the first sentence: miniz's advice runs on for four more
+        raise RunDirError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {cause}); "
                           f"delete it to start the run over") from None
 
 

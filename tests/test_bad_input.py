@@ -95,6 +95,7 @@ def test_an_unreadable_checkpoint_is_named_with_how_to_start_over(capsys, run_di
     checkpoint.write_bytes(data[: int(len(data) * keep)])
     line = error_line(*train(capsys, run_dir))
     assert str(checkpoint) in line and "delete it to start the run over" in line
+    assert len(line) < len(str(checkpoint)) + 200  # the loader's cause in brief, not its paragraph of advice
     checkpoint.unlink()  # as the message says: the run starts over
     assert train(capsys, run_dir)[0] == 0
 
