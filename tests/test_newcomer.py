@@ -40,6 +40,14 @@ def test_readme_examples_download_the_data_before_using_it():
     assert uses and download < min(uses)
 
 
+def test_readme_snakemake_commands_that_run_jobs_give_cores():
+    # Snakemake refuses to run jobs locally without --cores (outside an execution profile).
+    inline = [" ".join(span.split()) for span in re.findall(r"`(snakemake [^`]*)`", README)]
+    lines = [line.split("#")[0] for line in code_blocks(README).splitlines() + inline if line.startswith("snakemake ")]
+    running = [line for line in lines if not re.search(r" (-n|--report|--unlock|--lint)\b", line)]
+    assert running and all(re.search(r"--cores|--profile|--workflow-profile", line) for line in running), running
+
+
 def test_crt_repro_data_is_the_clis_default_data_dir(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("CRT_REPRO_DATA", str(write_ptb(tmp_path / "data", 5000)))
     with pytest.warns(UserWarning, match="sha256 differs"):  # not the canonical PTB files
