@@ -130,6 +130,19 @@ def test_readme_smoke_budget_is_the_workflows_and_the_profiles():
     assert f"{workflow_tokens:,} tokens each" in smoke_row and f"trains {package_steps} steps" in smoke_row
 
 
+@needs_snakemake
+def test_workflow_readme_job_counts_are_the_smoke_dags(tmp_path):
+    text = " ".join((REPO / "workflow/README.md").read_text().split())
+    with_dir = re.search(r"with a data_dir is (\d+) jobs: (\d+) language runs", text)
+    without = re.search(r"Without a data_dir it is (\d+) jobs and (\d+) runs", text)
+    assert with_dir and without
+    wf = copy_workflow(tmp_path)
+    (wf / "corpora").mkdir()
+    for config, (jobs, runs) in ((["data_dir=corpora"], with_dir.groups()), ([], without.groups())):
+        counts = job_counts(snakemake(wf, "-n", "all_tables", "all_figures", "--config", "profile=smoke", *config))
+        assert (sum(counts.values()), counts["train"]) == (int(jobs), int(runs)), counts
+
+
 # --- item 7: a run off a terminal says what it does; where a DAG's outputs went, why a job failed
 
 
