@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import sys
+import warnings
 from importlib import import_module
+from pathlib import Path
 
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
@@ -43,10 +45,25 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def one_line_warnings(command: str, default):
+    """Warnings of this package as one line, like its errors: each says what it is about (the file
+    or the option), so the source line Python prints beneath it is noise; other libraries' warnings
+    keep ``default``, Python's format."""
+    package = str(Path(__file__).resolve().parent)
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"crt-repro {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # `train --nproc N` hands them on to torchrun
+    default_format, warnings.formatwarning = warnings.formatwarning, one_line_warnings(args.command, warnings.formatwarning)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -57,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         # disk: OSError names the file) are reported in one line, not a traceback.
         print(f"crt-repro {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":

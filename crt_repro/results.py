@@ -212,8 +212,10 @@ def _same(a: str, b: str) -> bool:
 def merge_runs(frames: Sequence[tuple[str, "pd.DataFrame"]]) -> "pd.DataFrame":
     """Combine runs CSVs (``(source name, text DataFrame)`` pairs, read with ``numeric=False``).
 
-    Rows of one run_id must agree in every column but ``tables``, whose tags are united; any
-    other difference is an error naming the run_id, the columns and the values per source.
+    Rows of one run_id must agree in every result column (losses, perplexities, config, data):
+    ``tables`` tags are united, the MACHINE_COLUMNS (timing, memory, device, date, git sha) are
+    the first source's, and any other difference is an error naming the run_id, the columns and
+    the values per source.
     Output rows keep first-appearance order.
     """
     import pandas as pd

@@ -239,7 +239,15 @@ def read_log(out: Path, up_to_step: int) -> list[dict]:
     path = out / LOG
     if not path.exists():
         return []
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["step"] <= up_to_step]
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunDirError(f"{path}:{lineno}: not valid JSON ({err}); delete {out} to start the run over") from None
+        if e["step"] <= up_to_step:
+            entries.append(e)
+    return entries
 
 
 class Logger:
@@ -295,7 +303,8 @@ def read_checkpoint(path: Path, map_location) -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises EOFError, RuntimeError or UnpicklingError, by how it is broken
-        raise RunDirError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {' '.join(str(e).split())}); "
+        cause = " ".join(str(e).split()).split(". ")[0]  # the first sentence: miniz's advice runs on for four more
+        raise RunDirError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {cause}); "
                           f"delete it to start the run over") from None
 
 
@@ -363,7 +372,10 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
         check_run_dir(cfg, out)
     device = world.device(resolve_device(cfg.run.device))
     if (out / METRICS).exists():
-        metrics = json.loads((out / METRICS).read_text())
+        try:
+            metrics = json.loads((out / METRICS).read_text())
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{out / METRICS}: not valid JSON ({e}); delete {out} to start the run over") from None
         try:
             current = data_fingerprint(cfg)
         except FileNotFoundError:  # a finished run's record stands without its data at hand
@@ -404,6 +416,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     started = time.perf_counter()
     wall_at_start = clock["wall_s"]
     interactive = sys.stderr.isatty() if progress is None else progress
+    unit = "clips" if cfg.is_video else "tokens"
     bar = tqdm(total=schedule.total, initial=step, desc=cfg.run_id(), unit="step", dynamic_ncols=True,
                disable=not interactive or not world.is_main)
     model.train()
@@ -432,7 +445,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
             log.write(step=step, loss=shown.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
             if not interactive and world.is_main:
                 eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
-                say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} items/s "
+                say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} {unit}/s "
                     f"eta {datetime.timedelta(seconds=round(eta))}")
         if step in evals and world.is_main:
             r = evaluate_model(task, model, precision, device, "valid")

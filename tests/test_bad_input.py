@@ -1,10 +1,12 @@
 """Bad input comes out as one line naming the culprit, never as a traceback or a silent run
-(issue 13, items 9, 10, 12 and 14)."""
+(issue 13, items 9, 10, 12 and 14; run records that are not JSON besides)."""
 from __future__ import annotations
 
 import math
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,7 @@ def test_an_unreadable_checkpoint_is_named_with_how_to_start_over(capsys, run_di
     checkpoint.write_bytes(data[: int(len(data) * keep)])
     line = error_line(*train(capsys, run_dir))
     assert str(checkpoint) in line and "delete it to start the run over" in line
+    assert len(line) < len(str(checkpoint)) + 200  # the loader's cause in brief, not its paragraph of advice
     checkpoint.unlink()  # as the message says: the run starts over
     assert train(capsys, run_dir)[0] == 0
 
@@ -106,6 +109,18 @@ def test_invalid_yaml_in_a_run_config_is_one_line_naming_the_file(capsys, run_di
     assert rc == 2 and str(config) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["metrics.json", "log.jsonl"])
+def test_a_run_record_that_is_not_json_is_one_line_naming_the_file(capsys, run_dir, name):
+    record = run_dir / name
+    if name == "log.jsonl":
+        unfinished(run_dir)  # resuming rereads the log
+        record.write_text(record.read_text() + '{"step": 3, "lo\n')  # killed mid-line
+    else:
+        record.write_text('{"run_id": ')
+    line = error_line(*train(capsys, run_dir))
+    assert str(record) in line and "not valid JSON" in line and f"delete {run_dir}" in line
+
+
 def write_ptb(root: Path, n_types: int) -> Path:
     """A corpus under PTB's file names with n_types word types (PTB's checks want >= 5000)."""
     folder = root / "ptb"
@@ -116,6 +131,20 @@ def write_ptb(root: Path, n_types: int) -> Path:
     for split in ("valid", "test"):
         (folder / f"ptb.{split}.txt").write_text(train[:3000])
     return root
+
+
+def test_a_changed_corpus_warns_in_one_line_naming_the_file(tmp_path):
+    # In a process of its own: pytest records warnings instead of printing them.
+    data = write_ptb(tmp_path / "data", 5000)
+    cmd = [sys.executable, "-m", "crt_repro", "train", *TINY, "--dataset", "ptb", "--data-dir", str(data),
+           "--set", "optim.max_steps=1", "--set", "run.n_evals=0", "--out", str(tmp_path / "run")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if "sha256 differs" in line]
+    assert len(warnings) == 3 and all(line.startswith("crt-repro train: warning: ") for line in warnings)
+    assert (f"crt-repro train: warning: {data / 'ptb' / 'ptb.train.txt'}: sha256 differs from the pinned ptb file "
+            "(fcea919f6cf8...): results will not be comparable with runs on the canonical corpus") in warnings
+    assert "UserWarning" not in p.stderr and "load_corpus(" not in p.stderr
 
 
 def test_a_corpus_file_that_is_not_utf8_names_the_file_and_the_byte_offset(capsys, tmp_path):

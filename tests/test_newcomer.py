@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 from conftest import shared_data_dir
-from test_bad_input import write_ptb
+from test_bad_input import TINY, write_ptb
 from workflow_helpers import REPO, copy_workflow, job_counts, needs_snakemake, snakemake
 
 from crt_repro.cli import main
@@ -17,9 +17,6 @@ pytest_plugins = ["pytester"]
 
 README = (REPO / "README.md").read_text()
 VIDEO_RULES = {"train_video", "collect_video_table_runs", "mca_table", "table7_smarthome", "table13_smarthome_rnn"}
-TINY = ["--profile", "smoke", "--model", "transformer", "--layers", "1", "--seg-len", "8",
-        "--set", "optim.max_steps=2", "--set", "optim.warmup_steps=0", "--set", "model.d_model=16",
-        "--set", "model.n_head=2", "--set", "model.d_inner=32", "--set", "data.max_eval_segments=2"]
 
 
 def code_blocks(text: str) -> str:
@@ -36,9 +33,19 @@ def readme_section(title: str) -> str:
 def test_readme_examples_download_the_data_before_using_it():
     commands = code_blocks(README)
     assert "../shared/data" not in commands
+    workflow_examples = re.findall(r"```\n(.*?)```", (REPO / "workflow/README.md").read_text(), flags=re.S)
+    assert workflow_examples and "../shared/data" not in "".join(workflow_examples)
     download = commands.index("crt-repro download ptb --to data")
     uses = [m.start() for m in re.finditer(r"--data-dir data\b|data_dir=data\b|CRT_REPRO_DATA=", commands)]
     assert uses and download < min(uses)
+
+
+def test_readme_snakemake_commands_that_run_jobs_give_cores():
+    # Snakemake refuses to run jobs locally without --cores (outside an execution profile).
+    inline = [" ".join(span.split()) for span in re.findall(r"`(snakemake [^`]*)`", README)]
+    lines = [line.split("#")[0] for line in code_blocks(README).splitlines() + inline if line.startswith("snakemake ")]
+    running = [line for line in lines if not re.search(r" (-n|--report|--unlock|--lint)\b", line)]
+    assert running and all(re.search(r"--cores|--profile|--workflow-profile", line) for line in running), running
 
 
 def test_crt_repro_data_is_the_clis_default_data_dir(capsys, monkeypatch, tmp_path):
@@ -123,6 +130,36 @@ def test_readme_smoke_budget_is_the_workflows_and_the_profiles():
     assert f"{workflow_tokens:,} tokens each" in smoke_row and f"trains {package_steps} steps" in smoke_row
 
 
+@needs_snakemake
+def test_workflow_readme_job_counts_are_the_smoke_dags(tmp_path):
+    text = " ".join((REPO / "workflow/README.md").read_text().split())
+    with_dir = re.search(r"with a data_dir is (\d+) jobs: (\d+) language runs", text)
+    without = re.search(r"Without a data_dir it is (\d+) jobs and (\d+) runs", text)
+    assert with_dir and without
+    wf = copy_workflow(tmp_path)
+    (wf / "corpora").mkdir()
+    for config, (jobs, runs) in ((["data_dir=corpora"], with_dir.groups()), ([], without.groups())):
+        counts = job_counts(snakemake(wf, "-n", "all_tables", "all_figures", "--config", "profile=smoke", *config))
+        assert (sum(counts.values()), counts["train"]) == (int(jobs), int(runs)), counts
+
+
+# --- item 7: a run off a terminal says what it does; where a DAG's outputs went, why a job failed
+
+
+def test_a_run_off_a_terminal_logs_its_steps_its_resume_and_its_end(capsys, tmp_path):
+    run = ["train", *TINY, "--dataset", "synthetic", "--set", "optim.max_steps=4", "--set", "run.log_every=2",
+           "--out", str(tmp_path / "run")]
+    assert main(run) == 0  # capsys's stderr is no terminal: no progress bar, log lines instead
+    err = capsys.readouterr().err
+    steps = re.findall(r"^step (\d+)/4 loss \d+\.\d{3} \d+ tokens/s eta \d+:\d\d:\d\d$", err, flags=re.M)
+    assert steps == ["2", "4"], err
+    (tmp_path / "run" / "metrics.json").unlink()  # killed after its last checkpoint
+    assert main(run) == 0
+    assert re.search(r"^\S+: resuming from step 4 of 4 \(checkpoint\.pt\)$", capsys.readouterr().err, flags=re.M)
+    assert main(run) == 0
+    assert f"already finished: {tmp_path / 'run' / 'metrics.json'} present" in capsys.readouterr().err
+
+
 # --- item 7: where a DAG's outputs went, and why a job failed --------------------------------
 
 
@@ -162,6 +199,7 @@ def test_a_failed_jobs_cause_reaches_the_console(tmp_path):
 def test_a_missing_data_dir_stops_the_workflow_when_parsed(tmp_path):
     wf = copy_workflow(tmp_path)
     out = snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=/nonexistent", check=False)
-    assert "data_dir='/nonexistent' is not a folder" in out and "Job stats" not in out, out[-3000:]
+    assert "crt-repro workflow: error: data_dir='/nonexistent' is not a folder" in out, out[-3000:]
+    assert "Job stats" not in out and "Traceback" not in out and "ValueError" not in out
     (wf / "corpora").mkdir()
     assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=corpora"))

@@ -298,6 +298,18 @@ def test_frame_normalisation_key_picks_the_checkpoints_constants():
     assert build_config("paper", "smarthome", {"model": {"name": "crvit"}}).optim.max_epochs == 40
 
 
+def test_a_paper_timesformer_run_without_k400_weights_warns(capsys):
+    from crt_repro.train import warn_paper_video_start
+
+    warn_paper_video_start(build_config("paper", "smarthome", {"model": {"name": "timesformer"}}))
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING") and "starts from K400 weights" in err and "k400_checkpoint=" in err
+    started = {"model": {"name": "timesformer", "init_from": "TimeSformer_divST_8x32_224_K400.pyth"}}
+    warn_paper_video_start(build_config("paper", "smarthome", started))
+    warn_paper_video_start(build_config("smoke", "synthetic-video", {"model": {"name": "timesformer"}}))
+    assert capsys.readouterr().err == ""
+
+
 def test_a_key_added_later_leaves_committed_run_ids_alone(monkeypatch):
     """A LATER_KEYS key at its default is not hashed: the id is the one of a config without it."""
     import hashlib

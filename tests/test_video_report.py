@@ -122,6 +122,7 @@ def fake_video_runs(cells, seeds=(0, 1), tag="table7_smarthome", dataset="synthe
             row.update(run_id=f"{dataset}-{model}-{rnn}-s{s}", tables=tag, profile=profile, dataset=dataset,
                        model=model, rnn=rnn, layers=2, d_model=32, seg_len=70, mem_len=0, seed=s, frames=8,
                        image_size=32, test_mca=0.40 + 0.1 * s + (0.05 if model == "crvit" else 0.0),
+                       steps=120 if model == "timesformer" else 320, epochs=15.0 if model == "timesformer" else 40.0,
                        test_top1=0.5, init_from="results/runs/synthetic-video-timesformer-L2-s0-x/checkpoint.pt"
                        if model == "crvit" else "")
             rows.append(row)
@@ -141,6 +142,7 @@ def test_table7_marks_reference_rows_and_measures_ours():
     assert list(measured["delta"]) == pytest.approx([45.0 - 71.5, 50.0 - 73.4])
     assert list(measured["top1"]) == pytest.approx([50.0, 50.0]) and list(measured["frames"]) == [8, 8]
     assert list(measured["init_from"]) == ["", "timesformer run"]
+    assert list(measured["steps"]) == [120, 320] and list(measured["epochs"]) == [15.0, 40.0]
     others = t[t["source"] == REFERENCE_ONLY]
     assert len(others) == len(ref) - 2 and set(others["n_seeds"]) == {0}
     assert others[["mca", "delta", "top1", "profile", "dataset"]].isna().all().all()
@@ -161,6 +163,8 @@ def test_table13_and_errors():
         build_mca_table("table7_smarthome", fake_video_runs([*T7_MEASURED, ("crvit", "ncgru")]))
     with pytest.raises(ResultsError, match="missing column.*frames"):
         build_mca_table("table7_smarthome", runs.drop(columns=["frames"]))
+    with pytest.raises(ResultsError, match=r"run\(s\) synthetic-video-timesformer--s0 have no steps"):
+        build_mca_table("table7_smarthome", runs.assign(steps=[""] + list(runs["steps"][1:])))
 
 
 def test_video_table_from_csv_and_markdown(tmp_path):
@@ -174,6 +178,7 @@ def test_video_table_from_csv_and_markdown(tmp_path):
     assert "| CR-ViT-GRU (from timesformer run) | measured | 73.4 | 45.00 | – | -28.40 | 50.00 | 8 |" in md
     assert "| PI-ViT [2D-SIM + 3D-SIM] | reference | 72.9 | – |" in md
     assert "Two-stage training" in md and "8 (the paper: 16)" in md
+    assert "Training budget per run: TimeSformer 120 steps (15 epochs); CR-ViT-GRU 320 steps (40 epochs)." in md
     out = subprocess.run([sys.executable, "-m", "crt_repro.cli", "table", "table13_smarthome_rnn", "--runs", str(path),
                           "--csv", str(tmp_path / "t13.csv"), "--md", str(tmp_path / "t13.md")],
                          capture_output=True, text=True)

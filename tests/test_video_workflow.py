@@ -64,6 +64,7 @@ def test_cpu_and_paper_need_smarthome_dir(wf, tmp_path):
         out = snakemake(wf, "-n", "table7_smarthome", "--config", f"profile={profile}", "data_dir=x", check=False)
         assert "smarthome_dir" in out and "--config smarthome_dir=DIR" in out, out[-3000:]
         assert "licence" in out and "Nothing to be done" not in out and "Job stats" not in out
+        assert "crt-repro workflow: error: " in out and "Traceback" not in out
         # all_tables builds every other table and says once, when parsed, that these two are skipped
         out = snakemake(wf, "-n", "all_tables", "--config", f"profile={profile}", "data_dir=x")
         skip = [line for line in out.splitlines() if "skip table7_smarthome and table13_smarthome_rnn" in line]

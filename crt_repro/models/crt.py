@@ -30,8 +30,8 @@ Choices where the paper is silent (the config key that exposes each, where one e
   final LayerNorm plays that role. The raw pre-LN residual stream (``raw``) grows with depth, so
   its scale would differ between 3 and 16 layers.
 * ``model.pos_rnn_init``: the position RNN starts from the memory (``memory``, paper Fig. 1 as
-  DESIGN.md reads it) or from zeros in every segment (``zeros``); without memory it is zeros.
-* ``model.pos_encoding``: ``rnn_add`` (paper Fig. 1 as DESIGN.md reads it: RNN output added to
+  this project reads it) or from zeros in every segment (``zeros``); without memory it is zeros.
+* ``model.pos_encoding``: ``rnn_add`` (paper Fig. 1 as we read it: RNN output added to
   the embedding), ``rnn_replace`` (RNN output is the token representation) or ``sinusoidal``
   (absolute sinusoids; tokens at positions 1..n when the memory token takes 0, else 0..n-1,
   which makes memory=False + sinusoidal exactly the Transformer baseline).

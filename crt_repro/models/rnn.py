@@ -466,7 +466,7 @@ class GRU(_GatedCell):
 
 
 class NCGRU(_GatedCell):
-    """Neumann-Cayley orthogonal GRU (Mucllari et al. 2022, arXiv 2208.06496), as DESIGN.md fixes it.
+    """Neumann-Cayley orthogonal GRU (Mucllari et al. 2022, arXiv 2208.06496), as this project fixes it.
 
     ::
 

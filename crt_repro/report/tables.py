@@ -36,7 +36,7 @@ from crt_repro.results import ResultsError, select_runs
 PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "eval_memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "ppl_ci95_low",
                "ppl_ci95_high", "n_seeds", "delta", "train_tokens", "epochs", "precision", "profile", "dataset")
 MCA_COLUMNS = ("model", "rnn", "source", "layers", "frames", "paper_mca", "mca", "mca_std", "n_seeds", "delta", "top1",
-               "init_from", "profile", "dataset", "note")
+               "init_from", "steps", "epochs", "profile", "dataset", "note")
 MEASURED, REFERENCE_ONLY = "measured", "reference_only"
 NOT_IN_PAPER = "not in the paper"  # rows of models the paper's table lacks (RMT, your own)
 XL_QUOTED = "from the Transformer-XL paper"  # the reference CSV's note on rows the paper copies from Dai et al.
@@ -278,7 +278,7 @@ def build_mca_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
     if runs.empty:
         raise ResultsError(f"{source}: no runs for {name}")
     require_columns(runs, VIDEO_RUN_COLUMNS, source)
-    runs = _numeric(runs, VIDEO_NUMERIC_COLUMNS, what)
+    runs = _numeric(runs, (*VIDEO_NUMERIC_COLUMNS, "steps", "epochs"), what)
     runs["rnn"] = runs["rnn"].map(_norm_rnn)
     # TimeSformer has no RNN: a run's rnn column may still name the config's (unused) cell.
     runs.loc[runs["model"] == "timesformer", "rnn"] = ""
@@ -292,6 +292,8 @@ def build_mca_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
             continue
         cell = _row_runs(runs[(runs["model"] == r.model) & (runs["rnn"] == r.rnn)],
                          f"model={r.model}, rnn={r.rnn or '-'}", what, "test_mca")
+        if cell["steps"].isna().any():  # the table states every row's budget
+            raise ResultsError(f"{what}: run(s) {', '.join(cell[cell['steps'].isna()]['run_id'])} have no steps")
         used.update(cell["run_id"])
         n = len(cell)
         mca = 100 * float(cell["test_mca"].mean())
@@ -300,15 +302,16 @@ def build_mca_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
                      "frames": int(_one(cell, "frames", what)), "mca": round(mca, 2),
                      "mca_std": round(std, 2) if n > 1 else float("nan"), "n_seeds": n,
                      "delta": round(mca - float(r.value), 2), "top1": round(100 * float(cell["test_top1"].mean()), 2),
-                     "init_from": _init_label(cell["init_from"]), "profile": profile, "dataset": dataset})
+                     "init_from": _init_label(cell["init_from"]), "steps": float(cell["steps"].mean()),
+                     "epochs": round(float(cell["epochs"].mean()), 2), "profile": profile, "dataset": dataset})
     extra = runs[~runs["run_id"].isin(used)]
     if not extra.empty:
         cells = sorted({f"model={m}, rnn={r or '-'}" for m, r in zip(extra["model"], extra["rnn"])})
         raise ResultsError(f"{what}: runs that match no measured row of the paper's {table_key(name)}: "
                            f"{'; '.join(cells)}")
     table = pd.DataFrame(rows, columns=list(MCA_COLUMNS))
-    for col in ("layers", "frames", "n_seeds"):
-        table[col] = table[col].astype("Int64")
+    for col in ("layers", "frames", "n_seeds", "steps"):
+        table[col] = table[col].round().astype("Int64")
     return table
 
 
@@ -421,10 +424,13 @@ def mca_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
         "as the paper prints them (no run of ours).",
         "",
     ]
+    budgets = "; ".join(f"{model_label(r.model, r.rnn)} {r.steps:,} steps ({r.epochs:g} epochs)"
+                        for r in measured.itertuples())
+    lines += [f"Training budget per run: {budgets}.", ""]
     if "timesformer run" in inits:
         lines += ["Two-stage training as in the paper (section 5.3): the CR-ViT runs start from the checkpoint "
-                  "of the TimeSformer run of the same settings and seed. The paper trains the stages 15 and 40 "
-                  "epochs; our runs train each stage for the profile's optim.max_steps.", ""]
+                  "of the TimeSformer run of the same settings and seed and train a stage of their own. The paper "
+                  "trains the stages 15 and 40 epochs.", ""]
     lines += [PROFILE_NOTES.get(profile, f"Profile {profile}."), ""]
     # A note on several rows ("cross-subject") is the table's protocol, said in the header.
     counts = ref["note"].value_counts()

@@ -18,6 +18,15 @@ from snakemake.utils import validate
 from crt_repro.plan import plan_workflow, runs_dir
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
+
+
+class WorkflowInputError(SystemExit):
+    """A workflow input that cannot work (data_dir, smarthome_dir): Snakemake prints the message of
+    a SystemExit alone, where any other exception comes with its traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(f"crt-repro workflow: error: {message}")
+
 PROFILES = ("smoke", "cpu", "paper")
 
 
@@ -72,7 +81,7 @@ FIGURES = f"figures/{PROFILE}"
 DATA_DIR = config["data_dir"]
 # Checked here, not by the first train job: a mistyped folder must not plan (or start) the DAG.
 if DATA_DIR is not None and not Path(DATA_DIR).is_dir():
-    raise ValueError(
+    raise WorkflowInputError(
         f"data_dir={DATA_DIR!r} is not a folder (seen from {Path.cwd()}): give the folder that holds ptb/ and "
         f"wikitext-2/ (or wikitext-103/), or leave data_dir out and the workflow downloads the corpora into data/")
 SMARTHOME_DIR = config["smarthome_dir"]  # checked by the video runs that need it (video.smk)

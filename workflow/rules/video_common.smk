@@ -2,7 +2,7 @@
 # the smarthome_dir check. Functions only.
 
 
-class SmarthomeDirMissing(ValueError):
+class SmarthomeDirMissing(WorkflowInputError):
     pass
 
 
