@@ -62,6 +62,9 @@ def test_claims_table_names_missing_runs_and_flops_without_softmax():
     # equal FLOPs with the softmax layer: ratio 1, and CRT is not below XL -> did not hold
     assert list(d["diff"]) == pytest.approx([1.0] * 6) and set(d["verdict"]) == {NOT_HELD}
     assert not math.isnan(d.iloc[1]["mean_a"]) and d.iloc[1]["mean_a"] == 70_000 - 2 * 70 * 16 * 10
+    # each row names its segment length; the paper gives no FLOP counts to put beside ours
+    assert [c.split(" tokens")[0] for c in d["comparison"]] == ["70", "70", "35", "35", "17", "17"]
+    assert d["paper_a"].isna().all() and d["paper_b"].isna().all()
 
 
 def test_validation_curves_read_every_logged_validation(tmp_path):
