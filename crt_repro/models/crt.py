@@ -17,9 +17,10 @@ boundaries) and evaluation carries it over the whole stream. Both RNNs are ``mod
 (gru | ncgru), hidden size d_model.
 
 Decoding (``step``, see ``decode``): the memory token's keys and values and those of the segment
-so far, and the segment's outputs so far; the position RNN steps once per token, the memory RNN
-runs over the n outputs at the segment's end (as in ``forward``), and its last state, the next
-memory, is the only thing that crosses the boundary.
+so far, and the two RNNs' states; each steps once per token. The attention is causal, so y_t
+(and LN_f(y_t)) is final as soon as token t is decoded: stepping the memory RNN on it then is the
+recurrence ``forward`` runs over y_1..y_n, and its state after the segment's last token is m',
+the only thing that crosses the boundary.
 
 Choices where the paper is silent (the config key that exposes each, where one exists):
 
@@ -97,7 +98,8 @@ class CRT(LanguageModel):
         return y, self._next_memory(y, m)
 
     def _next_memory(self, y: Tensor, m: Tensor) -> Tensor:
-        """The memory RNN over the segment's outputs y [B, n, d] from m: the next memory."""
+        """The memory RNN over outputs y [B, n, d] (a segment's; in decoding, one token's) from m:
+        its last state (after a segment, the next memory)."""
         _, m_next = self.mem_rnn(self.head.normed(y) if self.cfg.memory_input == "final_ln" else y, m)
         return m_next
 
@@ -110,7 +112,7 @@ class CRT(LanguageModel):
     def step(self, token: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
         check_token(token, cache)
         if cache.t == 0:
-            self._start_segment(cache, token.shape[0])
+            self._start_segment(cache)
         state, t = cache.carry, cache.t
         e = self.embed_tokens(token[:, None])
         if self.pos_rnn is None:
@@ -121,28 +123,24 @@ class CRT(LanguageModel):
         x = self.emb_drop(x)
         for block, kv in zip(self.blocks, cache.kv):
             x = block.step(x, kv)
-        if state["m"] is not None:  # the segment's outputs wait for the memory RNN at its end
-            state["y"][:, t] = x[:, 0]
+        if self.mem_rnn is not None:  # y_t is final (causal attention): the memory RNN's step t
+            state["mem_h"] = self._next_memory(x, state["mem_h"])
         cache.t += 1
         if cache.t == cache.seg_len:  # the segment's end: only the memory crosses it
-            m = None if state["m"] is None else self._next_memory(state["y"], state["m"])
-            cache.t, cache.kv, cache.carry = 0, [], {"m": m}
+            cache.t, cache.kv, cache.carry = 0, [], {"m": state["mem_h"]}
         return self.head.logits(x[:, 0]), cache
 
-    def _start_segment(self, cache: Cache, batch_size: int) -> None:
-        """The memory token through every layer (position 0: it sees only itself), the position
-        RNN's initial state, and the buffer of the segment's outputs."""
+    def _start_segment(self, cache: Cache) -> None:
+        """The memory token through every layer (position 0: it sees only itself) and the RNNs'
+        initial states, from the memory alone."""
         m = cache.carry["m"]
         cache.kv = [KV() for _ in self.blocks]
-        dtype = self.embed.weight.dtype
         if m is not None:
-            x = m.unsqueeze(1).to(dtype)
+            x = m.unsqueeze(1).to(self.embed.weight.dtype)
             for block, kv in zip(self.blocks, cache.kv):
                 x = block.step(x, kv)
         pos_h = m if self.cfg.pos_rnn_init == "memory" else None
-        d = self.cfg.d_model
-        y = None if m is None else torch.empty(batch_size, cache.seg_len, d, dtype=dtype, device=m.device)
-        cache.carry = {"m": m, "pos_h": pos_h, "y": y}
+        cache.carry = {"pos_h": pos_h, "mem_h": m}
 
 
 class TransformerRNNMemory(CRT):

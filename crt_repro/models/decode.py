@@ -10,12 +10,13 @@ logits of the segment-at-a-time forward, token for token (``tests/test_decode.py
   baseline sees nothing before its segment).
 * Transformer-XL: per layer, keys and values of the memory (the last ``eval_mem_len`` positions
   before the segment) and of the segment so far; at the segment's end the oldest are dropped.
-* CRT: keys and values of the memory token and of the segment so far, the position RNN's state
-  (one step per token), the memory and the segment's outputs so far (n x d_model at most). At the
-  segment's end the memory RNN runs over those n outputs as in the segment forward (one input
-  product for all of them, then its time loop) and gives the next memory, the only thing that
-  crosses the boundary; the next segment starts by running it through the blocks as position 0.
-  Per token CRT thus pays one RNN step; the two segment-end jobs fall on two tokens (its p99).
+* CRT: keys and values of the memory token and of the segment so far, and the states of the
+  position RNN and the memory RNN, each stepped once per token. The memory RNN reads y_t as soon
+  as token t is decoded: attention is causal, so no later token changes y_t, and the memory RNN
+  stepped on y_1..y_n one at a time is the recurrence the segment forward runs over all n (the
+  same memory; no burst at the segment's end, no buffer of n outputs). Its state after the last
+  token is the next memory, the only thing that crosses the boundary; the next segment starts by
+  running it through the blocks as position 0.
 
 Decoding runs in eval mode without gradient; ``Cache.nbytes`` is what it holds per stream set.
 """
