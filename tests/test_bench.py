@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import pandas as pd
 import pytest
@@ -156,3 +157,22 @@ def test_onnx_rows_report_the_exported_file_and_its_fixed_state():
     assert onnx["state_bytes"] == onnx["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4
     assert eager["state_bytes"] == d * 4
     assert 0 < eager["file_bytes"] < onnx["file_bytes"]  # weights, and the graph besides
+
+
+def test_cpu_clock_times_every_decoded_token_and_needs_one_thread(monkeypatch, capsys):
+    ticks = itertools.count(0.0, 0.001)  # a fake thread clock: each reading 1 ms after the last
+    monkeypatch.setitem(bench.CLOCKS, "cpu", lambda: next(ticks))
+    threads = torch.get_num_threads()
+    args = ["bench", "--models", "crt-gru", "--seg-lens", "3", "--d-model", "8", "--layers", "1", "--n-head", "2",
+            "--vocab", "10", "--modes", "decode", "--warmup", "0", "--repeats", "1", "--no-mem", "--clock", "cpu"]
+    try:
+        torch.set_num_threads(2)
+        assert cli_main(args) != 0
+        assert "one thread" in capsys.readouterr().err
+        torch.set_num_threads(1)
+        (row,) = bench.bench(["crt-gru"], [3], modes=["decode"], clock="cpu", **TINY)
+        assert row["ms_token_p50"] == row["ms_token_p99"] == pytest.approx(1.0)  # read from the chosen clock
+        assert cli_main(args) == 0
+        assert "decode latency by thread CPU time" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
