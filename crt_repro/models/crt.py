@@ -100,13 +100,19 @@ class CRT(LanguageModel):
     def _next_memory(self, y: Tensor, m: Tensor) -> Tensor:
         """The memory RNN over outputs y [B, n, d] (a segment's; in decoding, one token's) from m:
         its last state (after a segment, the next memory)."""
-        _, m_next = self.mem_rnn(self.head.normed(y) if self.cfg.memory_input == "final_ln" else y, m)
+        _, m_next = self.mem_rnn(self._memory_input(y), m)
         return m_next
 
+    def _memory_input(self, y: Tensor) -> Tensor:
+        return self.head.normed(y) if self.cfg.memory_input == "final_ln" else y
+
     def init_cache(self, batch_size: int, seg_len: int, device: torch.device) -> Cache:
-        # The sinusoids of the segment's positions (no stream owns them), where they replace the RNN.
-        consts = {} if self.pos_rnn is not None else {
-            "pos": sinusoidal_positions(seg_len, self.cfg.d_model, device, offset=int(self.cfg.memory))}
+        # No stream owns these: the sinusoids of the segment's positions where they replace the
+        # position RNN, else the RNNs' weights laid out for their one-call decoding step.
+        consts = {name: rnn.step_weights() for name, rnn in (("pos_rnn", self.pos_rnn), ("mem_rnn", self.mem_rnn))
+                  if rnn is not None}
+        if self.pos_rnn is None:
+            consts["pos"] = sinusoidal_positions(seg_len, self.cfg.d_model, device, offset=int(self.cfg.memory))
         return Cache(seg_len, carry={"m": self.init_state(batch_size, device)}, consts=consts)
 
     def step(self, token: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
@@ -118,13 +124,14 @@ class CRT(LanguageModel):
         if self.pos_rnn is None:
             x = e + cache.consts["pos"][t]
         else:
-            p, state["pos_h"] = self.pos_rnn(e, state["pos_h"])
+            state["pos_h"] = self.pos_rnn.step(e[:, 0], state["pos_h"], cache.consts["pos_rnn"])
+            p = state["pos_h"][:, None]
             x = e + p if self.cfg.pos_encoding == "rnn_add" else p
         x = self.emb_drop(x)
         for block, kv in zip(self.blocks, cache.kv):
             x = block.step(x, kv)
         if self.mem_rnn is not None:  # y_t is final (causal attention): the memory RNN's step t
-            state["mem_h"] = self._next_memory(x, state["mem_h"])
+            state["mem_h"] = self.mem_rnn.step(self._memory_input(x[:, 0]), state["mem_h"], cache.consts["mem_rnn"])
         cache.t += 1
         if cache.t == cache.seg_len:  # the segment's end: only the memory crosses it
             cache.t, cache.kv, cache.carry = 0, [], {"m": state["mem_h"]}

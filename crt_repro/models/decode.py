@@ -23,6 +23,7 @@ Decoding runs in eval mode without gradient; ``Cache.nbytes`` is what it holds p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,13 +61,14 @@ class KV:
 class Cache:
     """What a decoding stream holds: the position ``t`` of the next token in its segment, one
     ``KV`` per layer, and the model's recurrent tensors (``carry``: CRT's memory and RNN states).
-    ``nbytes`` counts the keys, values and carry, not ``consts``, which no stream owns."""
+    ``nbytes`` counts the keys, values and carry, not ``consts`` (what the model makes once per
+    decode from its weights), which no stream owns."""
 
     seg_len: int
     t: int = 0
     kv: list[KV] = field(default_factory=list)
     carry: dict[str, Tensor | None] = field(default_factory=dict)
-    consts: dict[str, Tensor] = field(default_factory=dict)  # shared by all streams (XL's sinusoids)
+    consts: dict[str, Any] = field(default_factory=dict)  # shared by all streams (sinusoids, CRT's RNN weights)
 
     def nbytes(self) -> int:
         tensors = [c for c in self.carry.values() if c is not None]
