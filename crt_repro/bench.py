@@ -20,6 +20,11 @@ name, ``crt-<cell>`` for the RNN cell) at each segment length:
   ``cache_peak_bytes`` (the most the cache held within a
   segment) and, as ``state_bytes``, what the cache holds at a segment boundary; ``file_bytes`` is
   the model's state_dict (what an eager model ships).
+  ``clock`` (``--clock``) chooses what a token's latency is: ``wall`` (``time.perf_counter``) or
+  ``cpu``, the calling thread's CPU time (``time.thread_time``), which leaves out the time other
+  processes on a shared machine take from it (their load moves the wall-clock p99 far more than
+  any model does). ``cpu`` counts all the work only at one thread (``torch.set_num_threads(1)``;
+  ONNX Runtime then computes on the calling thread too) and on the CPU, so it is refused otherwise.
 * ``onnx`` (not run unless asked): the same decoding, by the step exported to ONNX and run by ONNX
   Runtime (``crt_repro.export``) with torch's thread count; its state has fixed shapes, so
   ``state_bytes`` = ``cache_peak_bytes`` = all the slots, and ``file_bytes`` is the .onnx file.
@@ -72,6 +77,7 @@ from crt_repro.models.decode import Cache
 
 DEFAULT_MODELS = ("transformer", "transformer_xl", "crt-gru", "crt-ncgru")
 MODES = ("train", "forward", "stream", "decode", "onnx")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # a decoded token's latency (``clock``)
 STREAMING = ("stream", "decode", "onnx")  # batch 1
 DEFAULT_MODES = MODES[:3]
 CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "tokens_per_s", "peak_mem_mb",
@@ -133,7 +139,7 @@ class Runner:
 
     Built from a Config: device and bf16 from ``cfg.run``, batch from ``cfg.data.batch_size``."""
 
-    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=DEFAULT_MODES):
+    def __init__(self, cfg: Config, vocab: int, seed: int = 0, modes=DEFAULT_MODES, clock: str = "wall"):
         from crt_repro.models import build_model
         from crt_repro.train import make_optimizer, resolve_device, resolve_precision
 
@@ -152,12 +158,13 @@ class Runner:
         self.states = {m: None for m in MODES}
         self.step_count = 0
         self.token_ms: list[float] = []  # decode: every token's latency
+        self.clock = check_clock(clock, self.device)
         self.cache_peak = 0  # decode: the most bytes the cache held
         self.warm_states(modes)
 
     @classmethod
-    def from_spec(cls, spec: BenchSpec, seed: int = 0, modes=DEFAULT_MODES) -> "Runner":
-        return cls(spec.config(), spec.vocab, seed, modes)
+    def from_spec(cls, spec: BenchSpec, seed: int = 0, modes=DEFAULT_MODES, clock: str = "wall") -> "Runner":
+        return cls(spec.config(), spec.vocab, seed, modes, clock)
 
     def autocast(self):
         from crt_repro.train import autocast
@@ -222,10 +229,10 @@ class Runner:
         with torch.no_grad(), self.autocast():
             for token in self.x1[0].unbind(0):
                 self.sync()
-                t0 = time.perf_counter()
+                t0 = self.clock()
                 _, cache = self.model.step(token[None], cache)
                 self.sync()
-                self.token_ms.append((time.perf_counter() - t0) * 1000.0)
+                self.token_ms.append((self.clock() - t0) * 1000.0)
                 self.cache_peak = max(self.cache_peak, cache.nbytes())
         self.states["decode"] = cache
 
@@ -244,15 +251,25 @@ class Runner:
     def _onnx_segment(self) -> None:
         state = self.states["onnx"]
         for pos, token in enumerate(self.x1[0].unbind(0)):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             _, *state = self.onnx(token[None], torch.tensor(pos), *state)
-            self.token_ms.append((time.perf_counter() - t0) * 1000.0)
+            self.token_ms.append((self.clock() - t0) * 1000.0)
         self.cache_peak = state_bytes(state)  # fixed shapes: the same at every token
         self.states["onnx"] = state
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def check_clock(clock: str, device: torch.device):
+    """The token clock's function; ``cpu`` only where the calling thread does all the work."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError(f"--clock cpu times the calling thread: it needs --device cpu and one thread "
+                         f"(OMP_NUM_THREADS=1), not {device.type} with {torch.get_num_threads()} threads")
+    return CLOCKS[clock]
 
 
 def _timed(runner: Runner, mode: str) -> float:
@@ -348,7 +365,7 @@ def measure_memory_subprocess(spec: BenchSpec, mode: str, timeout: float = 600) 
 def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, layers: int = 3, batch: int = 32,
           vocab: int = 10000, device: str = "cpu", bf16: bool = False, n_head: int | None = None,
           d_inner: int | None = None, modes=DEFAULT_MODES, warmup: int = 2, repeats: int = 7, memory: bool = True,
-          progress=None) -> list[dict[str, Any]]:
+          clock: str = "wall", progress=None) -> list[dict[str, Any]]:
     """Rows with ``CSV_COLUMNS`` for every model x seg_len x mode (see the module docstring)."""
     rows = []
     for n in seg_lens:
@@ -357,7 +374,7 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
             name, rnn = parse_model(spec_name)
             spec = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, batch=batch, vocab=vocab, device=device,
                              bf16=bf16, n_head=n_head, d_inner=d_inner)
-            runners.append((spec_name, spec, Runner.from_spec(spec, modes=modes)))
+            runners.append((spec_name, spec, Runner.from_spec(spec, modes=modes, clock=clock)))
         for mode in modes:
             medians = time_round_robin([r for _, _, r in runners], mode, warmup, repeats)
             for (_, spec, r), ms in zip(runners, medians):
@@ -504,8 +521,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
+    check_clock(args.clock, torch.device(args.device))
+    clock = (f"; decode latency by {'thread CPU time' if args.clock == 'cpu' else 'wall clock'}"
+             if {"decode", "onnx"} & set(args.modes) else "")
     print(machine_note(args.device) + f"; d_model {args.d_model}, {args.layers} layers, batch {args.batch}, "
-          f"vocab {args.vocab}, {'bf16 autocast' if args.bf16 else 'fp32'}", flush=True)
+          f"vocab {args.vocab}, {'bf16 autocast' if args.bf16 else 'fp32'}{clock}", flush=True)
     def progress(row):
         print("  " + " ".join(f"{k}={row[k]}" for k in CSV_COLUMNS), file=sys.stderr, flush=True)
 
@@ -514,7 +534,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   d_inner=args.d_inner)
     rows = bench(args.models, args.seg_lens, batch=args.batch, device=args.device, bf16=args.bf16,
                  modes=args.modes, warmup=args.warmup, repeats=args.repeats, memory=not args.no_mem,
-                 progress=progress, **widths)
+                 clock=args.clock, progress=progress, **widths)
     macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
     peak = matmul_peak_gflops(args.d_model, bf16=args.bf16, device=args.device)
     add_throughput(rows, macs, peak)
@@ -547,6 +567,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
                    help="decode: batch 1, one token at a time (model.step); onnx: the same step exported and "
                         "run by ONNX Runtime (needs the 'export' extra) (default: %(default)s)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="decode/onnx token latency: wall clock, or cpu = the calling thread's CPU time "
+                        "(time.thread_time), which other processes on a shared machine do not inflate; "
+                        "valid only on the CPU at one thread (OMP_NUM_THREADS=1), where ONNX Runtime "
+                        "also computes on the calling thread (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-mem", action="store_true", help="skip the per-configuration memory subprocesses (CPU)")

@@ -9,8 +9,8 @@ with the same arithmetic on fixed slots: one ``SlotKV`` per layer holds every po
 segment can need (Transformer n, XL mem_len + n, CRT n + 1 with the memory token in slot 0), the
 current token is written into its slot and a mask hides the others. The segment-end work is a
 ``torch.cond`` on ``pos`` (an ONNX ``If``): XL shifts the segment into its memory after the last
-token; CRT runs the memory token through the blocks before the first and its memory RNN over the
-segment's outputs after the last, as ``model.step`` does. ``tests/test_export.py`` holds the ONNX Runtime session equal
+token; CRT runs the memory token through the blocks before the first (both its RNNs step once
+per token, as in ``model.step``). ``tests/test_export.py`` holds the ONNX Runtime session equal
 to ``model.step`` over a few hundred tokens.
 
 Why ONNX Runtime, not ExecuTorch: both install beside torch 2.13.0, but ``onnxruntime`` (with
@@ -56,7 +56,7 @@ def _blocks(model, x: Tensor, kv: Tensor, slot: Tensor, mask: Tensor, **attn_kwa
 def _cond(pred: Tensor, true_fn, false_fn, operands: tuple):
     """``torch.cond`` where a graph is captured; run as a plain module (the eager check of the
     fixed-slot arithmetic) a Python branch between the same functions. Eager ``torch.cond`` would
-    trace its branches whole, and NCGRU's freshness check cannot be traced."""
+    trace its branches whole at every call."""
     if torch.compiler.is_compiling():
         return torch.cond(pred, true_fn, false_fn, operands)
     return (true_fn if bool(pred) else false_fn)(*operands)
@@ -118,9 +118,8 @@ class XLStep(nn.Module):
 
 
 class CRTStep(nn.Module):
-    """State: kv [L, 2, B, H, n + 1, d_head] (slot 0: the memory token), the position RNN's state
-    and the memory [B, d], and the segment's outputs [B, n, d]. The memory token enters at pos 0,
-    the memory RNN runs over the outputs after the last token (pos n - 1), as in ``model.step``."""
+    """State: kv [L, 2, B, H, n + 1, d_head] (slot 0: the memory token), the position RNN's and
+    the memory RNN's states [B, d]. At pos 0 the memory RNN's state is the memory."""
 
     def __init__(self, model, seg_len: int):
         super().__init__()
@@ -130,21 +129,20 @@ class CRTStep(nn.Module):
 
     def init_state(self, batch: int) -> tuple[Tensor, ...]:
         d = self.model.cfg.d_model
-        return (_empty_kv(self.model, batch, self.seg_len + 1), torch.zeros(batch, d), torch.zeros(batch, d),
-                torch.zeros(batch, self.seg_len, d))
+        return _empty_kv(self.model, batch, self.seg_len + 1), torch.zeros(batch, d), torch.zeros(batch, d)
 
-    def forward(self, token: Tensor, pos: Tensor, kv: Tensor, pos_h: Tensor, mem: Tensor, y: Tensor):
-        m, cfg, n = self.model, self.model.cfg, self.seg_len
-        slots = torch.arange(n + 1)
+    def forward(self, token: Tensor, pos: Tensor, kv: Tensor, pos_h: Tensor, mem_h: Tensor):
+        m, cfg = self.model, self.model.cfg
+        slots = torch.arange(self.seg_len + 1)
 
-        def start(kv, pos_h, mem):  # the memory token through the blocks; the position RNN from it
-            _, kv = _blocks(m, mem[:, None], kv, torch.zeros((), dtype=torch.int64), slots == 0)
-            return kv, mem.clone() if cfg.pos_rnn_init == "memory" else torch.zeros_like(mem)
+        def start(kv, pos_h, mem_h):  # the memory token through the blocks; the position RNN from it
+            _, kv = _blocks(m, mem_h[:, None], kv, torch.zeros((), dtype=torch.int64), slots == 0)
+            return kv, mem_h.clone() if cfg.pos_rnn_init == "memory" else torch.zeros_like(mem_h)
 
-        def cont(kv, pos_h, mem):
+        def cont(kv, pos_h, mem_h):
             return kv.clone(), pos_h.clone()
 
-        kv, pos_h = _cond(pos == 0, start, cont, (kv, pos_h, mem))
+        kv, pos_h = _cond(pos == 0, start, cont, (kv, pos_h, mem_h))
         e = m.embed_tokens(token[:, None])
         if m.pos_rnn is None:
             x = e + sinusoid_table((pos + 1).float().view(1), cfg.d_model)
@@ -152,12 +150,8 @@ class CRTStep(nn.Module):
             p, pos_h = m.pos_rnn(e, pos_h)
             x = e + p if cfg.pos_encoding == "rnn_add" else p
         x, kv = _blocks(m, x, kv, pos + 1, slots <= pos + 1)
-        y = torch.where((torch.arange(n) == pos).view(1, -1, 1), x, y)
-        def end(mem, y):  # a dense copy: the RNN's last state is a strided view into its outputs
-            return m._next_memory(y, mem).clone(memory_format=torch.contiguous_format)
-
-        mem = _cond(pos == n - 1, end, lambda mem, y: mem.clone(), (mem, y))
-        return m.head.logits(x[:, 0]), kv, pos_h, mem, y
+        mem_h = m._next_memory(x, mem_h)  # after pos n - 1: the next memory
+        return m.head.logits(x[:, 0]), kv, pos_h, mem_h
 
 
 STEPS = {"Transformer": TransformerStep, "TransformerXL": XLStep, "CRT": CRTStep, "TransformerRNNMemory": CRTStep}

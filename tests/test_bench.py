@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import pandas as pd
 import pytest
@@ -127,10 +128,10 @@ def test_decode_rows_latency_percentiles_and_cache_sizes():
         assert r["batch"] == 1 and 0 < r["ms_token_p50"] <= r["ms_token_p99"] and r["ms_token_burst"] > 0
     # at a boundary: nothing, XL's keys and values of mem_len = 5 positions, CRT's memory vector
     assert [by[m]["state_bytes"] for m in ("transformer", "transformer_xl", "crt")] == [0, L * 2 * 5 * d * 4, d * 4]
-    # within a segment: XL mem_len + n - 1 positions; CRT n positions (memory token + n - 1), the
-    # memory, the position RNN's state and the buffer of n outputs for the memory RNN
+    # within a segment: XL mem_len + n - 1 positions; CRT n positions (memory token + n - 1) and
+    # the states of its two RNNs (the memory RNN steps per token: no buffer of outputs)
     assert by["transformer_xl"]["cache_peak_bytes"] == L * 2 * 9 * d * 4
-    assert by["crt"]["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4 + 5 * d * 4
+    assert by["crt"]["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4
     assert "cache peak B" in bench.format_decode_table(rows) and "burst/p50" in bench.format_decode_table(rows)
 
 
@@ -152,7 +153,26 @@ def test_onnx_rows_report_the_exported_file_and_its_fixed_state():
     eager, onnx = rows
     d, L = TINY["d_model"], TINY["layers"]
     assert onnx["mode"] == "onnx" and onnx["batch"] == 1 and onnx["ms_token_p50"] > 0
-    # slots for the memory token + 4 tokens in every layer, the memory, the position RNN's state, 4 outputs
-    assert onnx["state_bytes"] == onnx["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4 + 4 * d * 4
+    # slots for the memory token + 4 tokens in every layer, the position and memory RNNs' states
+    assert onnx["state_bytes"] == onnx["cache_peak_bytes"] == L * 2 * 5 * d * 4 + 2 * d * 4
     assert eager["state_bytes"] == d * 4
     assert 0 < eager["file_bytes"] < onnx["file_bytes"]  # weights, and the graph besides
+
+
+def test_cpu_clock_times_every_decoded_token_and_needs_one_thread(monkeypatch, capsys):
+    ticks = itertools.count(0.0, 0.001)  # a fake thread clock: each reading 1 ms after the last
+    monkeypatch.setitem(bench.CLOCKS, "cpu", lambda: next(ticks))
+    threads = torch.get_num_threads()
+    args = ["bench", "--models", "crt-gru", "--seg-lens", "3", "--d-model", "8", "--layers", "1", "--n-head", "2",
+            "--vocab", "10", "--modes", "decode", "--warmup", "0", "--repeats", "1", "--no-mem", "--clock", "cpu"]
+    try:
+        torch.set_num_threads(2)
+        assert cli_main(args) != 0
+        assert "one thread" in capsys.readouterr().err
+        torch.set_num_threads(1)
+        (row,) = bench.bench(["crt-gru"], [3], modes=["decode"], clock="cpu", **TINY)
+        assert row["ms_token_p50"] == row["ms_token_p99"] == pytest.approx(1.0)  # read from the chosen clock
+        assert cli_main(args) == 0
+        assert "decode latency by thread CPU time" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)

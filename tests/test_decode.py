@@ -42,18 +42,30 @@ def tiny(name, rnn, **extra):
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name,rnn,extra", MODELS, ids=IDS)
 def test_decode_equals_segment_forward(name, rnn, extra, batch):
-    """Over 3.4 segments (the last one partial), float64: every token's logits."""
+    """Over 3.4 segments (the last one partial), float64: every token's logits and, where the
+    state is CRT's memory, the memory the cache carries after each segment (the memory RNN steps
+    per token in decoding, over the whole segment in the forward)."""
     model = tiny(name, rnn, **extra)
     torch.manual_seed(1)
     tokens = torch.randint(0, V, (batch, 3 * SEG + 2))
     ref = segment_logits(model, tokens, SEG)
     out = decode(model, tokens, SEG)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    cpu = torch.device("cpu")
+    state, cache = model.init_state(batch, cpu), model.init_cache(batch, SEG, cpu)
+    if not isinstance(state, torch.Tensor):  # CRT's memory; XL's state is a list, the others' None
+        return
+    with torch.no_grad():
+        for segment in tokens[:, : 3 * SEG].split(SEG, dim=1):
+            _, state = model(segment, state)
+            for token in segment.unbind(1):
+                _, cache = model.step(token, cache)
+            torch.testing.assert_close(cache.carry["m"], state, rtol=1e-10, atol=1e-10)
 
 
 def test_cache_holds_what_each_model_carries():
     """At a segment boundary: nothing (Transformer), mem_len positions of keys and values per
-    layer (XL), one vector (CRT); within a segment CRT holds n + 1 positions and n outputs."""
+    layer (XL), one vector (CRT); within a segment CRT holds n + 1 positions and two RNN states."""
     d, layers = 16, 2
     sizes = {}
     for name in ("transformer", "transformer_xl", "crt"):
@@ -69,8 +81,8 @@ def test_cache_holds_what_each_model_carries():
     assert sizes["transformer_xl"][2 * SEG - 1] == layers * 2 * SEG * d * f64  # mem_len = seg_len
     assert max(sizes["transformer_xl"]) == layers * 2 * (2 * SEG - 1) * d * f64
     assert sizes["crt"][SEG - 1] == d * f64
-    # n - 1 tokens + the memory token per layer, the memory, the position RNN's state, n outputs
-    assert max(sizes["crt"]) == layers * 2 * SEG * d * f64 + 2 * d * f64 + SEG * d * f64
+    # n - 1 tokens + the memory token per layer, the two RNN states (no buffer of outputs)
+    assert max(sizes["crt"]) == layers * 2 * SEG * d * f64 + 2 * d * f64
 
 
 def test_step_rejects_a_segment_of_tokens():

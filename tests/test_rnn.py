@@ -561,6 +561,35 @@ def test_native_streaming_scan_equals_python_scan(kind, opts, monkeypatch):
     assert len(called) == 2 and fc.get_total_flops() >= 2 * 11 * 16 * 48
 
 
+@pytest.mark.skipif(not native_scan.available(), reason="no C compiler: decoding uses the forward")
+@pytest.mark.parametrize("kind,opts", CONFIGS, ids=CONFIG_IDS)
+def test_decoding_step_equals_the_forward(kind, opts, monkeypatch):
+    """``step`` with ``step_weights`` (one C call, the input product included) gives the states
+    of the Python scan's forward over the whole sequence, float64, from a given state and from
+    None (zeros); with gradient on it is the forward itself."""
+    _seed()
+    m = make_rnn(kind, 8, 16, **opts).double()
+    x, h0 = torch.randn(1, 9, 8, dtype=torch.float64), torch.randn(1, 16, dtype=torch.float64)
+    called = []
+    real = native_scan.step
+    monkeypatch.setattr(native_scan, "step", lambda *a: called.append(1) or real(*a))
+    with torch.no_grad():
+        weights = m.step_weights()
+        for start in (h0, None):
+            h, states = start, []
+            for xt in x.unbind(1):
+                h = m.step(xt, h, weights)
+                states.append(h)
+            with monkeypatch.context() as python_scan:
+                python_scan.setattr(native_scan, "supports", lambda *tensors: False)
+                ref, ref_h = m(x, start)
+            torch.testing.assert_close(torch.stack(states, 1), ref, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(h, ref_h, rtol=1e-12, atol=1e-12)
+    assert len(called) == 2 * 9
+    h = m.step(x[:, 0], h0, weights)
+    assert h.requires_grad and len(called) == 2 * 9
+
+
 @pytest.mark.parametrize("kind", ["tanh", "modrelu"])
 @pytest.mark.parametrize("before", [False, True])
 def test_graph_scan_equals_python_scan(kind, before):

@@ -8,6 +8,7 @@
  * Same equations, same gate order z | r | candidate, same layouts as the Python scan:
  *   xp [B,T,3H] input projections with their biases, h0 [B,H], w [H,3H] (applied as h @ w),
  *   b_hh [3H] or NULL, b_mod [H] (modReLU) or NULL (tanh), out [B,T,H], g [3H] scratch.
+ * _step is one step with the input product (a decoded token: x [B,I], w_in [I,3H], b_in [3H]).
  * Compiled at first use by native_scan.py; no torch headers, so the build takes about a second.
  */
 #include <math.h>
@@ -74,6 +75,17 @@ void NAME(long batch, long steps, long h_dim, const T *xp, const T *h0, const T 
             }                                                                                     \
             h = hn;                                                                               \
         }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+void NAME##_step(long batch, long in_dim, long h_dim, const T *x, const T *w_in, const T *b_in,      \
+                 const T *h0, const T *w, const T *b_hh, const T *b_mod, int before, T *out, T *g,  \
+                 T *xp) {                                                                         \
+    /* One step of B streams from inputs x [B,I]: xp = b_in + x @ w_in (w_in [I,3H]) first, in   \
+     * the same call, so that a decoded token pays one call, not an input product besides. */    \
+    for (long b = 0; b < batch; b++) {                                                            \
+        NAME##_gemv(x + b * in_dim, w_in, in_dim, 3 * h_dim, 0, 3 * h_dim, b_in, xp);             \
+        NAME(1, 1, h_dim, xp, h0 + b * h_dim, w, b_hh, b_mod, before, out + b * h_dim, g);       \
     }                                                                                             \
 }
 

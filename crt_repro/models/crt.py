@@ -17,9 +17,10 @@ boundaries) and evaluation carries it over the whole stream. Both RNNs are ``mod
 (gru | ncgru), hidden size d_model.
 
 Decoding (``step``, see ``decode``): the memory token's keys and values and those of the segment
-so far, and the segment's outputs so far; the position RNN steps once per token, the memory RNN
-runs over the n outputs at the segment's end (as in ``forward``), and its last state, the next
-memory, is the only thing that crosses the boundary.
+so far, and the two RNNs' states; each steps once per token. The attention is causal, so y_t
+(and LN_f(y_t)) is final as soon as token t is decoded: stepping the memory RNN on it then is the
+recurrence ``forward`` runs over y_1..y_n, and its state after the segment's last token is m',
+the only thing that crosses the boundary.
 
 Choices where the paper is silent (the config key that exposes each, where one exists):
 
@@ -97,52 +98,56 @@ class CRT(LanguageModel):
         return y, self._next_memory(y, m)
 
     def _next_memory(self, y: Tensor, m: Tensor) -> Tensor:
-        """The memory RNN over the segment's outputs y [B, n, d] from m: the next memory."""
-        _, m_next = self.mem_rnn(self.head.normed(y) if self.cfg.memory_input == "final_ln" else y, m)
+        """The memory RNN over outputs y [B, n, d] (a segment's; in decoding, one token's) from m:
+        its last state (after a segment, the next memory)."""
+        _, m_next = self.mem_rnn(self._memory_input(y), m)
         return m_next
 
+    def _memory_input(self, y: Tensor) -> Tensor:
+        return self.head.normed(y) if self.cfg.memory_input == "final_ln" else y
+
     def init_cache(self, batch_size: int, seg_len: int, device: torch.device) -> Cache:
-        # The sinusoids of the segment's positions (no stream owns them), where they replace the RNN.
-        consts = {} if self.pos_rnn is not None else {
-            "pos": sinusoidal_positions(seg_len, self.cfg.d_model, device, offset=int(self.cfg.memory))}
+        # No stream owns these: the sinusoids of the segment's positions where they replace the
+        # position RNN, else the RNNs' weights laid out for their one-call decoding step.
+        consts = {name: rnn.step_weights() for name, rnn in (("pos_rnn", self.pos_rnn), ("mem_rnn", self.mem_rnn))
+                  if rnn is not None}
+        if self.pos_rnn is None:
+            consts["pos"] = sinusoidal_positions(seg_len, self.cfg.d_model, device, offset=int(self.cfg.memory))
         return Cache(seg_len, carry={"m": self.init_state(batch_size, device)}, consts=consts)
 
     def step(self, token: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
         check_token(token, cache)
         if cache.t == 0:
-            self._start_segment(cache, token.shape[0])
+            self._start_segment(cache)
         state, t = cache.carry, cache.t
         e = self.embed_tokens(token[:, None])
         if self.pos_rnn is None:
             x = e + cache.consts["pos"][t]
         else:
-            p, state["pos_h"] = self.pos_rnn(e, state["pos_h"])
+            state["pos_h"] = self.pos_rnn.step(e[:, 0], state["pos_h"], cache.consts["pos_rnn"])
+            p = state["pos_h"][:, None]
             x = e + p if self.cfg.pos_encoding == "rnn_add" else p
         x = self.emb_drop(x)
         for block, kv in zip(self.blocks, cache.kv):
             x = block.step(x, kv)
-        if state["m"] is not None:  # the segment's outputs wait for the memory RNN at its end
-            state["y"][:, t] = x[:, 0]
+        if self.mem_rnn is not None:  # y_t is final (causal attention): the memory RNN's step t
+            state["mem_h"] = self.mem_rnn.step(self._memory_input(x[:, 0]), state["mem_h"], cache.consts["mem_rnn"])
         cache.t += 1
         if cache.t == cache.seg_len:  # the segment's end: only the memory crosses it
-            m = None if state["m"] is None else self._next_memory(state["y"], state["m"])
-            cache.t, cache.kv, cache.carry = 0, [], {"m": m}
+            cache.t, cache.kv, cache.carry = 0, [], {"m": state["mem_h"]}
         return self.head.logits(x[:, 0]), cache
 
-    def _start_segment(self, cache: Cache, batch_size: int) -> None:
-        """The memory token through every layer (position 0: it sees only itself), the position
-        RNN's initial state, and the buffer of the segment's outputs."""
+    def _start_segment(self, cache: Cache) -> None:
+        """The memory token through every layer (position 0: it sees only itself) and the RNNs'
+        initial states, from the memory alone."""
         m = cache.carry["m"]
         cache.kv = [KV() for _ in self.blocks]
-        dtype = self.embed.weight.dtype
         if m is not None:
-            x = m.unsqueeze(1).to(dtype)
+            x = m.unsqueeze(1).to(self.embed.weight.dtype)
             for block, kv in zip(self.blocks, cache.kv):
                 x = block.step(x, kv)
         pos_h = m if self.cfg.pos_rnn_init == "memory" else None
-        d = self.cfg.d_model
-        y = None if m is None else torch.empty(batch_size, cache.seg_len, d, dtype=dtype, device=m.device)
-        cache.carry = {"m": m, "pos_h": pos_h, "y": y}
+        cache.carry = {"pos_h": pos_h, "mem_h": m}
 
 
 class TransformerRNNMemory(CRT):

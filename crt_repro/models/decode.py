@@ -10,18 +10,20 @@ logits of the segment-at-a-time forward, token for token (``tests/test_decode.py
   baseline sees nothing before its segment).
 * Transformer-XL: per layer, keys and values of the memory (the last ``eval_mem_len`` positions
   before the segment) and of the segment so far; at the segment's end the oldest are dropped.
-* CRT: keys and values of the memory token and of the segment so far, the position RNN's state
-  (one step per token), the memory and the segment's outputs so far (n x d_model at most). At the
-  segment's end the memory RNN runs over those n outputs as in the segment forward (one input
-  product for all of them, then its time loop) and gives the next memory, the only thing that
-  crosses the boundary; the next segment starts by running it through the blocks as position 0.
-  Per token CRT thus pays one RNN step; the two segment-end jobs fall on two tokens (its p99).
+* CRT: keys and values of the memory token and of the segment so far, and the states of the
+  position RNN and the memory RNN, each stepped once per token. The memory RNN reads y_t as soon
+  as token t is decoded: attention is causal, so no later token changes y_t, and the memory RNN
+  stepped on y_1..y_n one at a time is the recurrence the segment forward runs over all n (the
+  same memory; no burst at the segment's end, no buffer of n outputs). Its state after the last
+  token is the next memory, the only thing that crosses the boundary; the next segment starts by
+  running it through the blocks as position 0.
 
 Decoding runs in eval mode without gradient; ``Cache.nbytes`` is what it holds per stream set.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,13 +61,14 @@ class KV:
 class Cache:
     """What a decoding stream holds: the position ``t`` of the next token in its segment, one
     ``KV`` per layer, and the model's recurrent tensors (``carry``: CRT's memory and RNN states).
-    ``nbytes`` counts the keys, values and carry, not ``consts``, which no stream owns."""
+    ``nbytes`` counts the keys, values and carry, not ``consts`` (what the model makes once per
+    decode from its weights), which no stream owns."""
 
     seg_len: int
     t: int = 0
     kv: list[KV] = field(default_factory=list)
     carry: dict[str, Tensor | None] = field(default_factory=dict)
-    consts: dict[str, Tensor] = field(default_factory=dict)  # shared by all streams (XL's sinusoids)
+    consts: dict[str, Any] = field(default_factory=dict)  # shared by all streams (sinusoids, CRT's RNN weights)
 
     def nbytes(self) -> int:
         tensors = [c for c in self.carry.values() if c is not None]

@@ -4,6 +4,7 @@
 the batch is below ``rnn.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
 not its arithmetic (``crt-repro bench --modes stream``). Training never comes here, so its
 numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
+``step`` is one step with its input product, for a decoded token (``rnn._GatedCell.step``).
 
 The C file is compiled at first use with the system C compiler (``$CC``, else ``cc``) into a
 per-user cache (``native/`` in ``$CRT_REPRO_CACHE``, else in ``~/.cache/crt-repro``), keyed by the
@@ -67,6 +68,9 @@ def _build() -> ctypes.CDLL | None:
         fn = getattr(dll, name)
         fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr]
         fn.restype = None
+        fn = getattr(dll, name + "_step")
+        fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
+        fn.restype = None
     return dll
 
 
@@ -109,4 +113,21 @@ def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tens
     fn(b, t_len, h, xp.data_ptr(), h0.data_ptr(), r_cat.data_ptr(),
        None if b_hh is None else b_hh.data_ptr(), None if b_mod is None else b_mod.data_ptr(),
        int(before), out.data_ptr(), g.data_ptr())
+    return out
+
+
+def step(x: Tensor, h: Tensor, w_in: Tensor, b_in: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
+         before: bool) -> Tensor:
+    """The next state [B,H] after one step on inputs x [B,I] from h [B,H], the input product
+    ``b_in + x @ w_in`` (w_in [I,3H]) included; the rest as ``scan``. The weights must be
+    contiguous (``rnn._GatedCell.step_weights``); caller checks ``supports`` first."""
+    b, h_dim = h.shape
+    x, h = x.contiguous(), h.contiguous()
+    out = torch.empty(b, h_dim, dtype=x.dtype)
+    scratch = torch.empty(6 * h_dim, dtype=x.dtype)  # g and xp, 3H each
+    ptr = scratch.data_ptr()
+    getattr(_library(), _FUNCS[x.dtype] + "_step")(
+        b, x.shape[1], h_dim, x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), h.data_ptr(), r_cat.data_ptr(),
+        None if b_hh is None else b_hh.data_ptr(), None if b_mod is None else b_mod.data_ptr(), int(before),
+        out.data_ptr(), ptr, ptr + 3 * h_dim * scratch.element_size())
     return out
