@@ -108,7 +108,10 @@ def test_plan_rmt_rows_wait_for_the_cpu_reproduction_and_the_reach_grid():
     on = plan_workflow(_experiments(), {**_settings("smoke"), "beyond_paper": True}, "smoke", None)
     assert len(on.tables["table2_ptb_3layer"].run_ids) == 12 and not on.tables["table2_ptb_3layer"].optional_run_ids
     spec = _experiments()["memory_reach"]
-    assert len(cpu.reach_run_ids) == len(spec["models"]) * len(spec["gaps"]) * len(spec["bptt_segments"])  # 1 seed
+    cpu_gaps = _settings("cpu")["memory_reach"]["gaps"]  # the profile's own gaps replace the file's
+    assert len(cpu.reach_run_ids) == len(spec["models"]) * len(cpu_gaps) * len(spec["bptt_segments"])  # 1 seed
+    assert {int(dict(s.split("=", 1) for s in cpu.runs[r].sets)["data.reach_gap"])
+            for r in cpu.reach_run_ids} == set(cpu_gaps)
     assert len(smoke.reach_run_ids) == len(spec["models"]) * 2  # 2 gaps, 1 bptt window, 1 seed
     assert all(cpu.runs[r].dataset == "memory-reach" and cpu.runs[r].seg_len == SEG for r in cpu.reach_run_ids)
 
