@@ -239,15 +239,17 @@ def read_log(out: Path, up_to_step: int) -> list[dict]:
     path = out / LOG
     if not path.exists():
         return []
-    entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RunDirError(f"{path}:{lineno}: not valid JSON ({err}); delete {out} to start the run over") from None
-        if e["step"] <= up_to_step:
-            entries.append(e)
-    return entries
+    entries = (read_record(line, f"{path}:{lineno}", out)
+               for lineno, line in enumerate(path.read_text().splitlines(), start=1))
+    return [e for e in entries if e["step"] <= up_to_step]
+
+
+def read_record(text: str, where: str, out: Path):
+    """JSON of a run record (metrics.json, a log.jsonl line); what is not is one line naming it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{where}: not valid JSON ({e}); delete {out} to start the run over") from None
 
 
 class Logger:
@@ -372,10 +374,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
         check_run_dir(cfg, out)
     device = world.device(resolve_device(cfg.run.device))
     if (out / METRICS).exists():
-        try:
-            metrics = json.loads((out / METRICS).read_text())
-        except json.JSONDecodeError as e:
-            raise RunDirError(f"{out / METRICS}: not valid JSON ({e}); delete {out} to start the run over") from None
+        metrics = read_record((out / METRICS).read_text(), str(out / METRICS), out)
         try:
             current = data_fingerprint(cfg)
         except FileNotFoundError:  # a finished run's record stands without its data at hand
