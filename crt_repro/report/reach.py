@@ -120,7 +120,7 @@ def reach_figure(table: "pd.DataFrame"):
     import matplotlib.pyplot as plt
 
     bptts = sorted(set(table["bptt_segments"]))
-    fig, axes = plt.subplots(1, len(bptts), figsize=(4.2 * len(bptts), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(bptts), figsize=(max(6.4, 4.2 * len(bptts)), 4.4), sharey=True, squeeze=False)
     seg, chance = int(table["seg_len"].iloc[0]), float(table["recall_chance"].iloc[0])
     for ax, bptt in zip(axes[0], bptts):
         part = table[table["bptt_segments"] == bptt]
@@ -138,10 +138,13 @@ def reach_figure(table: "pd.DataFrame"):
         ax.set_title(f"bptt_segments = {bptt}")
         ax.set_xlabel("gap (tokens)")
     axes[0][0].set_ylabel("recall accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"Memory reach, seg {seg}: carried (solid), state of another stream (dotted), chance (dashed); "
+    # Below the panels, not inside one: with seven models a legend in a panel hides its points.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.suptitle(f"Memory reach, seg {seg}: carried (solid), state of another stream (dotted), chance (dashed)\n"
                  "grey lines: the segments the gradient reaches", fontsize=8)
-    fig.tight_layout()
+    rows = -(-len(labels) // 4)
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
     return fig
 
 
