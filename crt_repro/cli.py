@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "crt_repro.cost",
     "crt_repro.bench",
     "crt_repro.gradient_reach",
+    "crt_repro.weight_drift",
     "crt_repro.report.cli",
     "crt_repro.report.reach",
 ]
