@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import math
 import resource
 import statistics
 import subprocess
@@ -280,8 +281,10 @@ def _timed(runner: Runner, mode: str) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def time_round_robin(runners: list[Runner], mode: str, warmup: int = 2, repeats: int = 7) -> list[float]:
-    """Median ms of ``mode`` for each runner, measured round-robin after ``warmup`` iterations."""
+def round_robin_times(runners: list[Runner], mode: str, warmup: int = 2, repeats: int = 7) -> list[list[float]]:
+    """ms of ``mode`` for each runner in each of ``repeats`` rounds, after ``warmup`` iterations.
+    Within a round the runners run back to back, so the times of one round share the load of the
+    moment: their ratios are what a shared machine can measure."""
     for r in runners:
         for _ in range(warmup):
             r.step(mode)
@@ -289,7 +292,30 @@ def time_round_robin(runners: list[Runner], mode: str, warmup: int = 2, repeats:
     for _ in range(repeats):
         for i, r in enumerate(runners):
             times[i].append(_timed(r, mode))
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def time_round_robin(runners: list[Runner], mode: str, warmup: int = 2, repeats: int = 7) -> list[float]:
+    """Median ms of ``mode`` for each runner, measured round-robin after ``warmup`` iterations."""
+    return [statistics.median(t) for t in round_robin_times(runners, mode, warmup, repeats)]
+
+
+def paired_ratio(times: list[float], base: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median over rounds of times / base (each round's pair timed back to back), and a
+    percentile-bootstrap interval of that median (scipy, fixed seed); the interval is NaN with
+    fewer than 3 rounds."""
+    import numpy as np
+    from scipy import stats
+
+    ratios = np.asarray(times, dtype=float) / np.asarray(base, dtype=float)
+    median = float(np.median(ratios))
+    if len(ratios) < 3:
+        return median, math.nan, math.nan
+    if np.ptp(ratios) == 0:  # the base against itself: exactly 1 in every round
+        return median, median, median
+    ci = stats.bootstrap((ratios,), np.median, confidence_level=confidence, method="percentile",
+                         n_resamples=4000, random_state=0).confidence_interval
+    return median, float(ci.low), float(ci.high)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 
 import pandas as pd
 import pytest
@@ -109,6 +110,8 @@ def test_table6_rows_in_paper_order_with_paper_numbers():
     assert list(df["paper_params_m"]) == [151, 151, 150]
     assert list(df["paper_inference_ms"]) == [997, 1421.3, 997.5]
     assert df["ratio_to_transformer"].iloc[0] == 1.0 and (df["inference_ms"] > 0).all()
+    # one round: no interval
+    assert (df["timing_rounds"] == 1).all() and df["ratio_ci95_low"].isna().all()
     assert (df["inference_ms_batch1"] > 0).all() and (df["decode_ms_per_token"] > 0).all()
     assert df["device"].str.startswith("cpu").all()
     assert list(df["memory_len"]) == [0, 12, 1]
@@ -176,3 +179,15 @@ def test_cpu_clock_times_every_decoded_token_and_needs_one_thread(monkeypatch, c
         assert "decode latency by thread CPU time" in capsys.readouterr().out
     finally:
         torch.set_num_threads(threads)
+
+
+def test_paired_ratio_follows_each_rounds_pair_not_the_medians():
+    # The machine's load doubles in the last rounds; each round's pair shares it, so it cancels.
+    load = [1, 1, 1, 2, 2, 2, 2]
+    base = [10.0 * x for x in load]
+    crt = [10.0 * x * r for x, r in zip(load, [1.04, 1.06, 1.05, 1.05, 1.07, 1.03, 1.05])]
+    ratio, low, high = bench.paired_ratio(crt, base)
+    assert ratio == pytest.approx(1.05) and low <= ratio <= high and high - low < 0.05
+    assert bench.paired_ratio(base, base) == (1.0, 1.0, 1.0)
+    r2 = bench.paired_ratio(crt[:2], base[:2])
+    assert r2[0] == pytest.approx(1.05) and math.isnan(r2[1]) and math.isnan(r2[2])

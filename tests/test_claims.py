@@ -88,3 +88,30 @@ def test_validation_curves_read_every_logged_validation(tmp_path):
     fig = plot_curves(T2, df, tmp_path)
     (ax,) = fig.axes
     assert len(ax.lines) == 2 and list(ax.lines[0].get_ydata()) == [300.5, 200.5]
+
+
+def table6(crt: tuple[float, float, float], xl: tuple[float, float, float], rounds: int = 15) -> pd.DataFrame:
+    rows = [("transformer", "", 7.43, (1.0, 1.0, 1.0)), ("transformer_xl", "", 7.70, xl), ("crt", "gru", 7.63, crt)]
+    return pd.DataFrame([{"model": m, "rnn": r, "params_m": p, "inference_ms": 100 * ratio[0], "paper_params_m": 150,
+                          "paper_inference_ms": 997, "ratio_to_transformer": ratio[0], "ratio_ci95_low": ratio[1],
+                          "ratio_ci95_high": ratio[2], "timing_rounds": rounds} for m, r, p, ratio in rows])
+
+
+@pytest.mark.parametrize("crt, xl, verdict", [
+    ((1.05, 1.02, 1.08), (1.6, 1.5, 1.7), HELD),
+    ((1.05, 1.02, 1.13), (1.6, 1.5, 1.7), UNRESOLVED),   # the interval straddles the 10%
+    ((1.20, 1.15, 1.25), (1.6, 1.5, 1.7), NOT_HELD),
+    ((1.05, 1.02, 1.08), (1.05, 1.03, 1.09), UNRESOLVED),  # not below XL's
+    ((1.05, math.nan, math.nan), (1.6, math.nan, math.nan), UNRESOLVED),  # too few rounds for an interval
+])
+def test_inference_time_claim_is_decided_on_the_rounds_interval(crt, xl, verdict):
+    from crt_repro.report.claims import CLAIM_COLUMNS, claims_markdown, cost_claims
+
+    rows = cost_claims(table6(crt, xl))
+    params, speed = rows
+    assert params["verdict"] == NOT_HELD  # 7.63 / 7.43 = 1.027: more than 2%
+    assert speed["verdict"] == verdict and speed["diff"] == crt[0]
+    assert "15 paired rounds" in speed["comparison"]
+    md = claims_markdown(pd.DataFrame(rows, columns=list(CLAIM_COLUMNS)), "cpu")
+    if not math.isnan(crt[1]):
+        assert f"[{crt[1]:.3f}, {crt[2]:.3f}]" in md

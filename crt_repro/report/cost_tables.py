@@ -29,7 +29,7 @@ TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model",
                   "paper_params", "params_no_embedding", "params", "vocab", "profile")
 TABLE6_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "memory_len", "batch", "paper_params_m", "params_m",
                   "paper_inference_ms", "inference_ms", "paper_ratio_to_transformer", "ratio_to_transformer",
-                  "inference_ms_batch1", "decode_ms_per_token", "device", "precision", "dataset", "profile", "note")
+                  "ratio_ci95_low", "ratio_ci95_high", "timing_rounds", "inference_ms_batch1", "decode_ms_per_token", "device", "precision", "dataset", "profile", "note")
 
 
 def _dataset(profile: str, paper_name: str) -> str:
@@ -110,7 +110,7 @@ def _paper_table6(reference: pd.DataFrame | None) -> dict[tuple[str, str, str], 
 
 def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len: int = 150, layers: int = 16,
                 batch: int | None = None, device: str | None = None, warmup: int = 2,
-                repeats: int = 5) -> pd.DataFrame:
+                repeats: int = 15) -> pd.DataFrame:
     """Table 6: parameters and inference time (ms per batch) of 16-layer WikiText-103 models.
 
     Widths and precision from the profile (the paper profile: 16 x 410, bf16 autocast; smoke and
@@ -118,14 +118,17 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
     length and memory 150 (the paper's WikiText-103 setting). Inference = one forward of one
     segment of ``batch`` streams with the carried state at full size (XL: 150 states per layer)
     and the softmax layer, eval mode, no grad: ``crt_repro.bench`` "forward", models timed
-    round-robin, median of ``repeats``. Beside it, the same forward at batch 1
+    round-robin, median of ``repeats`` rounds. ``ratio_to_transformer`` is the median over rounds
+    of each round's time over the Transformer's in that round, with a bootstrap 95% interval: the
+    models of one round run back to back, so a load that comes and goes on a shared machine
+    cancels out of the ratio where it would not out of a ratio of medians. Beside it, the same forward at batch 1
     (``inference_ms_batch1``, bench "stream") and the median time per token of decoding one
     stream token by token over one segment (``decode_ms_per_token``, bench "decode": each
     model's own cache, see ``models/decode.py``). ``batch`` defaults to the profile's eval batch size (the
     paper does not state its batch size, nor its GPU: compare ratios to the Transformer, not ms).
     ``device`` defaults to the profile's (auto: CUDA when available).
     """
-    from crt_repro.bench import Runner, time_round_robin
+    from crt_repro.bench import Runner, paired_ratio, round_robin_times, time_round_robin
 
     ds = _dataset(profile, "wt103")
     vocab = VOCAB_SIZES[ds]
@@ -141,7 +144,9 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
             cfg.run.device = device
         cfgs.append(cfg)
         runners.append(Runner(cfg, vocab, modes=("forward", "stream", "decode")))
-    ms = time_round_robin(runners, "forward", warmup, repeats)
+    rounds = round_robin_times(runners, "forward", warmup, repeats)
+    ms = [statistics.median(t) for t in rounds]
+    ratios = [paired_ratio(t, rounds[0]) for t in rounds]
     ms_b1 = time_round_robin(runners, "stream", warmup, repeats)
     time_round_robin(runners, "decode", 0, 1)  # one segment each, after the one that filled the caches
     per_token = [statistics.median(r.token_ms) for r in runners]
@@ -158,20 +163,19 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
     note = "paper scale" if profile == "paper" else (
         f"{profile} profile: small widths, {ds} vocabulary standing in for WikiText-103; not the paper's scale")
     rows = []
-    for (model, rnn), cfg, r, t, t1, tok in zip(PAPER_ORDER, cfgs, runners, ms, ms_b1, per_token):
+    for (model, rnn), cfg, r, t, (ratio, low, high), t1, tok in zip(PAPER_ORDER, cfgs, runners, ms, ratios, ms_b1,
+                                                                   per_token):
         rows.append({
             "model": model, "rnn": rnn, "layers": layers, "d_model": cfg.model.d_model, "seg_len": seg_len,
             "memory_len": cfg.mem_len, "batch": cfg.data.batch_size,
             "paper_params_m": paper.get((model, rnn, "params_millions"), math.nan),
             "params_m": cost.count_params(r.model) / 1e6,
             "paper_inference_ms": paper.get((model, rnn, "inference_ms_per_batch"), math.nan),
-            "inference_ms": t, "inference_ms_batch1": t1, "decode_ms_per_token": tok, "device": dev_name, "precision": "bf16 autocast" if r.precision == "bf16" else "fp32",
+            "inference_ms": t, "ratio_to_transformer": ratio, "ratio_ci95_low": low, "ratio_ci95_high": high,
+            "timing_rounds": repeats, "inference_ms_batch1": t1, "decode_ms_per_token": tok, "device": dev_name, "precision": "bf16 autocast" if r.precision == "bf16" else "fp32",
             "dataset": ds, "profile": profile, "note": note,
         })
-    df = pd.DataFrame(rows, columns=[c for c in TABLE6_COLUMNS if c not in ("paper_ratio_to_transformer",
-                                                                           "ratio_to_transformer")])
+    df = pd.DataFrame(rows, columns=[c for c in TABLE6_COLUMNS if c != "paper_ratio_to_transformer"])
     df.insert(list(TABLE6_COLUMNS).index("paper_ratio_to_transformer"), "paper_ratio_to_transformer",
               df["paper_inference_ms"] / df["paper_inference_ms"].iloc[0])
-    df.insert(list(TABLE6_COLUMNS).index("ratio_to_transformer"), "ratio_to_transformer",
-              df["inference_ms"] / df["inference_ms"].iloc[0])
     return df[list(TABLE6_COLUMNS)]
