@@ -533,12 +533,17 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
     return metrics
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
-    """Re-evaluate the last checkpoint of a run directory on valid and test."""
-    run_dir = Path(run_dir)
+def require_checkpointed_run(run_dir: Path) -> None:
+    """A run directory with its config and checkpoint, or an error naming the file missing."""
     for name in (CONFIG, CHECKPOINT):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir / name} does not exist: is {run_dir} a run directory of `crt-repro train`?")
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Re-evaluate the last checkpoint of a run directory on valid and test."""
+    run_dir = Path(run_dir)
+    require_checkpointed_run(run_dir)
     cfg = load_config_file(run_dir / CONFIG)
     device = resolve_device(cfg.run.device)
     task = make_task(cfg, device)

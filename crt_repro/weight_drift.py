@@ -14,9 +14,6 @@ from pathlib import Path
 
 import torch
 
-DRIFT_COLUMNS = ("run_id", "step", "module", "params", "relative_drift")
-
-
 def weight_drift(run_dir: str | Path) -> list[dict]:
     """One row per top-level module of the model: ``relative_drift`` = ||W - W0|| / ||W0|| over
     its floating-point parameters and buffers (0.0 exactly when nothing changed them)."""
@@ -26,10 +23,7 @@ def weight_drift(run_dir: str | Path) -> list[dict]:
     from crt_repro.tasks import make_task
 
     run_dir = Path(run_dir)
-    for name in (train.CONFIG, train.CHECKPOINT):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir / name} does not exist: drift needs a run directory of "
-                                    "`crt-repro train` with its checkpoint")
+    train.require_checkpointed_run(run_dir)
     cfg = load_config_file(run_dir / train.CONFIG)
     device = torch.device("cpu")
     # The same calls in the same order as train(): the task may draw from the seeded generator.

@@ -219,6 +219,16 @@ def _num(v, fmt="{:.2f}") -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
+def _interval(r, claim: str) -> str:
+    """The 95% interval cell: of a perplexity difference (claims a, b, c, e), or of a ratio where
+    the row has one (f's time ratio); "–" otherwise."""
+    if claim in "abce":
+        return f"[{_num(r.diff_ci95_low)}, {_num(r.diff_ci95_high)}]"
+    if math.isnan(r.diff_ci95_low):
+        return "–"
+    return f"[{_num(r.diff_ci95_low, '{:.3f}')}, {_num(r.diff_ci95_high, '{:.3f}')}]"
+
+
 def claims_markdown(table: pd.DataFrame, profile: str) -> str:
     from crt_repro.report.tables import markdown_table
 
@@ -230,9 +240,7 @@ def claims_markdown(table: pd.DataFrame, profile: str) -> str:
         lines += [f"## ({claim}) {CLAIM_TEXT[claim]}: **{combine(list(group['verdict']))}**", ""]
         body = [[r.comparison, f"{int(r.n_a)}/{int(r.n_b)}" if claim in "abce" else "–", _num(r.mean_a), _num(r.mean_b),
                  _num(r.diff, "{:+.2f}") if claim in "abce" else _num(r.diff, "{:.3f}"),
-                 f"[{_num(r.diff_ci95_low)}, {_num(r.diff_ci95_high)}]" if claim in "abce"
-                 else f"[{_num(r.diff_ci95_low, '{:.3f}')}, {_num(r.diff_ci95_high, '{:.3f}')}]"
-                 if not math.isnan(r.diff_ci95_low) else "–",
+                 _interval(r, claim),
                  _num(r.p_value, "{:.3g}"), f"{_num(r.paper_a, '{:.1f}')} / {_num(r.paper_b, '{:.1f}')}", r.verdict]
                 for r in group.itertuples()]
         lines.append(markdown_table(["Comparison", "Seeds", "Ours A", "Ours B", "A − B (or ratio)", "95% CI", "p",

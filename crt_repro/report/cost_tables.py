@@ -29,7 +29,14 @@ TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model",
                   "paper_params", "params_no_embedding", "params", "vocab", "profile")
 TABLE6_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "memory_len", "batch", "paper_params_m", "params_m",
                   "paper_inference_ms", "inference_ms", "paper_ratio_to_transformer", "ratio_to_transformer",
-                  "ratio_ci95_low", "ratio_ci95_high", "timing_rounds", "inference_ms_batch1", "decode_ms_per_token", "device", "precision", "dataset", "profile", "note")
+                  "ratio_ci95_low", "ratio_ci95_high", "timing_rounds", "inference_ms_batch1", "decode_ms_per_token",
+                  "device", "precision", "dataset", "profile", "note")
+# What a column means where its name cannot say it; the table's markdown states it above the table.
+COLUMN_NOTES = {
+    "table6_cost": "`ratio_to_transformer`: the median over `timing_rounds` rounds of each round's time over the "
+                   "Transformer's in that round (a round runs the models back to back), with its bootstrap 95% "
+                   "interval (`ratio_ci95_low`, `ratio_ci95_high`); `inference_ms`: the median time.",
+}
 
 
 def _dataset(profile: str, paper_name: str) -> str:

@@ -466,9 +466,7 @@ def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None) -
     ref = load_reference() if reference is None else reference
     fn = {"table1_complexity": cost_tables.table1_complexity, "table6_cost": cost_tables.table6_cost}[name]
     df = fn(profile, ref)
-    how = ("`ratio_to_transformer`: the median over `timing_rounds` rounds of each round's time over the "
-           "Transformer's in that round (a round runs the models back to back), with its bootstrap 95% interval "
-           "(`ratio_ci95_low`, `ratio_ci95_high`); `inference_ms`: the median time." if name == "table6_cost" else "")
+    how = cost_tables.COLUMN_NOTES.get(name)
     md = "\n".join([f"# Table {info.number}: {info.title}", "", f"Profile: **{profile}**.", "",
                     PROFILE_NOTES.get(profile, ""), "", *([how, ""] if how else []), frame_markdown(df)])
     return df, md
