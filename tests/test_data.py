@@ -291,18 +291,39 @@ def test_tiny_corpus_under_a_known_name_is_refused(tmp_path: Path) -> None:
         load_corpus("ptb", tmp_path / "d", cache_dir=cache)
 
 
-def test_valid_mostly_out_of_vocabulary_is_refused(tmp_path: Path) -> None:
-    train = " " + " ".join(f"w{i}" for i in range(6000)) + " <unk> \n"  # enough word types
-    folder = _write_ptb(tmp_path / "d", train, " q1 q2 q3 w1 \n", " w2 \n")
+def test_split_with_far_more_unk_than_train_is_refused(tmp_path: Path) -> None:
+    # 6000 word types, and <unk> 10% of train's 7000 tokens (<eos> included): the limit is
+    # 3 x 10% + 1% = 31% of a split.
+    train = " " + " ".join(f"w{i}" for i in range(6000)) + " <unk>" * 700 + " \n" + " w1 \n" + " w1 w2 \n" * 99
+    assert len(train.split()) + train.count("\n") == 7000 and train.count("<unk>") == 700
+    folder = _write_ptb(tmp_path / "d", train, " q1 q2 w1 w2 \n", " w3 \n")
     valid = (folder / "ptb.valid.txt").resolve()
+    cache = tmp_path / "cache"
     with pytest.raises(CorpusMismatchError, match=re.escape(str(valid))) as err:
-        load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
-    assert "60%" in str(err.value)  # 3 of the 5 valid tokens (<eos> included) are <unk>
-    # 2 of 5 unknown is under the threshold: the same train loads.
-    (folder / "ptb.valid.txt").write_text(" q1 q2 w1 w2 \n")
+        load_corpus("ptb", tmp_path / "d", cache_dir=cache)
+    assert "40% of its words are <unk>" in str(err.value) and "10.0% of train's" in str(err.value)
+    assert not list(cache.glob("ptb-*.pt"))
+    # The test split is held to the same limit, and named.
+    (folder / "ptb.valid.txt").write_text(" q1 w1 w2 w3 \n")  # 1 of 5: 20%
+    (folder / "ptb.test.txt").write_text(" <unk> q1 w3 \n")  # 2 of 4: 50%
+    with pytest.raises(CorpusMismatchError, match=re.escape(str((folder / "ptb.test.txt").resolve()))):
+        load_corpus("ptb", tmp_path / "d", cache_dir=cache)
+    # Under the limit, the same train loads.
+    (folder / "ptb.test.txt").write_text(" q1 w3 w4 \n")  # 1 of 4: 25%
     with pytest.warns(UserWarning, match="sha256 differs"):  # not the pinned files, of course
-        c = load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
-    assert _decode(c, "valid") == ["<unk>", "<unk>", "w1", "w2", "<eos>"]
+        c = load_corpus("ptb", tmp_path / "d", cache_dir=cache)
+    assert _decode(c, "valid") == ["<unk>", "w1", "w2", "w3", "<eos>"]
+
+
+def test_wikitext2_splits_given_as_ptbs_are_refused(shared_data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "d" / "ptb"
+    folder.mkdir(parents=True)
+    shutil.copyfile(shared_data / "ptb" / "ptb.train.txt", folder / "ptb.train.txt")
+    shutil.copyfile(shared_data / "ptb" / "ptb.valid.txt", folder / "ptb.valid.txt")
+    shutil.copyfile(shared_data / "wikitext-2" / "wiki.test.tokens", folder / "ptb.test.txt")
+    with pytest.raises(CorpusMismatchError, match=re.escape(str((folder / "ptb.test.txt").resolve()))) as err:
+        load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache")
+    assert "42% of its words" in str(err.value)
 
 
 def test_changed_ptb_copy_loads_with_a_warning_naming_the_file(shared_data: Path,
