@@ -14,8 +14,8 @@ CLAIMS = "abcdef"
 UNDECIDED = "not decided yet"
 
 
-def report_verdicts(text: str) -> dict[str, str]:
-    """Claim letter -> verdict cell of REPRODUCTION.md's claim table (its last column)."""
+def report_verdicts(text: str) -> dict[str, list[str]]:
+    """Claim letter -> the verdict cells (last column) of the REPRODUCTION.md rows that open with it."""
     verdicts = {}
     for line in text.splitlines():
         m = re.match(r"\|\s*\(([a-f])\)", line)
