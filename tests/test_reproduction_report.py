@@ -1,6 +1,7 @@
-"""REPRODUCTION.md quotes the committed verdicts: its claim table must say, claim by claim, what
-the workflow's `results/cpu/claims.csv` decides, or *not decided yet* while that file is not
-written. A verdict typed by hand that the runs do not support fails here."""
+"""REPRODUCTION.md quotes the committed verdicts: its claim table, and the paragraph that opens
+with each claim, must say, claim by claim, what the workflow's `results/cpu/claims.csv` decides,
+or *not decided yet* while that file is not written. A verdict typed by hand that the runs do not
+support, or a claim left without its paragraph, fails here."""
 from __future__ import annotations
 
 import re
@@ -24,20 +25,42 @@ def report_verdicts(text: str) -> dict[str, list[str]]:
     return verdicts
 
 
+def paragraph_verdicts(text: str) -> dict[str, list[str]]:
+    """Claim letter -> the verdicts that open its paragraphs: "**(e) did not hold.** ..." or
+    "**(f) did not hold, on parameters; ...**" (the verdict runs to the first period or comma)."""
+    verdicts = {}
+    for line in text.splitlines():
+        m = re.match(r"\*\*\(([a-f])\) ([^.,*]+)", line)
+        if m:
+            verdicts.setdefault(m.group(1), []).append(m.group(2).strip())
+    return verdicts
+
+
 def test_reproduction_md_quotes_the_committed_claims():
-    verdicts = report_verdicts((REPO / "REPRODUCTION.md").read_text())
+    text = (REPO / "REPRODUCTION.md").read_text()
+    verdicts = report_verdicts(text)
     assert sorted(verdicts) == list(CLAIMS) and all(len(v) == 1 for v in verdicts.values()), verdicts
+    paragraphs = paragraph_verdicts(text)
     claims_csv = REPO / "results/cpu/claims.csv"
     if not claims_csv.exists():
         assert {v[0] for v in verdicts.values()} == {UNDECIDED}
+        assert not paragraphs, paragraphs
         return
+    assert sorted(paragraphs) == list(CLAIMS) and all(len(v) == 1 for v in paragraphs.values()), paragraphs
     table = pd.read_csv(claims_csv)
     for claim in CLAIMS:
         decided = combine(list(table.loc[table["claim"] == claim, "verdict"]))
         # "not resolved" may say at how many seeds: "not resolved at 3 seeds".
-        assert re.fullmatch(rf"\**{re.escape(decided)}( at \d+ seeds)?\**", verdicts[claim][0]), (claim, decided)
+        quoted = rf"{re.escape(decided)}( at \d+ seeds)?"
+        assert re.fullmatch(rf"\**{quoted}\**", verdicts[claim][0]), (claim, decided)
+        assert re.fullmatch(quoted, paragraphs[claim][0]), (claim, decided, paragraphs[claim][0])
 
 
 def test_report_verdicts_reads_the_last_cell_of_each_claim_row():
     text = "| claim | x | verdict |\n|---|---|---|\n| (a) one | 3 | held |\n| (f) two | – | **did not hold** |\n"
     assert report_verdicts(text) == {"a": ["held"], "f": ["**did not hold**"]}
+
+
+def test_paragraph_verdicts_read_the_verdict_that_opens_each_claim_paragraph():
+    text = "**(a) not resolved at 3 seeds.** The means\n**(f) did not hold, on parameters; x.** At\n(b) held\n"
+    assert paragraph_verdicts(text) == {"a": ["not resolved at 3 seeds"], "f": ["did not hold"]}
