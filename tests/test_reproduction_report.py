@@ -15,25 +15,25 @@ CLAIMS = "abcdef"
 UNDECIDED = "not decided yet"
 
 
+def _by_claim(text: str, opening: str, verdict) -> dict[str, list[str]]:
+    """Claim letter (group 1 of ``opening``) -> ``verdict(match)`` of each line that opens so."""
+    found = {}
+    for line in text.splitlines():
+        m = re.match(opening, line)
+        if m:
+            found.setdefault(m.group(1), []).append(verdict(m))
+    return found
+
+
 def report_verdicts(text: str) -> dict[str, list[str]]:
     """Claim letter -> the verdict cells (last column) of the REPRODUCTION.md rows that open with it."""
-    verdicts = {}
-    for line in text.splitlines():
-        m = re.match(r"\|\s*\(([a-f])\)", line)
-        if m:
-            verdicts.setdefault(m.group(1), []).append(line.strip().strip("|").split("|")[-1].strip())
-    return verdicts
+    return _by_claim(text, r"\|\s*\(([a-f])\)", lambda m: m.string.strip().strip("|").split("|")[-1].strip())
 
 
 def paragraph_verdicts(text: str) -> dict[str, list[str]]:
     """Claim letter -> the verdicts that open its paragraphs: "**(e) did not hold.** ..." or
     "**(f) did not hold, on parameters; ...**" (the verdict runs to the first period or comma)."""
-    verdicts = {}
-    for line in text.splitlines():
-        m = re.match(r"\*\*\(([a-f])\) ([^.,*]+)", line)
-        if m:
-            verdicts.setdefault(m.group(1), []).append(m.group(2).strip())
-    return verdicts
+    return _by_claim(text, r"\*\*\(([a-f])\) ([^.,*]+)", lambda m: m.group(2).strip())
 
 
 def test_reproduction_md_quotes_the_committed_claims():
