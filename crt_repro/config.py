@@ -61,7 +61,12 @@ class ModelConfig:
     xl_attention: str = "auto"
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
-    pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal
+    pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal | relative
+    # Positions of the models without an RNN position encoding: the Transformer and Table 8's
+    # "+ RNN memory". relative: Transformer-XL's attention with no memory (the paper's baseline:
+    # it charges its Transformer for relative positions); absolute: sinusoids added to the
+    # embeddings. The default is the one runs committed before this key existed had.
+    baseline_positions: str = "absolute"
     pos_rnn_init: str = "memory"  # memory | zeros: the position RNN's initial state
     memory_input: str = "final_ln"  # final_ln | raw: what the memory RNN reads of the last layer
     # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
@@ -91,6 +96,10 @@ class DataConfig:
     data_dir: str | None = None
     seg_len: int = 70
     batch_size: int = 20
+    # Tokens per optimiser step; when set, the batch (streams) follows from it, so that every
+    # segment length takes the same steps over the same tokens: batch_size = round(tokens_per_step
+    # / (seg_len * optim.bptt_segments)).
+    tokens_per_step: int | None = None
     eval_batch_size: int = 10
     # Truncations that make the smoke profile fast; None = the whole split.
     max_train_tokens: int | None = None
@@ -154,6 +163,8 @@ class RunConfig:
     eval_every: int = 0  # validation every this many steps; 0: see n_evals
     n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
     report: str = "last"  # last | best_valid: the checkpoint whose test metrics are reported
+    # Stop after this many validations in a row without a new best validation loss; null: never.
+    early_stop_patience: int | None = None
     compile: bool = False  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
 
 
@@ -226,6 +237,8 @@ class Config:
         if self.model.name != "crt":
             m.pop("memory")
             m.pop("pos_encoding")
+        if self.model.name not in BASELINE_POSITION_MODELS:
+            m.pop("baseline_positions")
         if self.model.name not in CRT_MODELS:
             m.pop("pos_rnn_init")
             m.pop("memory_input")
@@ -271,10 +284,14 @@ LATER_KEYS: dict[str, Any] = {
     "model.adaptive_cutoffs": [20000, 40000, 200000],
     "model.xl_attention": "auto",
     "run.compile": False,
+    "model.baseline_positions": "absolute",
+    "data.tokens_per_step": None,
+    "run.early_stop_patience": None,
 }
 
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
 CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
+BASELINE_POSITION_MODELS = ("transformer", "transformer_rnn_memory")
 
 
 PLUGIN_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -397,22 +414,36 @@ def canonical_dataset(name: str) -> str:
     return name
 
 
-# Keys of which one is set: overriding one replaces the profile's choice among them.
-ALTERNATIVES = (("max_steps", "max_tokens", "max_epochs"), ("warmup_steps", "warmup_ratio"))
+# Keys of which one is set, per section: overriding one replaces the profile's choice among them.
+# The others are reset to the value that means "not this one" (a key without such a value, as
+# data.batch_size, is left to follow from the one chosen).
+ALTERNATIVES = {"optim": (("max_steps", "max_tokens", "max_epochs"), ("warmup_steps", "warmup_ratio")),
+                "data": (("batch_size", "tokens_per_step"),)}
+UNSET = {"max_steps": None, "max_tokens": None, "max_epochs": None, "warmup_steps": 0, "warmup_ratio": 0,
+         "tokens_per_step": None}
 
 
 def _replacing_alternatives(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``--set optim.max_steps=N`` on a profile with a token budget means N steps instead."""
-    optim = overrides.get("optim")
-    if not isinstance(optim, dict):
-        return overrides
-    optim = dict(optim)
-    for group in ALTERNATIVES:
-        if any(k in optim for k in group):
-            for k in group:
-                if k not in optim and k in (base.get("optim") or {}):
-                    optim[k] = None if k.startswith("max_") else 0
-    return {**overrides, "optim": optim}
+    """``--set optim.max_steps=N`` on a profile with a token budget means N steps instead, and
+    ``--set data.batch_size=B`` on one with tokens per step means B streams instead."""
+    out = dict(overrides)
+    for section, groups in ALTERNATIVES.items():
+        given = overrides.get(section)
+        if not isinstance(given, dict):
+            continue
+        given = dict(given)
+        for group in groups:
+            if any(k in given for k in group):
+                for k in group:
+                    if k not in given and k in UNSET and k in (base.get(section) or {}):
+                        given[k] = UNSET[k]
+        out[section] = given
+    return out
+
+
+def streams_for(cfg: Config) -> int:
+    """The batch (streams) that ``data.tokens_per_step`` gives at this segment length."""
+    return max(1, round(cfg.data.tokens_per_step / (cfg.data.seg_len * cfg.optim.bptt_segments)))
 
 
 def load_profile(profile: str) -> dict[str, Any]:
@@ -440,6 +471,12 @@ def build_config(profile: str, dataset: str, overrides: dict[str, Any] | None = 
     cfg = Config(profile=profile)
     _fill(cfg, {k: v for k, v in merged.items() if k != "profile"}, "")
     cfg.data.dataset = canonical_dataset(cfg.data.dataset)
+    if cfg.data.tokens_per_step is not None and not cfg.is_video:
+        given = (overrides or {}).get("data", {}).get("batch_size")
+        cfg.data.batch_size = streams_for(cfg)
+        if given is not None and given != cfg.data.batch_size:
+            raise ConfigError(f"data.batch_size={given!r} conflicts with data.tokens_per_step="
+                              f"{cfg.data.tokens_per_step}, which gives {cfg.data.batch_size} streams: set one of them")
     validate(cfg)
     return cfg
 
@@ -490,8 +527,10 @@ def validate(cfg: Config) -> None:
     _require(d.reach_gap >= 1, "data.reach_gap", d.reach_gap, "must be >= 1")
     _require(d.reach_keys >= 2, "data.reach_keys", d.reach_keys, "must be >= 2")
     _require(m.rnn in ("gru", "ncgru"), "model.rnn", m.rnn, "must be gru or ncgru")
-    _require(m.pos_encoding in ("rnn_add", "rnn_replace", "sinusoidal"), "model.pos_encoding", m.pos_encoding,
-             "must be rnn_add, rnn_replace or sinusoidal")
+    _require(m.pos_encoding in ("rnn_add", "rnn_replace", "sinusoidal", "relative"), "model.pos_encoding",
+             m.pos_encoding, "must be rnn_add, rnn_replace, sinusoidal or relative")
+    _require(m.baseline_positions in ("relative", "absolute"), "model.baseline_positions", m.baseline_positions,
+             "must be relative or absolute")
     for key in ("n_layer", "d_model", "n_head", "d_inner"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
     _require(m.d_model % m.n_head == 0, "model.d_model", m.d_model, f"must be divisible by model.n_head={m.n_head}")
@@ -517,6 +556,12 @@ def validate(cfg: Config) -> None:
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
     _require(d.normalize in ("kinetics", "imagenet"), "data.normalize", d.normalize, "must be kinetics or imagenet")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    _require(d.tokens_per_step is None or d.tokens_per_step >= 1, "data.tokens_per_step", d.tokens_per_step,
+             "must be >= 1 or null")
+    if d.tokens_per_step is not None and not cfg.is_video:
+        _require(d.batch_size == streams_for(cfg), "data.batch_size", d.batch_size,
+                 f"must be {streams_for(cfg)}, what data.tokens_per_step={d.tokens_per_step} gives at data.seg_len="
+                 f"{d.seg_len} and optim.bptt_segments={o.bptt_segments} (or set data.tokens_per_step: null)")
     _require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "must be >= 1")
     _require(d.max_train_tokens is None or d.max_train_tokens >= 2, "data.max_train_tokens", d.max_train_tokens,
              "must be >= 2 or null")
@@ -577,6 +622,10 @@ def validate(cfg: Config) -> None:
     _require(not (r.n_evals and r.eval_every), "run.n_evals", r.n_evals,
              f"give validations as a count or an interval, not both (run.eval_every={r.eval_every})")
     _require(r.report in ("last", "best_valid"), "run.report", r.report, "must be last or best_valid")
+    _require(r.early_stop_patience is None or r.early_stop_patience >= 1, "run.early_stop_patience",
+             r.early_stop_patience, "must be >= 1 or null")
+    _require(r.early_stop_patience is None or r.n_evals or r.eval_every, "run.early_stop_patience",
+             r.early_stop_patience, "needs validations during the run (run.n_evals or run.eval_every)")
     _require(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "must be >= 1")
     _require(r.log_every >= 1, "run.log_every", r.log_every, "must be >= 1")
     _require(r.eval_every >= 0, "run.eval_every", r.eval_every, "must be >= 0")

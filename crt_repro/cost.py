@@ -293,30 +293,32 @@ def formula_breakdown(cfg: Config, vocab_size: int) -> dict[str, int]:
     def add(key: str, value: int) -> None:
         terms[key] = terms.get(key, 0) + value
 
-    if name == "transformer":
-        t = n  # tokens in the blocks
+    def relative_blocks(mem: int, t: int) -> None:
+        """Blocks of Dai et al.'s relative attention: t queries over [mem; t] keys."""
+        k = mem + t
+        add("attn_proj", L * (t * d * d + 2 * k * d * d + t * d * d))  # q, k/v over [mem; x], out
+        add("rel_pos_proj", L * k * d * d)  # W_r applied to the k relative sinusoids
+        add("attention", L * (t * k * d + 2 * t * k * d))  # position scores + SDPA (QK^T, PV)
+        add("ffn", L * 2 * t * d * F)
+        add("layernorm", L * ln * (mem + 2 * t) * d)  # ln_1 on memory and segment, ln_2
+
+    def plain_blocks(t: int) -> None:
         add("attn_proj", L * 4 * t * d * d)
         add("attention", L * 2 * t * t * d)
         add("ffn", L * 2 * t * d * F)
         add("layernorm", L * 2 * ln * t * d)
+
+    if name == "transformer":
+        relative_blocks(0, n) if m.baseline_positions == "relative" else plain_blocks(n)
     elif name == "transformer_xl":
-        mem = cfg.mem_len
-        k = mem + n
-        add("attn_proj", L * (n * d * d + 2 * k * d * d + n * d * d))  # q, k/v over [mem; x], out
-        add("rel_pos_proj", L * k * d * d)  # W_r applied to the k relative sinusoids
-        add("attention", L * (n * k * d + 2 * n * k * d))  # position scores + SDPA (QK^T, PV)
-        add("ffn", L * 2 * n * d * F)
-        add("layernorm", L * ln * (mem + 2 * n) * d)  # ln_1 on memory and segment, ln_2
+        relative_blocks(cfg.mem_len, n)
     elif name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc"):
         memory = {"crt": m.memory, "transformer_rnn_memory": True, "transformer_rnn_posenc": False}[name]
-        pos = {"crt": m.pos_encoding, "transformer_rnn_memory": "sinusoidal",
-               "transformer_rnn_posenc": "rnn_add"}[name]
+        baseline = "relative" if m.baseline_positions == "relative" else "sinusoidal"
+        pos = {"crt": m.pos_encoding, "transformer_rnn_memory": baseline, "transformer_rnn_posenc": "rnn_add"}[name]
         t = n + int(memory)
-        add("attn_proj", L * 4 * t * d * d)
-        add("attention", L * 2 * t * t * d)
-        add("ffn", L * 2 * t * d * F)
-        add("layernorm", L * 2 * ln * t * d)
-        rnns = int(pos != "sinusoidal") + int(memory)
+        relative_blocks(0, t) if pos == "relative" else plain_blocks(t)
+        rnns = int(pos.startswith("rnn")) + int(memory)
         for _ in range(rnns):
             for key, v in _rnn_macs(m.rnn, n, d).items():
                 add(key, v)

@@ -125,6 +125,9 @@ class CRTStep(nn.Module):
         super().__init__()
         if not model.cfg.memory:
             raise ValueError("export: CRT without memory (transformer_rnn_posenc) is not supported")
+        if model.cfg.pos_encoding == "relative":
+            raise ValueError("export: CRT with relative positions (transformer_rnn_memory on the relative baseline) "
+                             "is not supported")
         self.model, self.seg_len = model, seg_len
 
     def init_state(self, batch: int) -> tuple[Tensor, ...]:
@@ -154,7 +157,7 @@ class CRTStep(nn.Module):
         return m.head.logits(x[:, 0]), kv, pos_h, mem_h
 
 
-STEPS = {"Transformer": TransformerStep, "TransformerXL": XLStep, "CRT": CRTStep, "TransformerRNNMemory": CRTStep}
+STEPS = {"Transformer": TransformerStep, "TransformerXL": XLStep, "RelativeTransformer": XLStep, "CRT": CRTStep, "TransformerRNNMemory": CRTStep}
 
 
 def stream_step(model, seg_len: int) -> nn.Module:

@@ -419,7 +419,8 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     bar = tqdm(total=schedule.total, initial=step, desc=cfg.run_id(), unit="step", dynamic_ncols=True,
                disable=not interactive or not world.is_main)
     model.train()
-    while step < schedule.total:
+    last_valid = None
+    while step < schedule.total and not stopped_early(cfg, clock):
         t0 = time.perf_counter()
         opt.set_lr_factor(schedule.lr_factor(step, cfg))
         with autocast(precision, device):
@@ -446,13 +447,20 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
                 eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
                 say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} {unit}/s "
                     f"eta {datetime.timedelta(seconds=round(eta))}")
-        if step in evals and world.is_main:
-            r = evaluate_model(task, model, precision, device, "valid")
-            log.write(step=step, split="valid", items=clock["items"], **r)
-            if cfg.run.report == "best_valid" and (clock["best_valid"] is None
-                                                   or r["loss"] < clock["best_valid"]["loss"]):
-                atomic.torch_save(out / BEST, model.state_dict())
-                clock["best_valid"] = {"step": step, "loss": r["loss"]}
+        if step in evals:
+            if world.is_main:
+                r = evaluate_model(task, model, precision, device, "valid")
+                log.write(step=step, split="valid", items=clock["items"], **r)
+                last_valid = (step, r)
+                if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
+                    if cfg.run.report == "best_valid":
+                        atomic.torch_save(out / BEST, model.state_dict())
+                    clock["best_valid"] = {"step": step, "loss": r["loss"]}
+                    clock["evals_since_best"] = 0
+                else:
+                    clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
+            # Every rank stops where rank 0, which alone validates, says so.
+            clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
         if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals:
             clock["wall_s"] = wall_at_start + time.perf_counter() - started
             save_checkpoint(out, step, model, opt, task, clock, precision, data, world)
@@ -461,9 +469,15 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     bar.close()
     if not world.is_main:
         return {}
+    if stopped_early(cfg, clock):
+        say(f"{cfg.run_id()}: stopped early at step {step} of {schedule.total}: no better validation in "
+            f"{cfg.run.early_stop_patience} validations (best at step {clock['best_valid']['step']})")
 
-    final_valid = evaluate_model(task, model, precision, device, "valid")
-    log.write(step=step, split="valid", items=clock["items"], **final_valid)
+    if last_valid is not None and last_valid[0] == step:  # stopped right after a validation
+        final_valid = last_valid[1]
+    else:
+        final_valid = evaluate_model(task, model, precision, device, "valid")
+        log.write(step=step, split="valid", items=clock["items"], **final_valid)
     reported = step
     best = clock["best_valid"]
     if cfg.run.report == "best_valid" and best is not None and best["loss"] < final_valid["loss"]:
@@ -476,12 +490,36 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
     if world.parallel:
         metrics["device"] = f"{world.size} x {metrics['device']}"
-    metrics.update(steps=schedule.total, reported_step=reported, precision=precision, data_files=data,
-                   train_epochs=clock["items"] / task.epoch_items)
+    metrics.update(steps=step, planned_steps=schedule.total, stopped_early=stopped_early(cfg, clock),
+                   reported_step=reported, precision=precision, data_files=data,
+                   train_epochs=clock["items"] / task.epoch_items,
+                   valid_gain_last_epoch=valid_gain_last_epoch(read_log(out, step), task.epoch_items),
+                   **({} if cfg.is_video else {"streams": cfg.data.batch_size, "tokens_per_step":
+                                                   cfg.data.batch_size * cfg.data.seg_len * cfg.optim.bptt_segments}))
     atomic.write_json(out / METRICS, metrics)
     (out / BEST).unlink(missing_ok=True)
     say(f"{cfg.run_id()}: finished: valid ppl/loss {_headline(results['valid'])}, test {_headline(results['test'])}")
     return metrics
+
+
+def stopped_early(cfg: Config, clock: dict) -> bool:
+    patience = cfg.run.early_stop_patience
+    return patience is not None and clock.get("evals_since_best", 0) >= patience
+
+
+def valid_gain_last_epoch(log: list[dict], epoch_items: int) -> float | None:
+    """Relative fall of validation perplexity over the run's last epoch of training: (ppl one
+    epoch before the end - ppl at the end) / ppl one epoch before; None for a run of under an
+    epoch or without validations during it. A run still improving by more than 1% here had not
+    reached its plateau."""
+    valid = [e for e in log if e.get("split") == "valid" and "ppl" in e]
+    if not valid:
+        return None
+    end = valid[-1]
+    before = [e for e in valid if e["items"] <= end["items"] - epoch_items]
+    if not before:
+        return None
+    return (before[-1]["ppl"] - end["ppl"]) / before[-1]["ppl"]
 
 
 def _headline(r: dict) -> str:

@@ -19,7 +19,7 @@ from crt_repro.config import Config
 
 # name -> "module:Class"; imported lazily so that a language-model run never imports video code.
 REGISTRY = {
-    "transformer": "crt_repro.models.transformer:Transformer",
+    "transformer": "crt_repro.models.transformer:build_transformer",  # model.baseline_positions
     "transformer_xl": "crt_repro.models.transformer_xl:TransformerXL",
     "crt": "crt_repro.models.crt:CRT",  # model.memory / model.pos_encoding from the config
     # Table 8 ablations: CRT with memory / pos_encoding fixed by the name.

@@ -36,6 +36,9 @@ Choices where the paper is silent (the config key that exposes each, where one e
   the embedding), ``rnn_replace`` (RNN output is the token representation) or ``sinusoidal``
   (absolute sinusoids; tokens at positions 1..n when the memory token takes 0, else 0..n-1,
   which makes memory=False + sinusoidal exactly the Transformer baseline).
+  ``relative`` is Transformer-XL's relative-position attention over [m; x] (the memory token one
+  step before the first token): the positions of the paper's Transformer baseline, on which
+  Table 8's "+ RNN memory" builds (``model.baseline_positions``).
 * The memory token enters the blocks as m itself: no positional term and no embedding dropout
   (dropout acts on x only). The position RNN is fed the scaled embeddings before dropout.
 * ``model.memory: false`` (``transformer_rnn_posenc``): no memory token, no memory RNN, no state
@@ -56,20 +59,22 @@ from torch import Tensor
 
 from crt_repro.config import ModelConfig, rnn_kwargs
 from crt_repro.models.decode import KV, Cache, check_token
-from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
+from crt_repro.models.layers import LanguageModel, State, sinusoid_table, sinusoidal_positions
 from crt_repro.models.rnn import make_rnn
+from crt_repro.models.transformer_xl import RelativeAttention
 
 
 class CRT(LanguageModel):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
-        super().__init__(cfg, vocab_size)
+        relative = cfg.pos_encoding == "relative"
+        super().__init__(cfg, vocab_size, **({"make_attn": RelativeAttention} if relative else {}))
         d = cfg.d_model
 
         def rnn():
             return make_rnn(cfg.rnn, d, d, **rnn_kwargs(cfg))
 
         # Created after LanguageModel's init pass, so the RNNs keep their own initialisation.
-        self.pos_rnn = rnn() if cfg.pos_encoding != "sinusoidal" else None
+        self.pos_rnn = rnn() if cfg.pos_encoding.startswith("rnn") else None
         self.mem_rnn = rnn() if cfg.memory else None
 
     def init_state(self, batch_size: int, device: torch.device) -> State:
@@ -81,7 +86,9 @@ class CRT(LanguageModel):
         if self.cfg.memory and m is None:
             m = self.init_state(b, idx.device)
         e = self.embed_tokens(idx)
-        if self.pos_rnn is None:
+        if self.cfg.pos_encoding == "relative":
+            x = e
+        elif self.pos_rnn is None:
             x = e + sinusoidal_positions(n, self.cfg.d_model, idx.device, offset=int(self.cfg.memory))
         else:
             h0 = m if self.cfg.pos_rnn_init == "memory" else None  # None: zeros
@@ -90,12 +97,19 @@ class CRT(LanguageModel):
         x = self.emb_drop(x)
         if m is not None:
             x = torch.cat([m.unsqueeze(1).to(x.dtype), x], dim=1)
+        attn_kwargs = {"r": self._distances(x.shape[1], idx.device)} if self.cfg.pos_encoding == "relative" else {}
         for block in self.blocks:
-            x = block(x)
+            x = block(x, **attn_kwargs)
         if m is None:
             return x, None
         y = x[:, 1:]  # the memory position produces no output
         return y, self._next_memory(y, m)
+
+    def _distances(self, klen: int, device: torch.device) -> Tensor:
+        """Sinusoids of the distances klen-1..0 (relative positions; the memory token is one step
+        before the segment's first token), with embedding dropout as Transformer-XL's R."""
+        distances = torch.arange(klen - 1, -1, -1, device=device, dtype=torch.float32)
+        return self.emb_drop(sinusoid_table(distances, self.cfg.d_model))
 
     def _next_memory(self, y: Tensor, m: Tensor) -> Tensor:
         """The memory RNN over outputs y [B, n, d] (a segment's; in decoding, one token's) from m:
@@ -111,7 +125,10 @@ class CRT(LanguageModel):
         # position RNN, else the RNNs' weights laid out for their one-call decoding step.
         consts = {name: rnn.step_weights() for name, rnn in (("pos_rnn", self.pos_rnn), ("mem_rnn", self.mem_rnn))
                   if rnn is not None}
-        if self.pos_rnn is None:
+        if self.cfg.pos_encoding == "relative":
+            distances = torch.arange(seg_len + int(self.cfg.memory) - 1, -1, -1, device=device, dtype=torch.float32)
+            consts["r"] = sinusoid_table(distances, self.cfg.d_model)
+        elif self.pos_rnn is None:
             consts["pos"] = sinusoidal_positions(seg_len, self.cfg.d_model, device, offset=int(self.cfg.memory))
         return Cache(seg_len, carry={"m": self.init_state(batch_size, device)}, consts=consts)
 
@@ -121,7 +138,9 @@ class CRT(LanguageModel):
             self._start_segment(cache)
         state, t = cache.carry, cache.t
         e = self.embed_tokens(token[:, None])
-        if self.pos_rnn is None:
+        if self.cfg.pos_encoding == "relative":
+            x = e
+        elif self.pos_rnn is None:
             x = e + cache.consts["pos"][t]
         else:
             state["pos_h"] = self.pos_rnn.step(e[:, 0], state["pos_h"], cache.consts["pos_rnn"])
@@ -129,7 +148,7 @@ class CRT(LanguageModel):
             x = e + p if self.cfg.pos_encoding == "rnn_add" else p
         x = self.emb_drop(x)
         for block, kv in zip(self.blocks, cache.kv):
-            x = block.step(x, kv)
+            x = block.step(x, kv, **self._step_positions(cache, kv))
         if self.mem_rnn is not None:  # y_t is final (causal attention): the memory RNN's step t
             state["mem_h"] = self.mem_rnn.step(self._memory_input(x[:, 0]), state["mem_h"], cache.consts["mem_rnn"])
         cache.t += 1
@@ -145,16 +164,26 @@ class CRT(LanguageModel):
         if m is not None:
             x = m.unsqueeze(1).to(self.embed.weight.dtype)
             for block, kv in zip(self.blocks, cache.kv):
-                x = block.step(x, kv)
+                x = block.step(x, kv, **self._step_positions(cache, kv))
         pos_h = m if self.cfg.pos_rnn_init == "memory" else None
         cache.carry = {"pos_h": pos_h, "mem_h": m}
 
 
+    def _step_positions(self, cache: Cache, kv: KV) -> dict:
+        """Relative positions of a decoding step: the sinusoids of the distances from the new
+        position back to each cached one and itself."""
+        if self.cfg.pos_encoding != "relative":
+            return {}
+        return {"r": self.emb_drop(cache.consts["r"][-(len(kv) + 1):])}
+
+
 class TransformerRNNMemory(CRT):
-    """Table 8, "Transformer + RNN memory": memory token and memory RNN, sinusoidal positions."""
+    """Table 8, "Transformer + RNN memory": memory token and memory RNN on the baseline's own
+    positions (``model.baseline_positions``: relative attention, or sinusoids)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
-        super().__init__(dataclasses.replace(cfg, memory=True, pos_encoding="sinusoidal"), vocab_size)
+        positions = "relative" if cfg.baseline_positions == "relative" else "sinusoidal"
+        super().__init__(dataclasses.replace(cfg, memory=True, pos_encoding=positions), vocab_size)
 
 
 class TransformerRNNPosEnc(CRT):

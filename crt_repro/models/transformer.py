@@ -1,18 +1,32 @@
-"""The fixed-length baseline: every segment is modelled alone, with sinusoidal positions.
+"""The fixed-length baseline: every segment is modelled alone.
 
 Nothing crosses segments, in training or in evaluation; this is the paper's "Transformer" row.
+Its positions are ``model.baseline_positions``:
+
+* ``relative`` (the paper's baseline): Transformer-XL's model with no memory, i.e. Dai et al.'s
+  relative-position attention inside the segment. The paper charges its Transformer "additional
+  cost related to the relative positional encoding" and XL's parameter count (its Table 6), so
+  this is the model it compares against.
+* ``absolute``: sinusoids added to the embeddings (Vaswani et al.); not the paper's baseline.
+
 Decoding (``step``) caches the keys and values of the current segment and drops them at its end.
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import dataclasses
 
+import torch
+from torch import Tensor, nn
+
+from crt_repro.config import ModelConfig
 from crt_repro.models.decode import KV, Cache, check_token
 from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
+from crt_repro.models.transformer_xl import TransformerXL
 
 
 class Transformer(LanguageModel):
+    """Absolute (sinusoidal) positions."""
+
     def forward(self, idx: Tensor, state: State = None) -> tuple[Tensor, State]:
         n = idx.shape[1]
         x = self.embed_tokens(idx) + sinusoidal_positions(n, self.cfg.d_model, idx.device)
@@ -36,3 +50,22 @@ class Transformer(LanguageModel):
         if cache.t == cache.seg_len:  # the segment's end: nothing crosses it
             cache.t, cache.kv = 0, []
         return self.head.logits(x[:, 0]), cache
+
+
+class RelativeTransformer(TransformerXL):
+    """Relative positions: Transformer-XL with a memory of length 0, in training and evaluation."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__(dataclasses.replace(cfg, mem_len=0, eval_mem_len=0), vocab_size)
+
+    def forward(self, idx: Tensor, state: State = None) -> tuple[Tensor, State]:
+        x, _ = super().forward(idx, None)
+        return x, None
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return None
+
+
+def build_transformer(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    cls = RelativeTransformer if cfg.baseline_positions == "relative" else Transformer
+    return cls(cfg, vocab_size)

@@ -172,7 +172,7 @@ class TransformerXL(LanguageModel):
         return [torch.zeros(batch_size, 0, self.cfg.d_model, device=device) for _ in self.blocks]
 
     def forward(self, idx: Tensor, state: State = None) -> tuple[Tensor, State]:
-        mems = state if state is not None else self.init_state(idx.shape[0], idx.device)
+        mems = state if state is not None else TransformerXL.init_state(self, idx.shape[0], idx.device)
         klen = mems[0].shape[1] + idx.shape[1]
         distances = torch.arange(klen - 1, -1, -1, device=idx.device, dtype=torch.float32)
         r = self.emb_drop(sinusoid_table(distances, self.cfg.d_model))
@@ -182,7 +182,7 @@ class TransformerXL(LanguageModel):
         for block, mem in zip(self.blocks, mems):
             # This layer's next memory: the last mem_len of its inputs, old memory included
             # (a segment shorter than mem_len keeps part of the previous one). Detached by design.
-            new_mems.append(torch.cat([mem, x], dim=1)[:, -keep:].detach())
+            new_mems.append(torch.cat([mem, x], dim=1)[:, max(0, mem.shape[1] + x.shape[1] - keep):].detach())
             x = block(x, memory=mem, r=r)
         return x, new_mems
 
