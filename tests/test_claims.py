@@ -1,17 +1,22 @@
-"""The claims' verdicts: held, did not hold, not resolved, from the seeds' spread (Welch)."""
+"""The claims' verdicts, decided as the claims file declares them: Welch's t-test on log
+perplexities, Holm's correction, a non-inferiority margin and equivalence tests for ties."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from crt_repro.report.claims import HELD, NO_RUNS, NOT_HELD, UNRESOLVED, Cell, claims_table, combine, less_than
+from crt_repro.report.claims import (HELD, NO_RUNS, NOT_HELD, UNRESOLVED, Cell, Comparison, Declaration,
+                                     claims_table, combine, load_declaration, ppl_claims)
 from crt_repro.report.reference import load_reference
-from crt_repro.results import RUN_COLUMNS
+from crt_repro.results import RUN_COLUMNS, ResultsError
 
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 T2 = "table2_ptb_3layer"
+CRT17, XL17, TR17 = Cell(T2, "crt", "ncgru", 17), Cell(T2, "transformer_xl", "", 17), Cell(T2, "transformer", "", 17)
 
 
 def runs(cells: dict[tuple[str, str, int], list[float]], table: str = T2) -> pd.DataFrame:
@@ -20,43 +25,145 @@ def runs(cells: dict[tuple[str, str, int], list[float]], table: str = T2) -> pd.
         for seed, v in enumerate(values):
             row = {c: "" for c in RUN_COLUMNS}
             row.update(run_id=f"{model}-{rnn}-{n}-{seed}", tables=table, model=model, rnn=rnn, seg_len=n, seed=seed,
-                       test_ppl=v, d_model=16, flops_fwd=1000.0 * n)
+                       test_ppl=v, test_loss=math.log(v), d_model=16, flops_fwd=1000.0 * n)
             rows.append(row)
     df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    for c in ("seg_len", "seed", "test_ppl", "d_model", "flops_fwd"):
+    for c in ("seg_len", "seed", "test_ppl", "test_loss", "d_model", "flops_fwd"):
         df[c] = pd.to_numeric(df[c])
     return df
 
 
+def declare(*comparisons: Comparison, seeds=(0, 1, 2, 3), margin: float = 0.02) -> Declaration:
+    return Declaration(alpha=0.05, margin=margin, seeds=tuple(seeds), comparisons=comparisons)
+
+
+def decide(cells: dict, *comparisons: Comparison, **kw) -> list[dict]:
+    return ppl_claims(runs(cells), load_reference(), declare(*comparisons, **kw))
+
+
 @pytest.mark.parametrize("a, b, verdict", [
-    ([100.0, 101.0, 99.0], [110.0, 111.0, 109.0], HELD),
-    ([110.0, 111.0, 109.0], [100.0, 101.0, 99.0], NOT_HELD),
-    ([100.0, 110.0, 90.0], [101.0, 111.0, 91.0], UNRESOLVED),  # overlapping intervals
-    ([100.0], [110.0, 111.0], UNRESOLVED),  # one seed: no interval
+    ([100.0, 101.0, 99.0, 100.5], [110.0, 111.0, 109.0, 110.5], HELD),
+    ([110.0, 111.0, 109.0, 110.5], [100.0, 101.0, 99.0, 100.5], NOT_HELD),
+    ([100.0, 110.0, 90.0, 105.0], [101.0, 111.0, 91.0, 106.0], UNRESOLVED),
 ])
-def test_less_than_verdicts_follow_the_welch_interval(a, b, verdict):
-    df = runs({("crt", "ncgru", 17): a, ("transformer_xl", "", 17): b})
-    row = less_than(df, load_reference(), "a", Cell(T2, "crt", "ncgru", 17), Cell(T2, "transformer_xl", "", 17))
+def test_less_is_a_two_sided_welch_test_on_log_perplexity(a, b, verdict):
+    (row,) = decide({("crt", "ncgru", 17): a, ("transformer_xl", "", 17): b}, Comparison("a", "less", CRT17, XL17))
     assert row["verdict"] == verdict
-    assert row["diff"] == pytest.approx(sum(a) / len(a) - sum(b) / len(b))
-    if len(a) > 1:
-        ref = stats.ttest_ind(a, b, equal_var=False)
-        assert row["p_value"] == pytest.approx(ref.pvalue) and row["welch_t"] == pytest.approx(ref.statistic)
-        assert row["diff_ci95_low"] < row["diff"] < row["diff_ci95_high"]
+    ref = stats.ttest_ind(np.log(a), np.log(b), equal_var=False)
+    assert row["p_value"] == pytest.approx(ref.pvalue) and row["welch_t"] == pytest.approx(ref.statistic)
+    assert row["p_adjusted"] == pytest.approx(ref.pvalue)  # one comparison: Holm changes nothing
+    assert row["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert row["ratio_ci95_low"] < row["ratio"] < row["ratio_ci95_high"]
     assert row["paper_a"] == 66.0 and row["paper_b"] == 73.0  # Table 2 at 17 tokens
+
+
+def test_holm_correction_runs_over_every_declared_comparison():
+    """Alone, a p of about 0.03 holds; beside a second comparison of similar p, Holm doubles the
+    smaller and neither holds at alpha 0.05."""
+    a, b = [100.0, 103.0, 97.0, 101.0], [105.0, 108.0, 102.0, 106.0]
+    c = [v + 0.2 for v in a]
+    alone = decide({("crt", "ncgru", 17): a, ("transformer_xl", "", 17): b}, Comparison("a", "less", CRT17, XL17))[0]
+    assert 0.01 < alone["p_value"] < 0.05 and alone["verdict"] == HELD
+    both = decide({("crt", "ncgru", 17): a, ("transformer_xl", "", 17): b, ("transformer", "", 17): c},
+                  Comparison("a", "less", CRT17, XL17), Comparison("a", "less", TR17, XL17))
+    from statsmodels.stats.multitest import multipletests
+
+    raw = [r["p_value"] for r in both]
+    assert [r["p_adjusted"] for r in both] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    assert all(r["p_adjusted"] > 0.05 for r in both) and {r["verdict"] for r in both} == {UNRESOLVED}
+
+
+@pytest.mark.parametrize("shift, verdict", [(1.005, HELD), (1.10, NOT_HELD), (1.02, UNRESOLVED)])
+def test_noninferiority_is_decided_against_the_margin(shift, verdict):
+    """A is B scaled by ``shift``: 0.5% worse is within the 2% margin, 10% worse is not, and a
+    ratio right at the margin cannot be told apart from it."""
+    b = [100.0, 100.4, 99.6, 100.2]
+    a = [v * shift for v in (100.1, 100.3, 99.7, 99.9)]
+    (row,) = decide({("crt", "ncgru", 17): a, ("transformer", "", 70): b},
+                    Comparison("b", "noninferior", CRT17, Cell(T2, "transformer", "", 70)))
+    assert row["verdict"] == verdict
+    shifted = stats.ttest_ind(np.log(a) - math.log1p(0.02), np.log(b), equal_var=False)
+    assert row["p_value"] == pytest.approx(shifted.pvalue)
+
+
+@pytest.mark.parametrize("shift, spread, verdict", [(1.0, 0.2, HELD), (1.08, 0.2, NOT_HELD), (1.0, 4.0, UNRESOLVED)])
+def test_a_tie_in_the_paper_is_an_equivalence_test(shift, spread, verdict):
+    from statsmodels.stats.weightstats import ttost_ind
+
+    b = [100.0 + spread * d for d in (-1, 1, -0.5, 0.5)]
+    a = [shift * (100.0 + spread * d) for d in (0.5, -0.5, 1, -1)]
+    t9 = "table9_ptb_3layer_rnn"
+    nc, gru = Cell(t9, "crt", "ncgru", 35), Cell(t9, "crt", "gru", 35)
+    df = runs({("crt", "ncgru", 35): a, ("crt", "gru", 35): b}, table=t9)
+    (row,) = ppl_claims(df, load_reference(), declare(Comparison("e", "equivalent", nc, gru)))
+    assert row["verdict"] == verdict and row["paper_a"] == row["paper_b"] == 61.0
+    bound = math.log1p(0.02)
+    assert row["p_value"] == pytest.approx(ttost_ind(np.log(a), np.log(b), -bound, bound, usevar="unequal")[0])
+
+
+def test_only_the_declared_seeds_decide_and_all_of_them_must_be_in():
+    comp = Comparison("a", "less", CRT17, XL17)
+    three = decide({("crt", "ncgru", 17): [100.0, 101.0, 99.0], ("transformer_xl", "", 17): [110.0, 111.0, 109.0]},
+                   comp)[0]
+    assert three["verdict"].startswith("runs missing") and "3+3 of 4+4" in three["verdict"]
+    # A fifth seed (4) beyond the declared 0-3 is left out, however it came out.
+    five = decide({("crt", "ncgru", 17): [100.0, 101.0, 99.0, 100.5, 500.0],
+                   ("transformer_xl", "", 17): [110.0, 111.0, 109.0, 110.5, 1.0]}, comp)[0]
+    assert five["n_a"] == 4 and five["verdict"] == HELD and five["mean_a"] == pytest.approx(100.125)
+    none = decide({("transformer_xl", "", 17): [110.0, 111.0, 109.0, 110.5]}, comp)[0]
+    assert none["verdict"] == NO_RUNS
 
 
 def test_claim_verdict_combines_its_comparisons():
     assert combine([HELD, HELD]) == HELD
     assert combine([HELD, UNRESOLVED]) == UNRESOLVED
     assert combine([HELD, NOT_HELD, UNRESOLVED]) == NOT_HELD
-    assert combine([HELD, NO_RUNS]) == NO_RUNS
+    assert combine([NO_RUNS, NO_RUNS]) == NO_RUNS
+    assert combine([HELD, NO_RUNS]) == "runs missing"
+
+
+def test_the_committed_claims_file_declares_the_protocol():
+    """Seeds fixed at four or more; every cell of (a)-(c); (e) in the paper's direction, its ties as
+    equivalence tests."""
+    d = load_declaration(REPO / "workflow/config/claims.yaml")
+    assert len(d.seeds) >= 4 and d.alpha == 0.05 and d.margin == 0.02
+    assert {c.claim for c in d.comparisons} == set("abce")
+    ref = load_reference()
+    from crt_repro.report.claims import _paper
+
+    for c in d.comparisons:
+        pa, pb = _paper(ref, c.a), _paper(ref, c.b)
+        assert not math.isnan(pa) and not math.isnan(pb), c
+        if c.claim == "e":
+            assert c.test == ("equivalent" if pa == pb else "less") and (pa == pb or pa < pb), c
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("seeds", [0]), "seeds: must be two or more"),
+    (("alpha", 2.0), "alpha: must be in (0, 1)"),
+    (("correction", "bonferroni"), "correction: must be holm"),
+])
+def test_a_bad_claims_file_names_its_key(tmp_path, edit, message):
+    import yaml
+
+    d = yaml.safe_load((REPO / "workflow/config/claims.yaml").read_text())
+    d[edit[0]] = edit[1]
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ResultsError, match=f"^{path}: ") as e:
+        load_declaration(path)
+    assert message in str(e.value)
+    d = yaml.safe_load((REPO / "workflow/config/claims.yaml").read_text())
+    d["comparisons"][0]["test"] = "greater"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ResultsError, match=r"comparisons\[0\]\.test: must be one of less, noninferior, equivalent"):
+        load_declaration(path)
 
 
 def test_claims_table_names_missing_runs_and_flops_without_softmax():
-    df = runs({(m, r, n): [100.0, 101.0] for m, r in (("transformer", ""), ("transformer_xl", ""), ("crt", "ncgru"))
-               for n in (17, 35, 70)})
-    table = claims_table(df, vocab_size=10)
+    df = runs({(m, r, n): [100.0, 101.0, 100.5, 100.2] for m, r in (("transformer", ""), ("transformer_xl", ""),
+                                                                    ("crt", "ncgru")) for n in (17, 35, 70)})
+    table = claims_table(df, 10, load_declaration(REPO / "workflow/config/claims.yaml"))
     assert set(table[table["claim"] == "c"]["verdict"]) == {NO_RUNS}  # no Table 8 runs
     d = table[table["claim"] == "d"]
     # equal FLOPs with the softmax layer: ratio 1, and CRT is not below XL -> did not hold
@@ -112,6 +219,6 @@ def test_inference_time_claim_is_decided_on_the_rounds_interval(crt, xl, verdict
     assert params["verdict"] == NOT_HELD  # 7.63 / 7.43 = 1.027: more than 2%
     assert speed["verdict"] == verdict and speed["diff"] == crt[0]
     assert "15 paired rounds" in speed["comparison"]
-    md = claims_markdown(pd.DataFrame(rows, columns=list(CLAIM_COLUMNS)), "cpu")
+    md = claims_markdown(pd.DataFrame(rows, columns=list(CLAIM_COLUMNS)), "cpu", declare(), "claims.yaml")
     if not math.isnan(crt[1]):
         assert f"[{crt[1]:.3f}, {crt[2]:.3f}]" in md

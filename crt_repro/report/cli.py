@@ -53,7 +53,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
     from crt_repro import atomic
     from crt_repro.data import load_corpus
-    from crt_repro.report.claims import claims_markdown, claims_table
+    from crt_repro.report.claims import claims_markdown, claims_table, load_declaration
     from crt_repro.results import merge_files, read_runs_csv, write_runs_csv
 
     merged = args.csv + ".runs.tmp"
@@ -66,9 +66,10 @@ def cmd_claims(args: argparse.Namespace) -> int:
     datasets = sorted(set(t2["dataset"]))
     vocab = load_corpus(datasets[0], args.data_dir).vocab_size if datasets else 0
     table6 = pd.read_csv(args.cost) if args.cost else None
-    table = claims_table(runs, vocab, table6)
+    declared = load_declaration(args.declared)
+    table = claims_table(runs, vocab, declared, table6)
     atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
-    md = claims_markdown(table, args.profile)
+    md = claims_markdown(table, args.profile, declared, args.declared)
     atomic.write_text(args.md, md)
     print(md)
     return 0
@@ -124,8 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
     p.set_defaults(func=cmd_curves)
 
-    p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs (Welch's t-test over seeds)")
-    p.add_argument("--runs", nargs="+", required=True, help="runs CSVs holding Tables 2, 8, 9, 11 (tags kept)")
+    p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs as a claims file declares them")
+    p.add_argument("--runs", nargs="+", required=True, help="runs CSVs holding the tables the claims compare (tags kept)")
+    p.add_argument("--declared", required=True,
+                   help="the claims file: cells, seeds, tests, margin (workflow/config/claims.yaml)")
     p.add_argument("--cost", help="Table 6 CSV (crt-repro table table6_cost) for claim (f)")
     p.add_argument("--data-dir", help="corpus folder (the vocabulary size, for FLOPs without the softmax layer)")
     p.add_argument("--profile", required=True)
