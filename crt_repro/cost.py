@@ -427,16 +427,17 @@ def _count(cfg: Config, vocab_size: int, batch: int, device: str) -> tuple[nn.Mo
 
 def cost_config(model: str, *, layers: int, seg_len: int, d_model: int, rnn: str = "gru",
                 n_head: int | None = None, d_inner: int | None = None, tie_embeddings: bool = True,
-                profile: str = "smoke", dataset: str = "synthetic") -> Config:
+                profile: str = "smoke", dataset: str = "synthetic", **model_keys: Any) -> Config:
     """A Config for a cost query: the profile's defaults with these sizes. ``n_head`` defaults to
     the first of 10, 8, 4, 2, 1 dividing d_model (it does not change the MACs); ``d_inner`` to
     4 x d_model. Embeddings are tied (the paper profile's setting) unless ``tie_embeddings=False``;
-    that changes ``params`` only."""
+    that changes ``params`` only. ``model_keys`` set other model keys (``baseline_positions``)."""
     if n_head is None:
         n_head = next(h for h in (10, 8, 4, 2, 1) if d_model % h == 0)
     overrides = {
         "model": {"name": model, "rnn": rnn, "n_layer": layers, "d_model": d_model, "n_head": n_head,
-                  "d_inner": d_inner if d_inner is not None else 4 * d_model, "tie_embeddings": tie_embeddings},
+                  "d_inner": d_inner if d_inner is not None else 4 * d_model, "tie_embeddings": tie_embeddings,
+                  **model_keys},
         "data": {"seg_len": seg_len},
     }
     return build_config(profile, dataset, overrides)

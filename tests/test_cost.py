@@ -205,3 +205,16 @@ def test_untied_embeddings_add_the_softmax_weights_to_params_only():
     untied = cost.forward_cost(_cfg("transformer", "gru", 1, 8, 16, tie_embeddings=False), VOCAB)
     assert untied["params"] - tied["params"] == VOCAB * 16
     assert untied["macs_fwd"] == tied["macs_fwd"]
+
+
+@pytest.mark.parametrize("model,rnn", [("transformer", "gru"), ("transformer_rnn_memory", "ncgru")])
+def test_the_relative_baseline_counts_its_position_terms(model, rnn):
+    """With relative positions the Transformer costs what XL costs without memory (W_r on the n
+    distances and the position scores), and fvcore's count is the formula's."""
+    for L, n, d in ((1, 17, 64), (3, 70, 128)):
+        rel = cost.forward_cost(_cfg(model, rnn, L, n, d, baseline_positions="relative"), VOCAB)
+        absolute = cost.forward_cost(_cfg(model, rnn, L, n, d, baseline_positions="absolute"), VOCAB)
+        assert rel["macs_fwd"] == rel["formula_macs"], (L, n, d)
+        t = n + (model != "transformer")  # tokens in the blocks: CRT's memory token joins them
+        assert rel["formula_macs"] - absolute["formula_macs"] == L * (t * d * d + t * t * d), (L, n, d)
+        assert rel["params"] - absolute["params"] == L * (d * d + 2 * d)  # W_r, u and v per layer

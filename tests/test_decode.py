@@ -11,6 +11,7 @@ from crt_repro.models.decode import decode, segment_logits
 V, SEG = 23, 5
 MODELS = [
     ("transformer", "gru", {}),
+    ("transformer", "gru", {"baseline_positions": "relative"}),
     ("transformer_xl", "gru", {}),
     ("transformer_xl", "gru", {"mem_len": 3}),  # shorter than a segment
     ("transformer_xl", "gru", {"mem_len": 7, "eval_mem_len": 9}),  # longer, and longer in eval
@@ -19,6 +20,7 @@ MODELS = [
     ("crt", "gru", {"pos_encoding": "rnn_replace", "pos_rnn_init": "zeros", "memory_input": "raw"}),
     ("crt", "ncgru", {"rnn_reset": "before"}),
     ("transformer_rnn_memory", "ncgru", {}),
+    ("transformer_rnn_memory", "gru", {"baseline_positions": "relative"}),
     ("transformer_rnn_posenc", "gru", {}),
 ]
 IDS = [f"{n}-{r}" + "".join(f"-{k}={v}" for k, v in e.items()) for n, r, e in MODELS]

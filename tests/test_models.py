@@ -18,12 +18,14 @@ V, SEG = 23, 6
 # (name, rnn, extra ModelConfig fields); every model/rnn the CLI trains, plus CRT's other positions.
 MODELS = [
     ("transformer", "gru", {}),
+    ("transformer", "gru", {"baseline_positions": "relative"}),
     ("transformer_xl", "gru", {}),
     ("crt", "gru", {}),
     ("crt", "ncgru", {}),
     ("crt", "gru", {"pos_encoding": "rnn_replace"}),
     ("crt", "gru", {"pos_encoding": "sinusoidal"}),
     ("transformer_rnn_memory", "ncgru", {}),
+    ("transformer_rnn_memory", "ncgru", {"baseline_positions": "relative"}),
     ("transformer_rnn_posenc", "ncgru", {}),
     ("rmt", "gru", {}),
     ("rmt", "gru", {"rmt_memory_tokens": 3}),
@@ -358,3 +360,33 @@ def test_rmt_reads_the_state_it_wrote_and_starts_from_its_learned_memory():
     assert torch.equal(h_none, h_init)
     assert s1.shape == (2, 2, 16) and not torch.allclose(h2, h2_fresh)
     torch.testing.assert_close(s1.std(-1, unbiased=False), torch.ones(2, 2), atol=0.05, rtol=0)  # LN_f-normed
+
+
+def test_relative_transformer_is_transformer_xl_without_memory():
+    """The paper's baseline: XL's attention and parameters, nothing carried; its logits equal XL's
+    on the first segment of a stream (XL starts from an empty memory) and on every segment when XL
+    is given no memory, and a segment's logits do not depend on the one before."""
+    rel = tiny("transformer", baseline_positions="relative").eval()
+    xl = tiny("transformer_xl").eval()
+    assert sorted(n for n, _ in rel.named_parameters()) == sorted(n for n, _ in xl.named_parameters())
+    xl.load_state_dict(rel.state_dict())
+    torch.manual_seed(3)
+    idx = torch.randint(0, V, (2, 2 * SEG))
+    with torch.no_grad():
+        first, second = run_stream(rel, idx)
+        xl_first, _ = run_stream(xl, idx)
+        alone = rel.head.logits(rel(idx[:, SEG:])[0])
+    assert torch.allclose(first, xl_first, atol=1e-6)
+    assert torch.equal(second, alone)
+    assert rel.init_state(2, torch.device("cpu")) is None
+
+
+def test_rnn_memory_on_the_relative_baseline_attends_with_relative_positions():
+    """Table 8's + RNN memory on the paper's baseline: relative attention over [m; x] (no sinusoids
+    added), the memory token one step before the first token."""
+    model = tiny("transformer_rnn_memory", "ncgru", baseline_positions="relative")
+    assert model.cfg.pos_encoding == "relative" and model.pos_rnn is None and model.mem_rnn is not None
+    assert all(isinstance(b.attn, RelativeAttention) for b in model.blocks)
+    absolute = tiny("transformer_rnn_memory", "ncgru")
+    assert absolute.cfg.pos_encoding == "sinusoidal"
+    assert not any(isinstance(b.attn, RelativeAttention) for b in absolute.blocks)

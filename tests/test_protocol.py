@@ -339,3 +339,8 @@ def test_every_committed_cpu_run_keeps_its_id_and_is_planned_by_the_workflow():
         run_id = path.parent.name
         assert load_config_file(path).run_id() == run_id, path
         assert run_id in planned, run_id
+    # The short-budget runs are no longer planned, but their records still name their configs.
+    archived = sorted((REPO / "results/cpu/short_budget/runs").glob("*/config.yaml"))
+    assert len(archived) == 58
+    for path in archived:
+        assert load_config_file(path).run_id() == path.parent.name, path
