@@ -160,7 +160,8 @@ def collect(paths: Sequence[str | Path], tags: Sequence[str] = (), cost: bool = 
 
 
 def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
-    """Read a runs CSV; every column of ``RUN_COLUMNS`` must be present (extra ones are kept).
+    """Read a runs CSV; every column of ``RUN_COLUMNS`` must be present (extra ones are kept), and
+    every cell of a numeric column a finite number or empty.
 
     ``numeric=False`` keeps every cell as the exact text of the file ('' where empty).
     """
@@ -174,14 +175,27 @@ def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
     except pd.errors.EmptyDataError:
         raise ResultsError(f"{path}: empty file, expected a header with columns {', '.join(RUN_COLUMNS)}") from None
     require_columns(df, RUN_COLUMNS, path)
-    if numeric:
-        for col in NUMERIC_COLUMNS:
-            try:
-                df[col] = pd.to_numeric(df[col].replace("", float("nan")))
-            except (ValueError, TypeError):
-                bad = next(v for v in df[col] if v != "" and not _is_number(v))
-                raise ResultsError(f"{path}: column {col!r} holds a non-number: {bad!r}") from None
+    for col in [c for c in NUMERIC_COLUMNS + VIDEO_NUMERIC_COLUMNS if c in df.columns]:
+        numbers = _finite_numbers(df, col, path)
+        if numeric and col in NUMERIC_COLUMNS:  # the video tables convert their own columns
+            df[col] = numbers
     return df
+
+
+def _finite_numbers(df: "pd.DataFrame", col: str, path: str | Path) -> "pd.Series":
+    """Column ``col`` of a text runs CSV as numbers ('' is NaN: no value). Any other cell must be a
+    finite number: NaN or inf in a result would pass a merge and break a table, a figure or a
+    claim later; the error names the row and the column."""
+    import numpy as np
+    import pandas as pd
+
+    numbers = pd.to_numeric(df[col].replace("", float("nan")), errors="coerce")
+    bad = (df[col] != "") & ~np.isfinite(numbers)
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise ResultsError(f"{path}: row {i + 1} (run_id {df['run_id'].iloc[i]!r}), column {col!r}: "
+                           f"{df[col].iloc[i]!r} is not a finite number")
+    return numbers
 
 
 def write_runs_csv(df: "pd.DataFrame", path: str | Path) -> None:
@@ -189,14 +203,6 @@ def write_runs_csv(df: "pd.DataFrame", path: str | Path) -> None:
 
     cols = list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS]
     atomic.write_text(path, df[cols].to_csv(index=False, lineterminator="\n"))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _same(a: str, b: str) -> bool:

@@ -109,6 +109,37 @@ def test_non_numeric_cell_is_named(tmp_path):
         read_runs_csv(path)
 
 
+@pytest.mark.parametrize("column", ["test_ppl", "valid_loss", "params", "flops_fwd"])
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999", "abc"])
+def test_merge_refuses_a_metric_that_is_not_a_finite_number(tmp_path, column, value):
+    # Issue 26, item 1: merge passed such a file, and table/figure/claims then stopped in a traceback.
+    path = write_csv(tmp_path / "runs.csv", [run_row("r1"), run_row("r2", **{column: value})])
+    for read in (merge_files, lambda paths: read_runs_csv(paths[0])):
+        with pytest.raises(ResultsError) as e:
+            read([path])
+        assert str(e.value) == f"{path}: row 2 (run_id 'r2'), column {column!r}: {value!r} is not a finite number"
+
+
+def test_video_metrics_must_be_finite_numbers_too(tmp_path):
+    path = tmp_path / "runs.csv"
+    write_runs_csv(pd.DataFrame([run_row("r1", test_mca="nan")], columns=[*RUN_COLUMNS, "test_mca"]), path)
+    with pytest.raises(ResultsError, match="row 1 .*'test_mca'"):
+        merge_files([path])
+
+
+@pytest.mark.parametrize("command", ["table", "figure", "claims"])
+def test_readers_of_a_bad_metric_give_one_line(tmp_path, command):
+    path = write_csv(tmp_path / "runs.csv", [run_row("r1", test_ppl="nan")])
+    out = str(tmp_path / "out")
+    args = {"table": ["table", "table2_ptb_3layer", "--runs", str(path), "--csv", out],
+            "figure": ["figure", "fig5_ptb_3layer", "--runs", str(path), "-o", out + ".png"],
+            "claims": ["claims", "--runs", str(path), "--profile", "smoke", "--csv", out, "--md", out + ".md"]}[command]
+    p = subprocess.run([sys.executable, "-m", "crt_repro", *args], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr == (f"crt-repro {command}: error: {path}: row 1 (run_id 'r1'), column 'test_ppl': "
+                        "'nan' is not a finite number\n")
+
+
 def test_collect_reads_metrics_and_checks_dir_names(tmp_path):
     metrics = {k: v for k, v in run_row("ptb-x-1").items() if k not in ("tables", "flops_fwd")}
     d = tmp_path / "ptb-x-1"
