@@ -174,6 +174,8 @@ def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise ResultsError(f"{path}: empty file, expected a header with columns {', '.join(RUN_COLUMNS)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:  # their messages do not name the file
+        raise ResultsError(f"{path}: not a CSV file ({' '.join(str(e).split())})") from None
     require_columns(df, RUN_COLUMNS, path)
     for col in [c for c in NUMERIC_COLUMNS + VIDEO_NUMERIC_COLUMNS if c in df.columns]:
         numbers = _finite_numbers(df, col, path)
@@ -218,10 +220,11 @@ def _same(a: str, b: str) -> bool:
 def merge_runs(frames: Sequence[tuple[str, "pd.DataFrame"]]) -> "pd.DataFrame":
     """Combine runs CSVs (``(source name, text DataFrame)`` pairs, read with ``numeric=False``).
 
-    Rows of one run_id must agree in every result column (losses, perplexities, config, data):
-    ``tables`` tags are united, the MACHINE_COLUMNS (timing, memory, device, date, git sha) are
-    the first source's, and any other difference is an error naming the run_id, the columns and
-    the values per source.
+    Rows of one run_id must agree in every result column both have (losses, perplexities, config,
+    data): ``tables`` tags are united, the MACHINE_COLUMNS (timing, memory, device, date, git sha)
+    are the first source's, and any other difference is an error naming the run_id, the columns
+    and the values per source. A column only some sources have is no difference: the output has
+    the union of the columns, a run's value from the first source that has the column.
     Output rows keep first-appearance order.
     """
     import pandas as pd
@@ -240,13 +243,14 @@ def merge_runs(frames: Sequence[tuple[str, "pd.DataFrame"]]) -> "pd.DataFrame":
                 merged[rid], source_of[rid] = dict(row), name
                 continue
             old = merged[rid]
-            diff = [c for c in columns if c not in ("tables", *MACHINE_COLUMNS)
-                    and not _same(str(old.get(c, "")), str(row.get(c, "")))]
+            diff = [c for c in columns if c in old and c in row and c not in ("tables", *MACHINE_COLUMNS)
+                    and not _same(str(old[c]), str(row[c]))]
             if diff:
-                detail = "; ".join(f"{c}: {old.get(c, '')!r} ({source_of[rid]}) vs {row.get(c, '')!r} ({name})"
-                                   for c in diff)
+                detail = "; ".join(f"{c}: {old[c]!r} ({source_of[rid]}) vs {row[c]!r} ({name})" for c in diff)
                 conflicts.append(f"run_id {rid}: columns {', '.join(diff)} differ ({detail})")
                 continue
+            for c in row.keys() - old.keys():  # columns the sources before lack
+                old[c] = row[c]
             tags = set(filter(None, str(old.get("tables", "")).split(TAG_SEP)))
             tags |= set(filter(None, str(row.get("tables", "")).split(TAG_SEP)))
             old["tables"] = TAG_SEP.join(sorted(tags))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,31 @@ def test_merge_float_text_round_trip_is_not_a_conflict(tmp_path):
     b = tmp_path / "b.csv"
     b.write_text(a.read_text().replace(repr(0.1 + 0.2), "0.30000000000000004"))
     assert len(merge_files([a, b])) == 1
+
+
+def test_a_column_of_one_file_only_is_merged_not_a_conflict(tmp_path):
+    # Issue 26, item 2: it was reported as a conflict on every run the files share.
+    a = write_csv(tmp_path / "a.csv", [run_row("r1"), run_row("r2")])
+    b = tmp_path / "b.csv"
+    write_runs_csv(pd.DataFrame([run_row("r2", note="rerun"), run_row("r3", note="new")],
+                                columns=[*RUN_COLUMNS, "note"]), b)
+    for first, second in ((a, b), (b, a)):
+        merged = merge_files([first, second]).set_index("run_id")
+        assert sorted(merged.index) == ["r1", "r2", "r3"] and merged.columns[-1] == "note"
+        assert dict(merged["note"]) == {"r1": "", "r2": "rerun", "r3": "new"}
+    c = tmp_path / "c.csv"
+    write_runs_csv(pd.DataFrame([run_row("r2", note="other")], columns=[*RUN_COLUMNS, "note"]), c)
+    with pytest.raises(ResultsError, match=r"run_id r2: columns note differ \(note: 'rerun' .* vs 'other'"):
+        merge_files([a, b, c])  # two values of one column: still a conflict
+
+
+@pytest.mark.parametrize("content", [b"run_id,tables\nr1,t\nr2,t,extra,cells\n", b"\x89PNG\r\n\x1a\n\x00\xff\xfe"],
+                         ids=["ragged", "binary"])
+def test_a_file_that_is_not_a_csv_is_named(tmp_path, content):
+    path = tmp_path / "runs.png"
+    path.write_bytes(content)
+    with pytest.raises(ResultsError, match=rf"^{re.escape(str(path))}: not a CSV file \(.+\)$"):
+        merge_files([write_csv(tmp_path / "a.csv", [run_row("r1")]), path])
 
 
 def test_merge_cli_reports_conflict(tmp_path):
