@@ -41,6 +41,18 @@ VIDEO_RUN_COLUMNS = ("frames", "image_size", "test_mca", "test_top1", "init_from
 VIDEO_NUMERIC_COLUMNS = ("frames", "image_size", "test_mca", "test_top1")
 TAG_SEP = ";"
 COST_CACHE = "cost.json"
+# The fields of a finished run's metrics.json (``crt_repro.train``: ``run_metrics``, then the end of
+# ``train``) that every run committed under results/ has: the fields train wrote only later
+# (planned_steps, stopped_early, streams, tokens_per_step, valid_gain_last_epoch) are not required,
+# so that runs finished before them still collect.
+RUN_FIELDS = (
+    "run_id", "profile", "dataset", "model", "rnn", "layers", "d_model", "seg_len", "mem_len", "seed", "params",
+    "train_items", "train_tokens_per_s", "wall_s", "peak_mem_mb", "git_sha", "torch_version", "device", "date",
+    "steps", "reported_step", "precision", "data_files", "train_epochs",
+)
+# ... and what the run's task evaluates on each of valid and test (``valid_loss``, ...).
+LM_EVAL_FIELDS = ("loss", "ppl", "tokens")
+VIDEO_EVAL_FIELDS = ("loss", "mca", "top1", "clips")
 
 
 class ResultsError(ValueError):
@@ -81,10 +93,8 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as e:
         raise ResultsError(f"{metrics_path}: not valid JSON ({e})") from None
-    if check_dir_name and metrics.get("run_id") != run_dir.name:
-        raise ResultsError(
-            f"{run_dir} holds run {metrics.get('run_id')!r}, not the run its name says: the workflow's run id "
-            "and the package's disagree (was the config or a profile changed while the workflow ran?)")
+    if check_dir_name:
+        check_run_dir(run_dir, metrics)
     row: dict[str, Any] = {c: metrics.get(c, "") for c in RUN_COLUMNS}
     row["tables"] = TAG_SEP.join(sorted(set(tags)))
     row["train_tokens"] = metrics.get("train_items", "")
@@ -100,25 +110,45 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
     return row
 
 
-def _eval_mem_len(run_dir: Path) -> int:
-    """The memory Transformer-XL kept in evaluation (model.eval_mem_len, null: its mem_len)."""
+def check_run_dir(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """The workflow's layout: the directory is named after the run id of its metrics.json and of
+    its config.yaml (a config edited by hand no longer hashes to it), and metrics.json has every
+    field a finished run writes (a record cut short would reach the tables as empty cells)."""
+    if metrics.get("run_id") != run_dir.name:
+        raise ResultsError(
+            f"{run_dir} holds run {metrics.get('run_id')!r}, not the run its name says: the workflow's run id "
+            "and the package's disagree (was the config or a profile changed while the workflow ran?)")
+    cfg = run_config(run_dir)
+    if cfg.run_id() != run_dir.name:
+        raise ResultsError(f"{run_dir / 'config.yaml'} is the config of run {cfg.run_id()!r}, not of "
+                           f"{run_dir.name!r}, which its directory and metrics.json name: was it edited after the run?")
+    evals = VIDEO_EVAL_FIELDS if cfg.is_video else LM_EVAL_FIELDS
+    fields = RUN_FIELDS + tuple(f"{split}_{k}" for split in ("valid", "test") for k in evals)
+    missing = [f for f in fields if f not in metrics]
+    if missing:
+        raise ResultsError(f"{run_dir / 'metrics.json'}: missing field{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(missing)}, which a finished run writes")
+
+
+def run_config(run_dir: Path):
+    """The Config of a run directory (its config.yaml)."""
     from crt_repro.config import load_config_file
 
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ResultsError(f"{config} does not exist: the run in {run_dir} has no config")
-    cfg = load_config_file(config)
+    return load_config_file(config)
+
+
+def _eval_mem_len(run_dir: Path) -> int:
+    """The memory Transformer-XL kept in evaluation (model.eval_mem_len, null: its mem_len)."""
+    cfg = run_config(run_dir)
     return cfg.model.eval_mem_len or cfg.mem_len
 
 
 def video_record(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     """The ``VIDEO_RUN_COLUMNS`` of a video run (clip settings from its config.yaml)."""
-    from crt_repro.config import load_config_file
-
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise ResultsError(f"{config} does not exist: the video run in {run_dir} has no config")
-    cfg = load_config_file(config)
+    cfg = run_config(run_dir)
     return {"frames": cfg.data.frames, "image_size": cfg.model.image_size, "test_mca": metrics["test_mca"],
             "test_top1": metrics.get("test_top1", ""), "init_from": cfg.model.init_from or ""}
 
@@ -140,10 +170,9 @@ def run_cost(run_dir: Path, run_id: str) -> dict[str, Any]:
                 return cached
         except json.JSONDecodeError:
             pass
-    from crt_repro.config import load_config_file
     from crt_repro.cost import forward_cost
 
-    cfg = load_config_file(run_dir / "config.yaml")
+    cfg = run_config(run_dir)
     cost = {"run_id": run_id, **forward_cost(cfg, vocab_size_of(cfg))}
     cost = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in cost.items()}
     atomic.write_json(cache, cost)

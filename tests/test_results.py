@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,21 +167,68 @@ def test_readers_of_a_bad_metric_give_one_line(tmp_path, command):
                         "'nan' is not a finite number\n")
 
 
-def test_collect_reads_metrics_and_checks_dir_names(tmp_path):
-    metrics = {k: v for k, v in run_row("ptb-x-1").items() if k not in ("tables", "flops_fwd")}
-    d = tmp_path / "ptb-x-1"
-    d.mkdir()
-    (d / "metrics.json").write_text(json.dumps(metrics))
-    df = collect([d], tags=["table2_ptb_3layer", "table8_ablation"], cost=False, check_dir_names=True)
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A run directory as `crt-repro train` leaves it, named by its run id (the workflow's layout)."""
+    from test_bad_input import TINY
+
+    from crt_repro.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", *TINY, "--dataset", "synthetic", "--out", str(out)]) == 0
+    return out.rename(out.parent / json.loads((out / "metrics.json").read_text())["run_id"])
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path) -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+
+
+def test_collect_reads_metrics_and_checks_dir_names(run_dir, tmp_path):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    df = collect([run_dir], tags=["table2_ptb_3layer", "table8_ablation"], cost=False, check_dir_names=True)
     assert list(df.columns) == list(RUN_COLUMNS)
     assert df.loc[0, "tables"] == "table2_ptb_3layer;table8_ablation"
-    assert df.loc[0, "test_ppl"] == pytest.approx(123.456)
-    other = tmp_path / "renamed"
-    d.rename(other)
-    with pytest.raises(ResultsError, match="holds run 'ptb-x-1'"):
+    assert df.loc[0, "test_ppl"] == metrics["test_ppl"]
+    other = run_dir.rename(tmp_path / "renamed")
+    with pytest.raises(ResultsError, match=f"holds run '{run_dir.name}'"):
         collect([other / "metrics.json"], cost=False, check_dir_names=True)
     with pytest.raises(ResultsError, match="has not finished"):
         collect([tmp_path / "nowhere"], cost=False)
+
+
+def test_collect_check_refuses_a_config_edited_after_the_run(run_dir):
+    # Issue 26, item 3: only metrics.json's run id was compared with the directory name.
+    config = run_dir / "config.yaml"
+    edited = yaml.safe_load(config.read_text())
+    edited["optim"]["lr"] *= 2
+    config.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert collect([run_dir], cost=False)["run_id"].tolist() == [run_dir.name]  # without the check: read
+    with pytest.raises(ResultsError) as e:
+        collect([run_dir], cost=False, check_dir_names=True)
+    assert str(e.value).startswith(f"{config} is the config of run ") and "edited" in str(e.value)
+
+
+@pytest.mark.parametrize("fields", [["test_ppl"], ["precision", "valid_ppl"], ["steps"], ["data_files"]])
+def test_collect_check_names_a_field_a_finished_run_writes(run_dir, fields):
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in fields}))
+    with pytest.raises(ResultsError) as e:
+        collect([run_dir], cost=False, check_dir_names=True)
+    assert str(e.value) == (f"{path}: missing field{'s' if len(fields) > 1 else ''} {', '.join(fields)}, "
+                            "which a finished run writes")
+
+
+def test_collect_check_accepts_runs_from_before_the_newest_fields(run_dir):
+    path = run_dir / "metrics.json"
+    newer = ("planned_steps", "stopped_early", "streams", "tokens_per_step", "valid_gain_last_epoch")
+    metrics = json.loads(path.read_text())
+    assert set(newer) <= set(metrics)
+    path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in newer}))
+    assert len(collect([run_dir], cost=False, check_dir_names=True)) == 1
+    committed = sorted((REPO / "results/cpu/runs").iterdir())
+    assert len(collect(committed, cost=False, check_dir_names=True)) == len(committed) > 100
 
 
 # ---------------------------------------------------------------------------------------------
