@@ -1,5 +1,5 @@
 """Bad input comes out as one line naming the culprit, never as a traceback or a silent run
-(issue 13, items 9, 10, 12 and 14; run records that are not JSON besides)."""
+(issue 13, items 9, 10, 12 and 14; run records that are not JSON besides; issue 26, items 4-7)."""
 from __future__ import annotations
 
 import math
@@ -236,3 +236,29 @@ def test_a_non_empty_directory_that_is_not_a_run_directory_is_refused(capsys, tm
     empty = tmp_path / "empty"
     empty.mkdir()
     assert train(capsys, empty)[0] == 0  # an empty directory is a fine place for a new run
+
+
+# --- issue 26, item 4: a flag and a --set of its key --------------------------------------
+
+
+@pytest.mark.parametrize("flag, set_", [(["--layers", "1"], "model.n_layer=4"), (["--seg-len", "8"], "data.seg_len=16"),
+                                        (["--seed", "1"], "run.seed=2"), (["--model", "transformer"], "model.name=crt"),
+                                        (["--rnn", "gru"], "model.rnn=ncgru"),
+                                        (["--dataset", "synthetic"], "data.dataset=ptb")])
+def test_a_flag_and_a_set_of_its_key_with_another_value_are_refused(capsys, tmp_path, flag, set_):
+    extra = [] if flag[0] in TINY + ["--dataset"] else flag  # TINY and train() give the others
+    line = error_line(*train(capsys, tmp_path / "run", *extra, "--set", set_))
+    assert line.endswith(f": {' '.join(flag)} and --set {set_} disagree: give one of them"), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_and_a_set_of_its_key_with_the_same_value_agree():
+    from crt_repro.cli import build_parser
+    from crt_repro.commands import train_overrides
+
+    args = build_parser().parse_args(["train", *TINY, "--dataset", "wikitext2", "--seed", "3", "--rnn", "gru",
+                                      "--out", "x", "--set", "model.n_layer=1", "--set", "data.seg_len=8",
+                                      "--set", "run.seed=3", "--set", "model.name=transformer",
+                                      "--set", "model.rnn=gru", "--set", "data.dataset=wikitext-2"])
+    cfg = build_config(args.profile, args.dataset, train_overrides(args))
+    assert (cfg.model.n_layer, cfg.data.seg_len, cfg.run.seed, cfg.data.dataset) == (1, 8, 3, "wikitext-2")
