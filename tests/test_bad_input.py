@@ -262,3 +262,13 @@ def test_a_flag_and_a_set_of_its_key_with_the_same_value_agree():
                                       "--set", "model.rnn=gru", "--set", "data.dataset=wikitext-2"])
     cfg = build_config(args.profile, args.dataset, train_overrides(args))
     assert (cfg.model.n_layer, cfg.data.seg_len, cfg.run.seed, cfg.data.dataset) == (1, 8, 3, "wikitext-2")
+
+
+# --- issue 26, item 5: a negative seed ------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [["--seed", "-1"], ["--set", "run.seed=-1"]])
+def test_a_negative_seed_is_refused_like_the_workflow_schema_does(capsys, tmp_path, extra):
+    line = error_line(*train(capsys, tmp_path / "run", *extra))
+    assert line.endswith("run.seed=-1: must be >= 0"), line
+    assert not (tmp_path / "run").exists()
