@@ -272,3 +272,17 @@ def test_a_negative_seed_is_refused_like_the_workflow_schema_does(capsys, tmp_pa
     line = error_line(*train(capsys, tmp_path / "run", *extra))
     assert line.endswith("run.seed=-1: must be >= 0"), line
     assert not (tmp_path / "run").exists()
+
+
+# --- issue 26, item 6: an empty valid or test split -----------------------------------------
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_an_empty_split_is_refused_before_training_naming_the_file(capsys, tmp_path, split):
+    data = write_ptb(tmp_path / "data", 5000)
+    empty = data / "ptb" / f"ptb.{split}.txt"
+    empty.write_text("")
+    line = error_line(*train(capsys, tmp_path / "run", "--data-dir", str(data), "--set", "run.n_evals=0",
+                             dataset="ptb"))
+    assert str(empty) in line and f"the {split} split has no words (an empty file)" in line
+    assert not (tmp_path / "run").exists()  # refused before training
