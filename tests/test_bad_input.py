@@ -286,3 +286,36 @@ def test_an_empty_split_is_refused_before_training_naming_the_file(capsys, tmp_p
                              dataset="ptb"))
     assert str(empty) in line and f"the {split} split has no words (an empty file)" in line
     assert not (tmp_path / "run").exists()  # refused before training
+
+
+# --- issue 26, item 7: a full disk while writing a checkpoint -----------------------------
+
+# What torch.save raises on a full disk: writing to a path, its own writer's enforce failure
+# (no errno, no file name); writing to a Python file, the file's OSError (an errno, no file name).
+TORCH_WRITE_ERRORS = {"enforce": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                      "enospc": OSError(28, "No space left on device")}
+
+
+@pytest.mark.parametrize("error", TORCH_WRITE_ERRORS.values(), ids=TORCH_WRITE_ERRORS.keys())
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch, error):
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    atomic.torch_save(checkpoint, {"step": 1})
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as e:
+        atomic.torch_save(checkpoint, {"step": 2})
+    cause = "no space left on device" if isinstance(error, OSError) else str(error)
+    assert str(e.value) == f"cannot write {checkpoint}: {cause}; its previous version is kept"
+    assert torch.load(checkpoint)["step"] == 1 and [p.name for p in checkpoint.parent.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_full_disk_stops_training_in_one_line_naming_the_checkpoint(capsys, tmp_path, monkeypatch):
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    line = error_line(*train(capsys, tmp_path / "run"))
+    assert line == f"crt-repro train: error: cannot write {tmp_path / 'run' / 'checkpoint.pt'}: no space left on device"
