@@ -3,15 +3,21 @@
 ``os.replace`` is atomic on POSIX within one file system, so a reader (or a rerun after a kill)
 sees either the old file or the new one, never a torn one. The file gets the permissions the
 umask gives a newly created file (``mkstemp`` alone would make it 0600), so tables, runs CSVs and
-run records are as readable as any file the user writes.
+run records are as readable as any file the user writes. A write that fails (a full disk) is an
+error naming the file, whose previous version is left as it was.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+class WriteError(OSError):
+    """A file that could not be written; the message names it and the cause."""
 
 
 def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -21,11 +27,21 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except (OSError, RuntimeError) as e:  # OSError of a write has no file name; torch's errors name none either
+            kept = "; its previous version is kept" if path.exists() else ""
+            raise WriteError(f"cannot write {path}: {_cause(e)}{kept}") from e
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _cause(e: Exception) -> str:
+    if getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in str(e).lower():
+        return "no space left on device"
+    return " ".join(str(e).split())
 
 
 def _umask() -> int:
@@ -45,4 +61,10 @@ def write_json(path: str | Path, obj: Any) -> None:
 def torch_save(path: str | Path, obj: Any) -> None:
     import torch
 
-    _atomic(path, lambda p: torch.save(obj, p))
+    def save(p: Path) -> None:
+        # Through a Python file: a full disk then raises OSError ENOSPC, where torch's own file
+        # writer says only "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598".
+        with p.open("wb") as f:
+            torch.save(obj, f)
+
+    _atomic(path, save)

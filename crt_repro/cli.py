@@ -9,6 +9,10 @@ import warnings
 from importlib import import_module
 from pathlib import Path
 
+# What ``--help`` says of the tool (the docstring above is for who reads this file).
+DESCRIPTION = ("Reproduce \"Compact Recurrent Transformer with Persistent Memory\" (arXiv 2505.00929): train and "
+               "evaluate its models and baselines, measure their cost, and build the paper's tables, figures and "
+               "claims from the runs, with the paper's numbers beside ours.")
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "crt_repro.commands",
@@ -23,7 +27,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crt-repro", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="crt-repro", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         import_module(name).register(sub)

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from crt_repro.config import LM_MODELS, PROFILES, VIDEO_MODELS, build_config, is_plugin, parse_overrides
+from crt_repro.config import (LM_MODELS, PROFILES, VIDEO_MODELS, ConfigError, build_config, canonical_dataset,
+                              is_plugin, parse_overrides)
 
 
 def model_name(text: str) -> str:
@@ -18,23 +19,36 @@ def model_name(text: str) -> str:
                                      "a package.module:Class or a crt_repro.models entry point")
 
 
+# The flags of `crt-repro train` that set a config key (--dataset is build_config's own argument).
+FLAG_KEYS = {"model": ("model", "name"), "layers": ("model", "n_layer"), "rnn": ("model", "rnn"),
+             "seg_len": ("data", "seg_len"), "data_dir": ("data", "data_dir"), "seed": ("run", "seed"),
+             "device": ("run", "device")}
+
+
 def train_overrides(args: argparse.Namespace) -> dict:
     """The config overrides that `crt-repro train` builds from its flags and --set; the workflow
     computes run ids through this same function, so its ids are the CLI's."""
     overrides = parse_overrides(args.set or [])
-    flags = {
-        ("model", "name"): args.model,
-        ("model", "n_layer"): args.layers,
-        ("model", "rnn"): args.rnn,
-        ("data", "seg_len"): args.seg_len,
-        ("data", "data_dir"): args.data_dir,
-        ("run", "seed"): args.seed,
-        ("run", "device"): args.device,
-    }
-    for (section, key), value in flags.items():
+    require_flags_agree_with_sets(args, overrides)
+    for flag, (section, key) in FLAG_KEYS.items():
+        value = getattr(args, flag)
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     return overrides
+
+
+def require_flags_agree_with_sets(args: argparse.Namespace, overrides: dict) -> None:
+    """A flag and a --set of its key (``--layers 2 --set model.n_layer=4``) must give one value:
+    taking either would run something the other asked not to, without a word."""
+    for flag, (section, key) in {**FLAG_KEYS, "dataset": ("data", "dataset")}.items():
+        value, given = getattr(args, flag), overrides.get(section, {})
+        if value is None or key not in given:
+            continue
+        same = (canonical_dataset(value) == canonical_dataset(given[key]) if flag == "dataset"
+                else value == given[key])
+        if not same:
+            raise ConfigError(f"--{flag.replace('_', '-')} {value} and --set {section}.{key}={given[key]} "
+                              "disagree: give one of them")
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:

@@ -616,6 +616,7 @@ def validate(cfg: Config) -> None:
              o.warmup_steps, "must be in [0, max_steps]")
     _require(o.clip >= 0, "optim.clip", o.clip, "must be >= 0 (0 disables clipping)")
     _require(o.bptt_segments >= 1, "optim.bptt_segments", o.bptt_segments, "must be >= 1")
+    _require(r.seed >= 0, "run.seed", r.seed, "must be >= 0")  # as the workflow's schema says
     _require(r.device in ("auto", "cpu", "cuda"), "run.device", r.device, "must be auto, cpu or cuda")
     _require(isinstance(r.bf16, bool) or r.bf16 == "auto", "run.bf16", r.bf16, "must be true, false or auto")
     _require(r.n_evals >= 0, "run.n_evals", r.n_evals, "must be >= 0")

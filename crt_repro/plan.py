@@ -58,8 +58,8 @@ class RunSpec:
         from crt_repro.commands import train_overrides
         from crt_repro.config import build_config
 
-        ns = argparse.Namespace(set=list(self.sets), model=self.model, layers=self.layers, rnn=self.rnn,
-                                seg_len=self.seg_len, data_dir=None, seed=self.seed, device=None)
+        ns = argparse.Namespace(set=list(self.sets), dataset=self.dataset, model=self.model, layers=self.layers,
+                                rnn=self.rnn, seg_len=self.seg_len, data_dir=None, seed=self.seed, device=None)
         return build_config(self.profile, self.dataset, train_overrides(ns))
 
     def run_id(self) -> str:

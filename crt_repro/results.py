@@ -41,6 +41,18 @@ VIDEO_RUN_COLUMNS = ("frames", "image_size", "test_mca", "test_top1", "init_from
 VIDEO_NUMERIC_COLUMNS = ("frames", "image_size", "test_mca", "test_top1")
 TAG_SEP = ";"
 COST_CACHE = "cost.json"
+# The fields of a finished run's metrics.json (``crt_repro.train``: ``run_metrics``, then the end of
+# ``train``) that every run committed under results/ has: the fields train wrote only later
+# (planned_steps, stopped_early, streams, tokens_per_step, valid_gain_last_epoch) are not required,
+# so that runs finished before them still collect.
+RUN_FIELDS = (
+    "run_id", "profile", "dataset", "model", "rnn", "layers", "d_model", "seg_len", "mem_len", "seed", "params",
+    "train_items", "train_tokens_per_s", "wall_s", "peak_mem_mb", "git_sha", "torch_version", "device", "date",
+    "steps", "reported_step", "precision", "data_files", "train_epochs",
+)
+# ... and what the run's task evaluates on each of valid and test (``valid_loss``, ...).
+LM_EVAL_FIELDS = ("loss", "ppl", "tokens")
+VIDEO_EVAL_FIELDS = ("loss", "mca", "top1", "clips")
 
 
 class ResultsError(ValueError):
@@ -81,10 +93,8 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as e:
         raise ResultsError(f"{metrics_path}: not valid JSON ({e})") from None
-    if check_dir_name and metrics.get("run_id") != run_dir.name:
-        raise ResultsError(
-            f"{run_dir} holds run {metrics.get('run_id')!r}, not the run its name says: the workflow's run id "
-            "and the package's disagree (was the config or a profile changed while the workflow ran?)")
+    if check_dir_name:
+        check_run_dir(run_dir, metrics)
     row: dict[str, Any] = {c: metrics.get(c, "") for c in RUN_COLUMNS}
     row["tables"] = TAG_SEP.join(sorted(set(tags)))
     row["train_tokens"] = metrics.get("train_items", "")
@@ -100,25 +110,45 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
     return row
 
 
-def _eval_mem_len(run_dir: Path) -> int:
-    """The memory Transformer-XL kept in evaluation (model.eval_mem_len, null: its mem_len)."""
+def check_run_dir(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """The workflow's layout: the directory is named after the run id of its metrics.json and of
+    its config.yaml (a config edited by hand no longer hashes to it), and metrics.json has every
+    field a finished run writes (a record cut short would reach the tables as empty cells)."""
+    if metrics.get("run_id") != run_dir.name:
+        raise ResultsError(
+            f"{run_dir} holds run {metrics.get('run_id')!r}, not the run its name says: the workflow's run id "
+            "and the package's disagree (was the config or a profile changed while the workflow ran?)")
+    cfg = run_config(run_dir)
+    if cfg.run_id() != run_dir.name:
+        raise ResultsError(f"{run_dir / 'config.yaml'} is the config of run {cfg.run_id()!r}, not of "
+                           f"{run_dir.name!r}, which its directory and metrics.json name: was it edited after the run?")
+    evals = VIDEO_EVAL_FIELDS if cfg.is_video else LM_EVAL_FIELDS
+    fields = RUN_FIELDS + tuple(f"{split}_{k}" for split in ("valid", "test") for k in evals)
+    missing = [f for f in fields if f not in metrics]
+    if missing:
+        raise ResultsError(f"{run_dir / 'metrics.json'}: missing field{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(missing)}, which a finished run writes")
+
+
+def run_config(run_dir: Path):
+    """The Config of a run directory (its config.yaml)."""
     from crt_repro.config import load_config_file
 
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ResultsError(f"{config} does not exist: the run in {run_dir} has no config")
-    cfg = load_config_file(config)
+    return load_config_file(config)
+
+
+def _eval_mem_len(run_dir: Path) -> int:
+    """The memory Transformer-XL kept in evaluation (model.eval_mem_len, null: its mem_len)."""
+    cfg = run_config(run_dir)
     return cfg.model.eval_mem_len or cfg.mem_len
 
 
 def video_record(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     """The ``VIDEO_RUN_COLUMNS`` of a video run (clip settings from its config.yaml)."""
-    from crt_repro.config import load_config_file
-
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise ResultsError(f"{config} does not exist: the video run in {run_dir} has no config")
-    cfg = load_config_file(config)
+    cfg = run_config(run_dir)
     return {"frames": cfg.data.frames, "image_size": cfg.model.image_size, "test_mca": metrics["test_mca"],
             "test_top1": metrics.get("test_top1", ""), "init_from": cfg.model.init_from or ""}
 
@@ -140,10 +170,9 @@ def run_cost(run_dir: Path, run_id: str) -> dict[str, Any]:
                 return cached
         except json.JSONDecodeError:
             pass
-    from crt_repro.config import load_config_file
     from crt_repro.cost import forward_cost
 
-    cfg = load_config_file(run_dir / "config.yaml")
+    cfg = run_config(run_dir)
     cost = {"run_id": run_id, **forward_cost(cfg, vocab_size_of(cfg))}
     cost = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in cost.items()}
     atomic.write_json(cache, cost)
@@ -160,7 +189,8 @@ def collect(paths: Sequence[str | Path], tags: Sequence[str] = (), cost: bool = 
 
 
 def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
-    """Read a runs CSV; every column of ``RUN_COLUMNS`` must be present (extra ones are kept).
+    """Read a runs CSV; every column of ``RUN_COLUMNS`` must be present (extra ones are kept), and
+    every cell of a numeric column a finite number or empty.
 
     ``numeric=False`` keeps every cell as the exact text of the file ('' where empty).
     """
@@ -173,15 +203,30 @@ def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise ResultsError(f"{path}: empty file, expected a header with columns {', '.join(RUN_COLUMNS)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:  # their messages do not name the file
+        raise ResultsError(f"{path}: not a CSV file ({' '.join(str(e).split())})") from None
     require_columns(df, RUN_COLUMNS, path)
-    if numeric:
-        for col in NUMERIC_COLUMNS:
-            try:
-                df[col] = pd.to_numeric(df[col].replace("", float("nan")))
-            except (ValueError, TypeError):
-                bad = next(v for v in df[col] if v != "" and not _is_number(v))
-                raise ResultsError(f"{path}: column {col!r} holds a non-number: {bad!r}") from None
+    for col in [c for c in NUMERIC_COLUMNS + VIDEO_NUMERIC_COLUMNS if c in df.columns]:
+        numbers = _finite_numbers(df, col, path)
+        if numeric and col in NUMERIC_COLUMNS:  # the video tables convert their own columns
+            df[col] = numbers
     return df
+
+
+def _finite_numbers(df: "pd.DataFrame", col: str, path: str | Path) -> "pd.Series":
+    """Column ``col`` of a text runs CSV as numbers ('' is NaN: no value). Any other cell must be a
+    finite number: NaN or inf in a result would pass a merge and break a table, a figure or a
+    claim later; the error names the row and the column."""
+    import numpy as np
+    import pandas as pd
+
+    numbers = pd.to_numeric(df[col].replace("", float("nan")), errors="coerce")
+    bad = (df[col] != "") & ~np.isfinite(numbers)
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise ResultsError(f"{path}: row {i + 1} (run_id {df['run_id'].iloc[i]!r}), column {col!r}: "
+                           f"{df[col].iloc[i]!r} is not a finite number")
+    return numbers
 
 
 def write_runs_csv(df: "pd.DataFrame", path: str | Path) -> None:
@@ -189,14 +234,6 @@ def write_runs_csv(df: "pd.DataFrame", path: str | Path) -> None:
 
     cols = list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS]
     atomic.write_text(path, df[cols].to_csv(index=False, lineterminator="\n"))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _same(a: str, b: str) -> bool:
@@ -212,10 +249,11 @@ def _same(a: str, b: str) -> bool:
 def merge_runs(frames: Sequence[tuple[str, "pd.DataFrame"]]) -> "pd.DataFrame":
     """Combine runs CSVs (``(source name, text DataFrame)`` pairs, read with ``numeric=False``).
 
-    Rows of one run_id must agree in every result column (losses, perplexities, config, data):
-    ``tables`` tags are united, the MACHINE_COLUMNS (timing, memory, device, date, git sha) are
-    the first source's, and any other difference is an error naming the run_id, the columns and
-    the values per source.
+    Rows of one run_id must agree in every result column both have (losses, perplexities, config,
+    data): ``tables`` tags are united, the MACHINE_COLUMNS (timing, memory, device, date, git sha)
+    are the first source's, and any other difference is an error naming the run_id, the columns
+    and the values per source. A column only some sources have is no difference: the output has
+    the union of the columns, a run's value from the first source that has the column.
     Output rows keep first-appearance order.
     """
     import pandas as pd
@@ -234,13 +272,14 @@ def merge_runs(frames: Sequence[tuple[str, "pd.DataFrame"]]) -> "pd.DataFrame":
                 merged[rid], source_of[rid] = dict(row), name
                 continue
             old = merged[rid]
-            diff = [c for c in columns if c not in ("tables", *MACHINE_COLUMNS)
-                    and not _same(str(old.get(c, "")), str(row.get(c, "")))]
+            diff = [c for c in columns if c in old and c in row and c not in ("tables", *MACHINE_COLUMNS)
+                    and not _same(str(old[c]), str(row[c]))]
             if diff:
-                detail = "; ".join(f"{c}: {old.get(c, '')!r} ({source_of[rid]}) vs {row.get(c, '')!r} ({name})"
-                                   for c in diff)
+                detail = "; ".join(f"{c}: {old[c]!r} ({source_of[rid]}) vs {row[c]!r} ({name})" for c in diff)
                 conflicts.append(f"run_id {rid}: columns {', '.join(diff)} differ ({detail})")
                 continue
+            for c in row.keys() - old.keys():  # columns the sources before lack
+                old[c] = row[c]
             tags = set(filter(None, str(old.get("tables", "")).split(TAG_SEP)))
             tags |= set(filter(None, str(row.get("tables", "")).split(TAG_SEP)))
             old["tables"] = TAG_SEP.join(sorted(tags))

@@ -1,5 +1,5 @@
 """Bad input comes out as one line naming the culprit, never as a traceback or a silent run
-(issue 13, items 9, 10, 12 and 14; run records that are not JSON besides)."""
+(issue 13, items 9, 10, 12 and 14; run records that are not JSON besides; issue 26, items 4-7)."""
 from __future__ import annotations
 
 import math
@@ -236,3 +236,86 @@ def test_a_non_empty_directory_that_is_not_a_run_directory_is_refused(capsys, tm
     empty = tmp_path / "empty"
     empty.mkdir()
     assert train(capsys, empty)[0] == 0  # an empty directory is a fine place for a new run
+
+
+# --- issue 26, item 4: a flag and a --set of its key --------------------------------------
+
+
+@pytest.mark.parametrize("flag, set_", [(["--layers", "1"], "model.n_layer=4"), (["--seg-len", "8"], "data.seg_len=16"),
+                                        (["--seed", "1"], "run.seed=2"), (["--model", "transformer"], "model.name=crt"),
+                                        (["--rnn", "gru"], "model.rnn=ncgru"),
+                                        (["--dataset", "synthetic"], "data.dataset=ptb")])
+def test_a_flag_and_a_set_of_its_key_with_another_value_are_refused(capsys, tmp_path, flag, set_):
+    extra = [] if flag[0] in TINY + ["--dataset"] else flag  # TINY and train() give the others
+    line = error_line(*train(capsys, tmp_path / "run", *extra, "--set", set_))
+    assert line.endswith(f": {' '.join(flag)} and --set {set_} disagree: give one of them"), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_and_a_set_of_its_key_with_the_same_value_agree():
+    from crt_repro.cli import build_parser
+    from crt_repro.commands import train_overrides
+
+    args = build_parser().parse_args(["train", *TINY, "--dataset", "wikitext2", "--seed", "3", "--rnn", "gru",
+                                      "--out", "x", "--set", "model.n_layer=1", "--set", "data.seg_len=8",
+                                      "--set", "run.seed=3", "--set", "model.name=transformer",
+                                      "--set", "model.rnn=gru", "--set", "data.dataset=wikitext-2"])
+    cfg = build_config(args.profile, args.dataset, train_overrides(args))
+    assert (cfg.model.n_layer, cfg.data.seg_len, cfg.run.seed, cfg.data.dataset) == (1, 8, 3, "wikitext-2")
+
+
+# --- issue 26, item 5: a negative seed ------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [["--seed", "-1"], ["--set", "run.seed=-1"]])
+def test_a_negative_seed_is_refused_like_the_workflow_schema_does(capsys, tmp_path, extra):
+    line = error_line(*train(capsys, tmp_path / "run", *extra))
+    assert line.endswith("run.seed=-1: must be >= 0"), line
+    assert not (tmp_path / "run").exists()
+
+
+# --- issue 26, item 6: an empty valid or test split -----------------------------------------
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_an_empty_split_is_refused_before_training_naming_the_file(capsys, tmp_path, split):
+    data = write_ptb(tmp_path / "data", 5000)
+    empty = data / "ptb" / f"ptb.{split}.txt"
+    empty.write_text("")
+    line = error_line(*train(capsys, tmp_path / "run", "--data-dir", str(data), "--set", "run.n_evals=0",
+                             dataset="ptb"))
+    assert str(empty) in line and f"the {split} split has no words (an empty file)" in line
+    assert not (tmp_path / "run").exists()  # refused before training
+
+
+# --- issue 26, item 7: a full disk while writing a checkpoint -----------------------------
+
+# What torch.save raises on a full disk: writing to a path, its own writer's enforce failure
+# (no errno, no file name); writing to a Python file, the file's OSError (an errno, no file name).
+TORCH_WRITE_ERRORS = {"enforce": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                      "enospc": OSError(28, "No space left on device")}
+
+
+@pytest.mark.parametrize("error", TORCH_WRITE_ERRORS.values(), ids=TORCH_WRITE_ERRORS.keys())
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch, error):
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    atomic.torch_save(checkpoint, {"step": 1})
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as e:
+        atomic.torch_save(checkpoint, {"step": 2})
+    cause = "no space left on device" if isinstance(error, OSError) else str(error)
+    assert str(e.value) == f"cannot write {checkpoint}: {cause}; its previous version is kept"
+    assert torch.load(checkpoint)["step"] == 1 and [p.name for p in checkpoint.parent.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_full_disk_stops_training_in_one_line_naming_the_checkpoint(capsys, tmp_path, monkeypatch):
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    line = error_line(*train(capsys, tmp_path / "run"))
+    assert line == f"crt-repro train: error: cannot write {tmp_path / 'run' / 'checkpoint.pt'}: no space left on device"

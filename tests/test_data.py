@@ -170,6 +170,22 @@ def test_unknown_word_without_unk_names_file_and_line(tmp_path: Path) -> None:
     assert c.vocab == ["<eos>", "a", "b"] and c.test.tolist() == [2, 0]
 
 
+@pytest.mark.parametrize("split, text, what", [("valid", "", "an empty file"), ("test", "\n \n", "2 blank lines"),
+                                               ("train", " \n", "1 blank line")])
+@pytest.mark.parametrize("check", [True, False])
+def test_a_split_without_words_is_refused_naming_the_file(tmp_path: Path, split: str, text: str, what: str,
+                                                          check: bool) -> None:
+    # Issue 26, item 6: an empty valid or test split failed only after training, naming no file.
+    splits = {"train": " a b \n", "valid": " a \n", "test": " b \n", split: text}
+    folder = _write_ptb(tmp_path / "d", splits["train"], splits["valid"], splits["test"])
+    path = (folder / f"ptb.{split}.txt").resolve()
+    with pytest.raises(corpus_mod.EmptySplitError) as err:
+        load_corpus("ptb", tmp_path / "d", cache_dir=tmp_path / "cache", check=check)
+    assert isinstance(err.value, ValueError)  # the CLI reports ValueErrors in one line
+    assert str(err.value) == f"{path}: the {split} split has no words ({what}): every split of a corpus needs text"
+    assert not list((tmp_path / "cache").glob("ptb-*.pt"))
+
+
 def test_missing_file_says_how_to_download(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError) as err:
         load_corpus("ptb", tmp_path, cache_dir=tmp_path / "cache")

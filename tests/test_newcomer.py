@@ -203,3 +203,15 @@ def test_a_missing_data_dir_stops_the_workflow_when_parsed(tmp_path):
     assert "Job stats" not in out and "Traceback" not in out and "ValueError" not in out
     (wf / "corpora").mkdir()
     assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=corpora"))
+
+
+# --- issue 26, item 8: `crt-repro --help` -----------------------------------------------------
+
+
+def test_help_describes_the_tool_in_whole_sentences():
+    from crt_repro.cli import build_parser
+
+    help_text = build_parser().format_help()
+    description = " ".join(help_text.split("\n\n")[1].split())  # after the usage lines
+    assert description.endswith(".") and "``" not in description, description  # it stopped at "the work and"
+    assert "Compact Recurrent Transformer" in description

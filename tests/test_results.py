@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +78,31 @@ def test_merge_float_text_round_trip_is_not_a_conflict(tmp_path):
     assert len(merge_files([a, b])) == 1
 
 
+def test_a_column_of_one_file_only_is_merged_not_a_conflict(tmp_path):
+    # Issue 26, item 2: it was reported as a conflict on every run the files share.
+    a = write_csv(tmp_path / "a.csv", [run_row("r1"), run_row("r2")])
+    b = tmp_path / "b.csv"
+    write_runs_csv(pd.DataFrame([run_row("r2", note="rerun"), run_row("r3", note="new")],
+                                columns=[*RUN_COLUMNS, "note"]), b)
+    for first, second in ((a, b), (b, a)):
+        merged = merge_files([first, second]).set_index("run_id")
+        assert sorted(merged.index) == ["r1", "r2", "r3"] and merged.columns[-1] == "note"
+        assert dict(merged["note"]) == {"r1": "", "r2": "rerun", "r3": "new"}
+    c = tmp_path / "c.csv"
+    write_runs_csv(pd.DataFrame([run_row("r2", note="other")], columns=[*RUN_COLUMNS, "note"]), c)
+    with pytest.raises(ResultsError, match=r"run_id r2: columns note differ \(note: 'rerun' .* vs 'other'"):
+        merge_files([a, b, c])  # two values of one column: still a conflict
+
+
+@pytest.mark.parametrize("content", [b"run_id,tables\nr1,t\nr2,t,extra,cells\n", b"\x89PNG\r\n\x1a\n\x00\xff\xfe"],
+                         ids=["ragged", "binary"])
+def test_a_file_that_is_not_a_csv_is_named(tmp_path, content):
+    path = tmp_path / "runs.png"
+    path.write_bytes(content)
+    with pytest.raises(ResultsError, match=rf"^{re.escape(str(path))}: not a CSV file \(.+\)$"):
+        merge_files([write_csv(tmp_path / "a.csv", [run_row("r1")]), path])
+
+
 def test_merge_cli_reports_conflict(tmp_path):
     a = write_csv(tmp_path / "a.csv", [run_row("r1")])
     b = write_csv(tmp_path / "b.csv", [run_row("r1", test_ppl=1.0)])
@@ -109,21 +136,99 @@ def test_non_numeric_cell_is_named(tmp_path):
         read_runs_csv(path)
 
 
-def test_collect_reads_metrics_and_checks_dir_names(tmp_path):
-    metrics = {k: v for k, v in run_row("ptb-x-1").items() if k not in ("tables", "flops_fwd")}
-    d = tmp_path / "ptb-x-1"
-    d.mkdir()
-    (d / "metrics.json").write_text(json.dumps(metrics))
-    df = collect([d], tags=["table2_ptb_3layer", "table8_ablation"], cost=False, check_dir_names=True)
+@pytest.mark.parametrize("column", ["test_ppl", "valid_loss", "params", "flops_fwd"])
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999", "abc"])
+def test_merge_refuses_a_metric_that_is_not_a_finite_number(tmp_path, column, value):
+    # Issue 26, item 1: merge passed such a file, and table/figure/claims then stopped in a traceback.
+    path = write_csv(tmp_path / "runs.csv", [run_row("r1"), run_row("r2", **{column: value})])
+    for read in (merge_files, lambda paths: read_runs_csv(paths[0])):
+        with pytest.raises(ResultsError) as e:
+            read([path])
+        assert str(e.value) == f"{path}: row 2 (run_id 'r2'), column {column!r}: {value!r} is not a finite number"
+
+
+def test_video_metrics_must_be_finite_numbers_too(tmp_path):
+    path = tmp_path / "runs.csv"
+    write_runs_csv(pd.DataFrame([run_row("r1", test_mca="nan")], columns=[*RUN_COLUMNS, "test_mca"]), path)
+    with pytest.raises(ResultsError, match="row 1 .*'test_mca'"):
+        merge_files([path])
+
+
+@pytest.mark.parametrize("command", ["table", "figure", "claims"])
+def test_readers_of_a_bad_metric_give_one_line(tmp_path, command):
+    path = write_csv(tmp_path / "runs.csv", [run_row("r1", test_ppl="nan")])
+    out = str(tmp_path / "out")
+    args = {"table": ["table", "table2_ptb_3layer", "--runs", str(path), "--csv", out],
+            "figure": ["figure", "fig5_ptb_3layer", "--runs", str(path), "-o", out + ".png"],
+            "claims": ["claims", "--runs", str(path), "--profile", "smoke", "--csv", out, "--md", out + ".md"]}[command]
+    p = subprocess.run([sys.executable, "-m", "crt_repro", *args], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr == (f"crt-repro {command}: error: {path}: row 1 (run_id 'r1'), column 'test_ppl': "
+                        "'nan' is not a finite number\n")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A run directory as `crt-repro train` leaves it, named by its run id (the workflow's layout)."""
+    from test_bad_input import TINY
+
+    from crt_repro.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", *TINY, "--dataset", "synthetic", "--out", str(out)]) == 0
+    return out.rename(out.parent / json.loads((out / "metrics.json").read_text())["run_id"])
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path) -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+
+
+def test_collect_reads_metrics_and_checks_dir_names(run_dir, tmp_path):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    df = collect([run_dir], tags=["table2_ptb_3layer", "table8_ablation"], cost=False, check_dir_names=True)
     assert list(df.columns) == list(RUN_COLUMNS)
     assert df.loc[0, "tables"] == "table2_ptb_3layer;table8_ablation"
-    assert df.loc[0, "test_ppl"] == pytest.approx(123.456)
-    other = tmp_path / "renamed"
-    d.rename(other)
-    with pytest.raises(ResultsError, match="holds run 'ptb-x-1'"):
+    assert df.loc[0, "test_ppl"] == metrics["test_ppl"]
+    other = run_dir.rename(tmp_path / "renamed")
+    with pytest.raises(ResultsError, match=f"holds run '{run_dir.name}'"):
         collect([other / "metrics.json"], cost=False, check_dir_names=True)
     with pytest.raises(ResultsError, match="has not finished"):
         collect([tmp_path / "nowhere"], cost=False)
+
+
+def test_collect_check_refuses_a_config_edited_after_the_run(run_dir):
+    # Issue 26, item 3: only metrics.json's run id was compared with the directory name.
+    config = run_dir / "config.yaml"
+    edited = yaml.safe_load(config.read_text())
+    edited["optim"]["lr"] *= 2
+    config.write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert collect([run_dir], cost=False)["run_id"].tolist() == [run_dir.name]  # without the check: read
+    with pytest.raises(ResultsError) as e:
+        collect([run_dir], cost=False, check_dir_names=True)
+    assert str(e.value).startswith(f"{config} is the config of run ") and "edited" in str(e.value)
+
+
+@pytest.mark.parametrize("fields", [["test_ppl"], ["precision", "valid_ppl"], ["steps"], ["data_files"]])
+def test_collect_check_names_a_field_a_finished_run_writes(run_dir, fields):
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in fields}))
+    with pytest.raises(ResultsError) as e:
+        collect([run_dir], cost=False, check_dir_names=True)
+    assert str(e.value) == (f"{path}: missing field{'s' if len(fields) > 1 else ''} {', '.join(fields)}, "
+                            "which a finished run writes")
+
+
+def test_collect_check_accepts_runs_from_before_the_newest_fields(run_dir):
+    path = run_dir / "metrics.json"
+    newer = ("planned_steps", "stopped_early", "streams", "tokens_per_step", "valid_gain_last_epoch")
+    metrics = json.loads(path.read_text())
+    assert set(newer) <= set(metrics)
+    path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in newer}))
+    assert len(collect([run_dir], cost=False, check_dir_names=True)) == 1
+    committed = sorted((REPO / "results/cpu/runs").iterdir())
+    assert len(collect(committed, cost=False, check_dir_names=True)) == len(committed) > 100
 
 
 # ---------------------------------------------------------------------------------------------

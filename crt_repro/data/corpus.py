@@ -8,7 +8,7 @@ A run records ``fingerprint`` of its files (size and sha256, cached by path, siz
 a resumed or merged run can be checked to be on the same data. A known corpus whose sha256
 differs from the pinned one loads with a warning naming the file, and one that is clearly not the
 corpus (a handful of word types, or a valid or test split with far more ``<unk>`` than train
-has) is refused.
+has) is refused, as is a split without a word.
 """
 
 from __future__ import annotations
@@ -150,19 +150,35 @@ def _first_invalid_utf8(path: Path) -> int:
     return offset
 
 
+class EmptySplitError(ValueError):
+    """A corpus file without a word; the message names it."""
+
+
+def _require_words(path: Path, split: str, tokens: int, lines: int) -> None:
+    """Each line gives its words and one <eos>: a split with no more tokens than lines has no
+    words. Refused when read: an empty valid or test split would only fail at its first
+    evaluation, after training where no validation runs during it, in a message naming no file."""
+    if tokens == lines:
+        what = f"{lines} blank line{'s' if lines > 1 else ''}" if lines else "an empty file"
+        raise EmptySplitError(f"{path}: the {split} split has no words ({what}): every split of a corpus needs text")
+
+
 def _tokenize(paths: dict[str, Path]) -> tuple[list[str], dict[str, torch.Tensor]]:
     index = {EOS: 0}
     train: list[int] = []
-    for words in read_lines(paths["train"]):
+    lineno = 0
+    for lineno, words in enumerate(read_lines(paths["train"]), start=1):
         for w in words:
             i = index.get(w)
             if i is None:
                 i = index[w] = len(index)
             train.append(i)
+    _require_words(paths["train"], "train", len(train), lineno)
     unk = index.get(UNK)
     splits = {"train": torch.tensor(train, dtype=torch.int64)}
     for split in ("valid", "test"):
         ids: list[int] = []
+        lineno = 0
         for lineno, words in enumerate(read_lines(paths[split]), start=1):
             for w in words:
                 i = index.get(w, unk)
@@ -172,6 +188,7 @@ def _tokenize(paths: dict[str, Path]) -> tuple[list[str], dict[str, torch.Tensor
                         f"vocabulary, which has no {UNK} to map it to"
                     )
                 ids.append(i)
+        _require_words(paths[split], split, len(ids), lineno)
         splits[split] = torch.tensor(ids, dtype=torch.int64)
     return list(index), splits
 

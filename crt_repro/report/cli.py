@@ -97,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", action="append", metavar="TABLE", help="table that uses these runs (repeatable)")
     p.add_argument("--no-cost", action="store_true", help="leave flops_fwd empty (no fvcore count)")
     p.add_argument("--check-dir-names", action="store_true",
-                   help="require each run directory to be named by its run id (the workflow's layout)")
+                   help="require the workflow's layout: each run directory named by the run id of its config.yaml "
+                   "and metrics.json, and metrics.json complete")
     p.add_argument("-o", "--output", required=True, help="runs CSV to write")
     p.set_defaults(func=cmd_collect)
 
