@@ -232,7 +232,78 @@ def ppl_claims(runs: pd.DataFrame, ref: pd.DataFrame, declared: Declaration) -> 
     return rows
 
 
-def flops_claims(runs: pd.DataFrame, vocab_size: int) -> list[dict]:
+EXTRA = "not counted (cpu widths)"  # the verdict of a row kept beside the claim's, outside it
+
+
+def _flops_row(label: str, table: str, crt: float, tr: float, xl: float, verdict_of=lambda ok: HELD if ok else NOT_HELD
+               ) -> dict:
+    ok = crt <= FLOPS_CLOSE * tr and crt < xl
+    # The paper gives no FLOP counts for these models: its columns stay empty.
+    return {"claim": "d", "table": table, "a": "CRT-NCGRU", "b": "Transformer, Transformer-XL",
+            "comparison": f"{label}: CRT <= {FLOPS_CLOSE:.2f} x Transformer and CRT < Transformer-XL "
+                          f"(CRT/Transformer {crt / tr:.3f}, CRT/XL {crt / xl:.3f})",
+            "mean_a": crt, "mean_b": tr, "diff": crt / tr, "paper_a": math.nan, "paper_b": math.nan,
+            "verdict": verdict_of(ok)}
+
+
+PAPER_WIDTH_COLUMNS = ("dataset", "layers", "d_model", "seg_len", "model", "rnn", "flops_fwd", "softmax_flops",
+                       "params")
+PAPER_WIDTH_MODELS = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"), ("crt", "ncgru"))
+
+
+def paper_width_costs(layers: tuple[int, ...] = (3, 16), datasets: tuple[str, ...] = ("ptb", "wt103")) -> pd.DataFrame:
+    """What (d) and (f) compare at the paper's widths (the paper profile's PTB and WikiText-103
+    models, its baseline with relative positions), 3 and 16 layers, every segment length of
+    Tables 2-5: fvcore's forward FLOPs of one segment at batch 1, the softmax layer's share of
+    them, and the parameters. Counted on models built on the meta device (NCGRU's on the CPU);
+    nothing is trained."""
+    from crt_repro import cost
+    from crt_repro.config import build_config
+    from crt_repro.report.cost_tables import PAPER_SEG_LENS, VOCAB_SIZES
+
+    rows = []
+    for dataset in datasets:
+        vocab = VOCAB_SIZES[dataset]
+        for n_layer in layers:
+            for n in PAPER_SEG_LENS[dataset]:
+                for model, rnn in PAPER_WIDTH_MODELS:
+                    cfg = build_config("paper", dataset, {"model": {"name": model, "rnn": rnn or "gru",
+                                                                    "n_layer": n_layer}, "data": {"seg_len": n}})
+                    c = cost.forward_cost(cfg, vocab)
+                    rows.append({"dataset": dataset, "layers": n_layer, "d_model": cfg.model.d_model, "seg_len": n,
+                                 "model": model, "rnn": rnn, "flops_fwd": c["flops_fwd"],
+                                 "softmax_flops": 2 * cost.formula_breakdown(cfg, vocab)["softmax_layer"],
+                                 "params": c["params"]})
+    return pd.DataFrame(rows, columns=list(PAPER_WIDTH_COLUMNS))
+
+
+def _paper_width(costs: pd.DataFrame, model: str, rnn: str) -> pd.DataFrame:
+    rows = costs[(costs["model"] == model) & (costs["rnn"].fillna("").astype(str) == rnn)]
+    return rows.set_index(["dataset", "layers", "seg_len"])
+
+
+def paper_width_flops_claims(costs: pd.DataFrame | None) -> list[dict]:
+    """(d) at the paper's widths, CRT-NCGRU (Table 2's CRT) against the Transformer and XL, in
+    every setting of ``paper_width_costs``, with the softmax layer and without it."""
+    if costs is None:
+        return [{"claim": "d", "table": "paper widths", "comparison": "forward FLOPs at the paper's widths",
+                 "verdict": NO_RUNS}]
+    crt, tr, xl = (_paper_width(costs, m, r) for m, r in (("crt", "ncgru"), ("transformer", ""),
+                                                          ("transformer_xl", "")))
+    rows = []
+    for (dataset, layers, n), c in crt.iterrows():
+        t, x = tr.loc[(dataset, layers, n)], xl.loc[(dataset, layers, n)]
+        for label, cut in (("with", 0.0), ("without", 1.0)):
+            f = [r["flops_fwd"] - cut * r["softmax_flops"] for r in (c, t, x)]
+            rows.append(_flops_row(f"{dataset}, {layers} x {int(c['d_model'])}, {n} tokens, {label} the softmax layer",
+                                   f"paper widths ({dataset})", *f))
+    return rows
+
+
+def cpu_width_flops_rows(runs: pd.DataFrame, vocab_size: int) -> list[dict]:
+    """(d) at the widths the runs of Table 2 trained (cpu: d 128), from their records: rows kept
+    beside the claim, not counted in its verdict (at 3 x 128 the two RNNs weigh what they never
+    weigh at the paper's widths)."""
     t2 = "table2_ptb_3layer"
     rows = []
     for n in (70, 35, 17):
@@ -241,21 +312,29 @@ def flops_claims(runs: pd.DataFrame, vocab_size: int) -> list[dict]:
             v = _values(runs, Cell(t2, model, rnn, n), "flops_fwd")
             d = _values(runs, Cell(t2, model, rnn, n), "d_model")
             f[model] = (float(v.iloc[0]), float(d.iloc[0])) if len(v) else None
+        if any(v is None for v in f.values()):
+            continue
         for softmax in (True, False):
-            row = {"claim": "d", "table": t2, "a": f"CRT-NCGRU @ {n}", "b": f"Transformer, Transformer-XL @ {n}",
-                   "comparison": f"{n} tokens, forward FLOPs {'with' if softmax else 'without'} the softmax layer: CRT <= "
-                                 f"{FLOPS_CLOSE:.2f} x Transformer and CRT < Transformer-XL"}
-            if any(v is None for v in f.values()):
-                rows.append({**row, "verdict": NO_RUNS})
-                continue
             cut = 0.0 if softmax else 2.0 * n * f["crt"][1] * vocab_size
             crt, tr, xl = (f[m][0] - cut for m in ("crt", "transformer", "transformer_xl"))
-            ok = crt <= FLOPS_CLOSE * tr and crt < xl
-            # The paper gives no FLOP counts for these models: its columns stay empty.
-            rows.append({**row, "mean_a": crt, "mean_b": tr, "diff": crt / tr, "paper_a": math.nan,
-                         "paper_b": math.nan, "verdict": HELD if ok else NOT_HELD,
-                         "comparison": row["comparison"] + f" (CRT/Transformer {crt / tr:.3f}, CRT/XL {crt / xl:.3f})"})
+            label = f"Table 2's runs (d {int(f['crt'][1])}), {n} tokens, {'with' if softmax else 'without'} the softmax layer"
+            rows.append(_flops_row(label, t2, crt, tr, xl, lambda ok: f"{EXTRA}: {HELD if ok else NOT_HELD}"))
     return rows
+
+
+def paper_width_params_claim(costs: pd.DataFrame | None) -> dict:
+    """(f)'s parameters at the paper's Table 6 shape: 16 layers, WikiText-103 widths (16 x 410,
+    adaptive softmax, tied), CRT-GRU against the Transformer (relative positions)."""
+    row = {"claim": "f", "table": "paper widths (wt103)", "a": "CRT-GRU", "b": "Transformer"}
+    if costs is None:
+        return {**row, "comparison": "parameters at the paper's widths", "verdict": NO_RUNS}
+    key = ("wt103", 16, 150)
+    crt, tr = (_paper_width(costs, m, r).loc[key] for m, r in (("crt", "gru"), ("transformer", "")))
+    ratio = crt["params"] / tr["params"]
+    return {**row, "comparison": f"CRT params within {PARAMS_CLOSE - 1:.0%} of the Transformer's at 16 x "
+                                 f"{int(crt['d_model'])}, WikiText-103's vocabulary (ratio {ratio:.4f})",
+            "mean_a": crt["params"] / 1e6, "mean_b": tr["params"] / 1e6, "diff": ratio, "paper_a": 150.0,
+            "paper_b": 151.0, "verdict": HELD if abs(ratio - 1) <= PARAMS_CLOSE - 1 else NOT_HELD}
 
 
 def cost_claims(table6: pd.DataFrame | None) -> list[dict]:
@@ -276,13 +355,17 @@ def cost_claims(table6: pd.DataFrame | None) -> list[dict]:
         time_verdict = NOT_HELD
     else:
         time_verdict = UNRESOLVED
+    shape = f"{int(crt.layers)} x {int(crt.d_model)}, {int(crt.seg_len)} tokens, {crt.dataset}"
+    params_ok = abs(params - 1) <= PARAMS_CLOSE - 1
     return [
-        {**row, "comparison": f"CRT params within {PARAMS_CLOSE - 1:.0%} of the Transformer's (ratio {params:.3f})",
+        {**row, "comparison": f"CRT params within {PARAMS_CLOSE - 1:.0%} of the Transformer's at Table 6's widths "
+                              f"({shape}; ratio {params:.3f})",
          "a": "CRT-GRU", "b": "Transformer", "mean_a": crt.params_m, "mean_b": tr.params_m, "diff": params,
          "paper_a": crt.paper_params_m, "paper_b": tr.paper_params_m,
-         "verdict": HELD if abs(params - 1) <= PARAMS_CLOSE - 1 else NOT_HELD},
+         "verdict": (HELD if params_ok else NOT_HELD) if int(crt.d_model) == 410 else
+         f"{EXTRA}: {HELD if params_ok else NOT_HELD}"},
         {**row, "comparison": f"CRT inference time within {FLOPS_CLOSE - 1:.0%} of the Transformer's and below XL's "
-                              f"(CRT/Transformer {speed:.3f}, XL/Transformer {speed_xl:.3f}; medians of "
+                              f"({shape}; CRT/Transformer {speed:.3f}, XL/Transformer {speed_xl:.3f}; medians of "
                               f"{int(crt.timing_rounds)} paired rounds)",
          "a": "CRT-GRU", "b": "Transformer", "mean_a": crt.inference_ms, "mean_b": tr.inference_ms, "diff": speed,
          "diff_ci95_low": low, "diff_ci95_high": high,
@@ -291,6 +374,7 @@ def cost_claims(table6: pd.DataFrame | None) -> list[dict]:
 
 
 def combine(verdicts: list[str]) -> str:
+    verdicts = [v for v in verdicts if not v.startswith(EXTRA)]
     if all(v == HELD for v in verdicts):
         return HELD
     if NOT_HELD in verdicts:
@@ -303,11 +387,12 @@ def combine(verdicts: list[str]) -> str:
 
 
 def claims_table(runs: pd.DataFrame, vocab_size: int, declared: Declaration, table6: pd.DataFrame | None = None,
-                 reference: pd.DataFrame | None = None) -> pd.DataFrame:
+                 paper_costs: pd.DataFrame | None = None, reference: pd.DataFrame | None = None) -> pd.DataFrame:
     ref = load_reference() if reference is None else reference
     if runs.empty:
         raise ResultsError("no runs: the claims need the runs of the tables the claims file names")
-    rows = ppl_claims(runs, ref, declared) + flops_claims(runs, vocab_size) + cost_claims(table6)
+    rows = (ppl_claims(runs, ref, declared) + paper_width_flops_claims(paper_costs)
+            + cpu_width_flops_rows(runs, vocab_size) + [paper_width_params_claim(paper_costs)] + cost_claims(table6))
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
 
 

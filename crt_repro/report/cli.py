@@ -48,6 +48,16 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper_costs(args: argparse.Namespace) -> int:
+    from crt_repro import atomic
+    from crt_repro.report.claims import paper_width_costs
+
+    df = paper_width_costs()
+    atomic.write_text(args.csv, df.to_csv(index=False, lineterminator="\n"))
+    print(df.to_string(index=False))
+    return 0
+
+
 def cmd_claims(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -67,7 +77,8 @@ def cmd_claims(args: argparse.Namespace) -> int:
     vocab = load_corpus(datasets[0], args.data_dir).vocab_size if datasets else 0
     table6 = pd.read_csv(args.cost) if args.cost else None
     declared = load_declaration(args.declared)
-    table = claims_table(runs, vocab, declared, table6)
+    paper_costs = pd.read_csv(args.paper_costs) if args.paper_costs else None
+    table = claims_table(runs, vocab, declared, table6, paper_costs)
     atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
     md = claims_markdown(table, args.profile, declared, args.declared)
     atomic.write_text(args.md, md)
@@ -126,11 +137,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
     p.set_defaults(func=cmd_curves)
 
+    p = sub.add_parser("paper-costs", help="forward FLOPs and parameters of the Transformer, XL and CRT at the "
+                                          "paper's widths (3 and 16 layers, PTB and WikiText-103), for claims (d), (f)")
+    p.add_argument("--csv", required=True)
+    p.set_defaults(func=cmd_paper_costs)
+
     p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs as a claims file declares them")
     p.add_argument("--runs", nargs="+", required=True, help="runs CSVs holding the tables the claims compare (tags kept)")
     p.add_argument("--declared", required=True,
                    help="the claims file: cells, seeds, tests, margin (workflow/config/claims.yaml)")
     p.add_argument("--cost", help="Table 6 CSV (crt-repro table table6_cost) for claim (f)")
+    p.add_argument("--paper-costs", help="FLOPs and parameters at the paper's widths (crt-repro paper-costs) for (d), (f)")
     p.add_argument("--data-dir", help="corpus folder (the vocabulary size, for FLOPs without the softmax layer)")
     p.add_argument("--profile", required=True)
     p.add_argument("--csv", required=True)
