@@ -28,11 +28,15 @@ RUN_COLUMNS = (
     "eval_mem_len", "seed", "steps", "train_tokens", "epochs", "precision", "reported_step", "valid_loss", "valid_ppl", "test_loss",
     "test_ppl", "params", "flops_fwd", "train_tokens_per_s", "wall_s", "peak_mem_mb", "data_files", "git_sha",
     "torch_version", "device", "date",
+    # Recorded by runs since the decisive protocol (empty for earlier runs): the streams and tokens
+    # of an optimiser step, the steps planned and whether validation stopped the run before them,
+    # and the relative fall of validation perplexity over its last epoch (> 1%: still improving).
+    "streams", "tokens_per_step", "planned_steps", "stopped_early", "valid_gain_last_epoch",
 )
 NUMERIC_COLUMNS = (
     "layers", "d_model", "seg_len", "mem_len", "eval_mem_len", "seed", "steps", "train_tokens", "epochs", "reported_step",
     "valid_loss", "valid_ppl", "test_loss", "test_ppl", "params", "flops_fwd", "train_tokens_per_s", "wall_s",
-    "peak_mem_mb",
+    "peak_mem_mb", "streams", "tokens_per_step", "planned_steps", "valid_gain_last_epoch",
 )
 # Columns that describe the machine a run ran on, not its result: rows of one run from two
 # machines may differ in them (merge keeps the first).

@@ -199,6 +199,27 @@ def test_validation_curves_read_every_logged_validation(tmp_path):
     assert len(ax.lines) == 2 and list(ax.lines[0].get_ydata()) == [300.5, 200.5]
 
 
+def test_run_curves_plot_each_run_directory_in_flight_or_finished(tmp_path):
+    import json
+
+    from crt_repro.config import build_config, dump_yaml
+    from crt_repro.report.curves import plot_run_curves
+
+    dirs = []
+    for name, n, ppls in (("transformer", 17, [300.0, 200.0]), ("crt", 70, [250.0, 150.0, 140.0])):
+        d = tmp_path / f"{name}-{n}"
+        d.mkdir()
+        cfg = build_config("smoke", "synthetic", {"model": {"name": name}, "data": {"seg_len": n}})
+        (d / "config.yaml").write_text(dump_yaml(cfg))
+        lines = [{"step": 1, "loss": 5.0}] + [{"step": 10 * (i + 1), "split": "valid", "items": 1_000_000 * (i + 1),
+                                               "ppl": v} for i, v in enumerate(ppls)]
+        (d / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+        dirs.append(d)
+    (ax,) = plot_run_curves(dirs, "pilot").axes
+    assert [list(line.get_xdata()) for line in ax.lines] == [[1.0, 2.0], [1.0, 2.0, 3.0]]
+    assert [line.get_label() for line in ax.lines] == ["Transformer @ 17 (best 200.0)", "CRT-NCGRU @ 70 (best 140.0)"]
+
+
 def table6(crt: tuple[float, float, float], xl: tuple[float, float, float], rounds: int = 15) -> pd.DataFrame:
     rows = [("transformer", "", 7.43, (1.0, 1.0, 1.0)), ("transformer_xl", "", 7.70, xl), ("crt", "gru", 7.63, crt)]
     return pd.DataFrame([{"model": m, "rnn": r, "layers": 16, "d_model": 128, "seg_len": 150, "dataset": "wikitext-2",

@@ -160,7 +160,8 @@ def test_readers_of_a_bad_metric_give_one_line(tmp_path, command):
     out = str(tmp_path / "out")
     args = {"table": ["table", "table2_ptb_3layer", "--runs", str(path), "--csv", out],
             "figure": ["figure", "fig5_ptb_3layer", "--runs", str(path), "-o", out + ".png"],
-            "claims": ["claims", "--runs", str(path), "--profile", "smoke", "--csv", out, "--md", out + ".md"]}[command]
+            "claims": ["claims", "--runs", str(path), "--declared", str(REPO / "workflow/config/claims.yaml"),
+                       "--profile", "smoke", "--csv", out, "--md", out + ".md"]}[command]
     p = subprocess.run([sys.executable, "-m", "crt_repro", *args], capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr == (f"crt-repro {command}: error: {path}: row 1 (run_id 'r1'), column 'test_ppl': "

@@ -102,6 +102,15 @@ def cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_curves(args: argparse.Namespace) -> int:
+    from crt_repro.report.curves import plot_run_curves
+    from crt_repro.report.figures import save_figure
+
+    save_figure(plot_run_curves(args.runs, args.title), args.output)
+    print(f"wrote {', '.join(args.output)}", file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with fvcore FLOPs)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory or its metrics.json")
@@ -141,6 +150,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "paper's widths (3 and 16 layers, PTB and WikiText-103), for claims (d), (f)")
     p.add_argument("--csv", required=True)
     p.set_defaults(func=cmd_paper_costs)
+
+    p = sub.add_parser("run-curves", help="validation perplexity vs training tokens of run directories, finished "
+                                         "or not (the pilot's figure)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--title", default="validation perplexity")
+    p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
+    p.set_defaults(func=cmd_run_curves)
 
     p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs as a claims file declares them")
     p.add_argument("--runs", nargs="+", required=True, help="runs CSVs holding the tables the claims compare (tags kept)")

@@ -16,21 +16,28 @@ from crt_repro.results import ResultsError, read_runs_csv, select_runs
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
+def logged_validations(log: Path) -> list[dict]:
+    """The validation entries of a run's log.jsonl (a run still in flight included)."""
+    if not log.is_file():
+        raise ResultsError(f"{log} does not exist: the run has no log to plot")
+    out = []
+    for lineno, line in enumerate(log.read_text().splitlines(), start=1):
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{log}:{lineno}: not valid JSON ({err})") from None
+        if e.get("split") == "valid" and "items" in e:
+            out.append(e)
+    return out
+
+
 def validation_points(runs: pd.DataFrame, runs_dir: str | Path) -> pd.DataFrame:
     """model, rnn, seg_len, seed, tokens, valid_ppl of every validation each run logged."""
     rows = []
     for r in runs.itertuples():
-        log = Path(runs_dir) / r.run_id / "log.jsonl"
-        if not log.is_file():
-            raise ResultsError(f"{log} does not exist: the run {r.run_id} has no log to plot")
-        for lineno, line in enumerate(log.read_text().splitlines(), start=1):
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ResultsError(f"{log}:{lineno}: not valid JSON ({err})") from None
-            if e.get("split") == "valid" and "items" in e:
-                rows.append({"model": r.model, "rnn": "" if pd.isna(r.rnn) else str(r.rnn), "seg_len": int(r.seg_len),
-                             "seed": int(r.seed), "tokens": int(e["items"]), "valid_ppl": float(e["ppl"])})
+        for e in logged_validations(Path(runs_dir) / r.run_id / "log.jsonl"):
+            rows.append({"model": r.model, "rnn": "" if pd.isna(r.rnn) else str(r.rnn), "seg_len": int(r.seg_len),
+                         "seed": int(r.seed), "tokens": int(e["items"]), "valid_ppl": float(e["ppl"])})
     if not rows:
         raise ResultsError(f"no validation entries in the logs under {runs_dir}")
     # The end of a run logs its final validation once more when best_valid re-evaluates: keep one.
@@ -80,3 +87,32 @@ def write_curves(table: str, runs_csv: str | Path, runs_dir: str | Path, outputs
     if runs.empty:
         raise ResultsError(f"{runs_csv}: no runs tagged {table}")
     save_figure(plot_curves(table, runs, runs_dir), outputs)
+
+
+def plot_run_curves(run_dirs: list[str | Path], title: str):
+    """Validation perplexity against training tokens, one line per run directory (finished or
+    not): the pilot's view, where each run is its own setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crt_repro.config import load_config_file
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for color, d in zip(COLORS, map(Path, run_dirs)):
+        cfg = load_config_file(d / "config.yaml")
+        m = cfg.model
+        points = logged_validations(d / "log.jsonl")
+        label = f"{model_label(m.name, m.rnn if m.name == 'crt' else '')} @ {cfg.data.seg_len}"
+        if points:
+            label += f" (best {min(e['ppl'] for e in points):.1f})"
+        ax.plot([e["items"] / 1e6 for e in points], [e["ppl"] for e in points], color=color, marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("validation perplexity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

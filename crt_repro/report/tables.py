@@ -34,7 +34,8 @@ from crt_repro.report.reference import load_reference, reference_rows, table_key
 from crt_repro.results import ResultsError, select_runs
 
 PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "eval_memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "ppl_ci95_low",
-               "ppl_ci95_high", "n_seeds", "delta", "train_tokens", "epochs", "precision", "profile", "dataset")
+               "ppl_ci95_high", "n_seeds", "delta", "still_improving", "train_tokens", "epochs", "precision", "profile",
+               "dataset")
 MCA_COLUMNS = ("model", "rnn", "source", "layers", "frames", "paper_mca", "mca", "mca_std", "n_seeds", "delta", "top1",
                "init_from", "steps", "epochs", "profile", "dataset", "note")
 MEASURED, REFERENCE_ONLY = "measured", "reference_only"
@@ -101,11 +102,22 @@ DATASET_NAMES = {"ptb": "Word PTB", "wt103": "WikiText-103", "wikitext-2": "Wiki
 PROFILE_NOTES = {
     "smoke": "**Smoke profile: tiny models trained for a few steps on a slice of the data. These numbers only "
              "check that the pipeline runs; they are NOT comparable to the paper's.**",
-    "cpu": "CPU profile: small models (d_model 128) trained for minutes on one machine. Compare trends "
-           "(model ranking, effect of segment length), not values, with the paper's.",
+    "cpu": "CPU profile: small models (3 x 128) trained to a plateau on one machine (REPRODUCTION.md). Compare "
+           "trends (model ranking, effect of segment length), not values, with the paper's.",
     "paper": "Paper profile: Transformer-XL's published widths and optimiser settings (the paper gives no "
              "hyperparameters; see the README's reproduction choices).",
 }
+
+
+STILL_IMPROVING = 0.01  # a run whose validation perplexity fell by more than this over its last epoch
+STILL_IMPROVING_MARK = "still improving"
+
+
+def still_improving(cell: pd.DataFrame) -> int | float:
+    """How many of a row's runs were still improving at their end (validation perplexity down by
+    more than 1% over their last epoch); NaN where the runs did not record it."""
+    gains = pd.to_numeric(cell.get("valid_gain_last_epoch", pd.Series(dtype=float)), errors="coerce").dropna()
+    return int((gains > STILL_IMPROVING).sum()) if len(gains) else math.nan
 
 
 def table_info(name: str) -> TableInfo:
@@ -184,6 +196,7 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
     runs["rnn"] = runs["rnn"].map(_norm_rnn)
     what = f"{source} ({name})"
     profile, dataset, layers = (_one(runs, c, what) for c in ("profile", "dataset", "layers"))
+    paper_dataset = ref["dataset"].iloc[0]
     used: set[str] = set()
 
     def row(model: str, rnn: str, seg_len: int, paper_ppl: float) -> dict:
@@ -200,7 +213,10 @@ def build_ppl_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
             "eval_memory_len": eval_memory[0] if eval_memory else memory,
             "seg_len": seg_len, "paper_ppl": paper_ppl, "ppl": round(s.mean, 2),
             "ppl_std": round(s.std, 2), "ppl_ci95_low": round(s.low, 2), "ppl_ci95_high": round(s.high, 2),
-            "n_seeds": s.n, "delta": round(s.mean - paper_ppl, 2),
+            # A table on another corpus than the paper's (WikiText-2 for WikiText-103) is not
+            # comparable to it number for number: the paper's value stays beside ours, no Δ.
+            "n_seeds": s.n, "delta": round(s.mean - paper_ppl, 2) if dataset == paper_dataset else math.nan,
+            "still_improving": still_improving(cell),
             "train_tokens": round(float(cell["train_tokens"].mean())), "epochs": round(float(cell["epochs"].mean()), 2),
             "precision": "; ".join(sorted(set(cell["precision"].astype(str)))),
             "profile": profile, "dataset": dataset,
@@ -348,24 +364,30 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
     profile, dataset, layers = table["profile"].iloc[0], table["dataset"].iloc[0], int(table["layers"].iloc[0])
     n_seeds = sorted(set(table["n_seeds"]))
     ds = DATASET_NAMES.get(dataset, dataset)
+    title = info.title
     if dataset != paper_dataset:
-        ds += f" (standing in for the paper's {DATASET_NAMES.get(paper_dataset, paper_dataset)})"
+        ours, theirs = DATASET_NAMES.get(dataset, dataset), DATASET_NAMES.get(paper_dataset, paper_dataset)
+        ds += f" (standing in for the paper's {theirs})"
+        title = f"{title.replace(theirs, ours)} (the paper's table is on {theirs}; not comparable number for number)"
     lay = f"{layers}" + (f" (the paper's table has {paper_layers}; this profile runs {layers})"
                          if layers != paper_layers else "")
     precisions = sorted(set("; ".join(table["precision"].astype(str)).split("; ")))
     lines = [
-        f"# Table {info.number}: {info.title}",
+        f"# Table {info.number}: {title}",
         "",
         f"Profile: **{profile}**. Dataset: **{ds}**. Layers: **{lay}**. "
         f"Seeds per row: {', '.join(map(str, n_seeds))}.",
         "",
         f"Training budget: **{_span(table['train_tokens'], '{:,.0f}')} tokens per run** "
-        f"({_span(table['epochs'], '{:.2f}')} epochs; the budget is set in tokens, so every segment length trains "
-        f"on the same data; runs end at the first step past it); precision: {', '.join(precisions)}.",
+        f"({_span(table['epochs'], '{:.2f}')} epochs; every segment length trains on the same data, and runs end "
+        f"at the first step past their budget or where validation stopped them); precision: {', '.join(precisions)}.",
         "",
         "Metric: test-set perplexity (the paper reports perplexity without naming the split; presumably "
         "test, as in the Transformer-XL work it compares with), mean over seeds ± sample std, and the 95% "
-        "confidence interval of the mean (Student's t). Δ = ours − paper.",
+        "confidence interval of the mean (Student's t). Δ = ours − paper"
+        + (" (none here: another corpus than the paper's)." if dataset != paper_dataset else ".")
+        + f" [{STILL_IMPROVING_MARK}]: runs whose validation perplexity still fell by more than "
+          f"{STILL_IMPROVING:.0%} over their last epoch (not at a plateau).",
         "",
         PROFILE_NOTES.get(profile, f"Profile {profile}."),
         "",
@@ -381,6 +403,8 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
         ci = "–" if math.isnan(r.ppl_ci95_low) else f"[{r.ppl_ci95_low:.2f}, {r.ppl_ci95_high:.2f}]"
         if math.isnan(r.paper_ppl):
             note = NOT_IN_PAPER
+        if not math.isnan(r.still_improving) and r.still_improving:
+            note = "; ".join(filter(None, [note, f"{STILL_IMPROVING_MARK}: {int(r.still_improving)} of {r.n_seeds}"]))
         body.append([label + (f" [{note}]" if note else ""), f"{r.memory_len} / {r.seg_len}", str(r.layers),
                      _fmt(r.paper_ppl, 1), _fmt(r.ppl), _fmt(r.ppl_std), ci, str(r.n_seeds),
                      "–" if math.isnan(r.delta) else f"{r.delta:+.2f}"])
@@ -467,6 +491,15 @@ def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None) -
     fn = {"table1_complexity": cost_tables.table1_complexity, "table6_cost": cost_tables.table6_cost}[name]
     df = fn(profile, ref)
     how = cost_tables.COLUMN_NOTES.get(name)
-    md = "\n".join([f"# Table {info.number}: {info.title}", "", f"Profile: **{profile}**.", "",
+    title, shape = info.title, []
+    if name == "table6_cost":  # one shape for every row: say which, and on whose vocabulary
+        r = df.iloc[0]
+        dataset = DATASET_NAMES.get(r["dataset"], r["dataset"])
+        if r["dataset"] != "wt103":
+            title = f"{title.replace('WikiText-103', dataset)} (the paper's: WikiText-103 at 16 x 410)"
+        shape = [f"Widths: {int(r['layers'])} layers x d_model {int(r['d_model'])}, {int(r['seg_len'])}-token "
+                 f"segments, batch {int(r['batch'])}; vocabulary {cost_tables.VOCAB_SIZES[r['dataset']]:,} words "
+                 f"({dataset}).", ""]
+    md = "\n".join([f"# Table {info.number}: {title}", "", f"Profile: **{profile}**.", "", *shape,
                     PROFILE_NOTES.get(profile, ""), "", *([how, ""] if how else []), frame_markdown(df)])
     return df, md
