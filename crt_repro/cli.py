@@ -12,6 +12,7 @@ from pathlib import Path
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "crt_repro.commands",
+    "crt_repro.gpus",
     "crt_repro.data.download",
     "crt_repro.cost",
     "crt_repro.bench",

@@ -57,6 +57,15 @@ def current() -> World:
     return World()
 
 
+def check_gpu_count(nproc: int, device: torch.device) -> None:
+    """One process per GPU: N processes on CUDA need N visible GPUs (a rank without one of its own
+    would stop at torch.cuda.set_device, after torchrun has started the others)."""
+    visible = torch.cuda.device_count() if device.type == "cuda" else nproc
+    if visible < nproc:
+        raise ValueError(f"--nproc {nproc}: {nproc} processes need {nproc} GPUs and {visible} are visible "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+
 def init_from_env() -> World:
     """Join the process group torchrun's environment describes (WORLD_SIZE > 1); else a world of one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():

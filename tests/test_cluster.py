@@ -44,25 +44,41 @@ def workflow(tmp_path):
     return wd, tmp_path / "data"
 
 
-def test_a_paper_wt103_run_is_one_4_gpu_torchrun_job_and_ptb_runs_one_gpu_each(workflow):
+def test_every_paper_run_trains_on_one_gpu_of_its_own(workflow):
     wd, data = workflow
     out = snakemake(wd, "-n", "-p", "--profile", "workflow/profiles/slurm", "table2_ptb_3layer", "table5_wt103_16layer",
                     "--config", "profile=paper", f"data_dir={data}")
     train = [j for j in jobs_of(out) if j["rule"].startswith("train")]
     wt103 = [j for j in train if "--dataset wt103" in j["shell"]]
-    ptb = [j for j in train if "--dataset ptb" in j["shell"]]
-    assert len(wt103) == 9 and len(ptb) == 9 and len(train) == 18
-    for j in wt103:
+    assert len(wt103) == 9 and len(train) == 18
+    for j in train:
+        assert j["rule"] == "train" and j["resources"]["gpu"] == "1"
+        assert j["shell"].startswith("crt-repro with-gpus 1 -- crt-repro train ") and "--nproc" not in j["shell"]
+
+
+def test_train_gpus_makes_a_wt103_run_one_4_gpu_torchrun_job(workflow):
+    wd, data = workflow
+    out = snakemake(wd, "-n", "-p", "--profile", "workflow/profiles/slurm", "table5_wt103_16layer",
+                    "--config", "profile=paper", f"data_dir={data}", "train_gpus={wt103: 4}")
+    train = [j for j in jobs_of(out) if j["rule"].startswith("train")]
+    assert len(train) == 9
+    for j in train:
         assert j["rule"] == "train_multi_gpu"
         assert j["resources"]["gpu"] == "4" and j["resources"]["tasks_per_gpu"] == "0"
-        assert re.search(r"^crt-repro train .* --nproc 4 --out ", j["shell"])
-    for j in ptb:
-        assert j["rule"] == "train" and j["resources"]["gpu"] == "1" and "--nproc" not in j["shell"]
+        assert re.search(r"^crt-repro with-gpus 4 -- crt-repro train .* --nproc 4 --out ", j["shell"])
+
+
+def test_cpu_jobs_start_without_the_gpu_allocator(workflow):
+    wd, data = workflow
+    out = snakemake(wd, "-n", "-p", "table2_ptb_3layer", "--config", "profile=smoke", f"data_dir={data}")
+    train = [j for j in jobs_of(out) if j["rule"] == "train"]
+    assert len(train) == 9
+    assert all(j["resources"]["gpu"] == "0" and j["shell"].startswith("crt-repro train ") for j in train)
 
 
 def test_slurm_submits_one_task_on_4_gpus_for_wt103_and_an_array_for_a_seed_sweep(workflow, tmp_path):
     wd, data = workflow
-    config = ["--config", "profile=paper", f"data_dir={data}", "seeds=[0,1]"]
+    config = ["--config", "profile=paper", f"data_dir={data}", "seeds=[0,1]", "train_gpus={wt103: 4}"]
     runs = [j["shell"].rsplit("--out ", 1)[1].split()[0] for j in jobs_of(snakemake(
         wd, "-n", "-p", "--profile", "workflow/profiles/slurm", "table2_ptb_3layer", "table5_wt103_16layer", *config))
         if j["rule"].startswith("train")]
@@ -105,7 +121,8 @@ def test_slurm_submits_one_task_on_4_gpus_for_wt103_and_an_array_for_a_seed_swee
 def test_on_one_local_gpu_a_4_gpu_run_trains_in_one_process(workflow):
     wd, data = workflow
     out = snakemake(wd, "-n", "-p", "--workflow-profile", "workflow/profiles/default", "table5_wt103_16layer",
-                    "--config", "profile=paper", f"data_dir={data}")
+                    "--config", "profile=paper", f"data_dir={data}", "train_gpus={wt103: 4}")
     train = [j for j in jobs_of(out) if j["rule"] == "train_multi_gpu"]
     assert len(train) == 9
-    assert all(j["resources"]["gpu"] == "1" and "--nproc" not in j["shell"] for j in train)
+    assert all(j["resources"]["gpu"] == "1" and j["shell"].startswith("crt-repro with-gpus 1 -- ")
+               and "--nproc" not in j["shell"] for j in train)

@@ -127,6 +127,13 @@ def train_nproc(wildcards, resources):
     return f"--nproc {resources.gpu}" if resources.gpu > 1 else ""
 
 
+def with_gpus(wildcards, resources):
+    """`crt-repro with-gpus N -- ` before the command of a job that declares N GPUs: it runs on N
+    GPUs that no other job holds (Snakemake only counts GPUs, it does not assign them;
+    crt_repro/gpus.py); nothing before a job without GPUs."""
+    return f"crt-repro with-gpus {resources.gpu} -- " if resources.gpu else ""
+
+
 def train_threads(wildcards):
     return TRAIN_THREADS * max(1, gpus_of(wildcards.run_id))
 

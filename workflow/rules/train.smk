@@ -17,6 +17,7 @@ rule train:
     params:
         args=train_args,
         nproc=train_nproc,
+        gpus=with_gpus,
         out=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         run_id=regex_of(PLAN.runs.keys() - MULTI_GPU_RUNS),
@@ -24,7 +25,7 @@ rule train:
     resources:
         gpu=GPU,
     shell:
-        "crt-repro train {params.args} {params.nproc} --out {params.out} > {log} 2>&1"
+        "{params.gpus}crt-repro train {params.args} {params.nproc} --out {params.out} > {log} 2>&1"
 
 
 # A run on several GPUs (config train_gpus: dataset -> N) is still one job: `crt-repro train

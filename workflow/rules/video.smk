@@ -19,6 +19,7 @@ rule train_video:
         CONDA_ENV
     params:
         args=video_train_args,
+        gpus=with_gpus,
         out=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         run_id=regex_of(PLAN.video_runs),
@@ -26,7 +27,7 @@ rule train_video:
     resources:
         gpu=GPU,
     shell:
-        "crt-repro train {params.args} --out {params.out} > {log} 2>&1"
+        "{params.gpus}crt-repro train {params.args} --out {params.out} > {log} 2>&1"
 
 
 rule collect_video_table_runs:
