@@ -42,12 +42,35 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stops and writes no metrics."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+# Profiles at GPU scale: there `run.device: auto` means CUDA, never a silent fall back to the CPU
+# (a paper-profile run would take months there). A rule here, not the profile's run.device:
+# that key is part of the run id, and the paper runs keep theirs.
+CUDA_PROFILES = ("paper",)
+
+
+def cuda_unusable() -> str | None:
+    """Why this process cannot train on CUDA, in a few words; None where it can."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None and torch.version.hip is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build (README, PyTorch per platform)"
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and cannot use a GPU here: none is "
+            f"visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) or the driver is "
+            f"older than CUDA {torch.version.cuda} needs (see nvidia-smi)")
+
+
+def resolve_device(name: str, profile: str = "") -> torch.device:
+    """``run.device`` as a device; ``auto`` is CUDA where usable, else the CPU, but under a
+    ``CUDA_PROFILES`` profile CUDA or an error saying why not."""
+    if name == "auto" and profile not in CUDA_PROFILES:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device='cuda': no CUDA device is available")
-    return torch.device(name)
+    why = cuda_unusable() if name in ("auto", "cuda") else None
+    if why and name == "auto":
+        raise ConfigError(f"run.device=auto means CUDA under the {profile} profile, and {why}; "
+                          "--device cpu trains on the CPU instead (another run id)")
+    if why:
+        raise ConfigError(f"run.device=cuda: {why}")
+    return torch.device("cuda" if name == "auto" else name)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -372,7 +395,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     world = distributed.current()
     if world.is_main:
         check_run_dir(cfg, out)
-    device = world.device(resolve_device(cfg.run.device))
+    device = world.device(resolve_device(cfg.run.device, cfg.profile))
     if (out / METRICS).exists():
         metrics = read_record((out / METRICS).read_text(), str(out / METRICS), out)
         try:
@@ -490,6 +513,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
     if world.parallel:
         metrics["device"] = f"{world.size} x {metrics['device']}"
+    metrics["processes"] = world.size
     metrics.update(steps=step, planned_steps=schedule.total, stopped_early=stopped_early(cfg, clock),
                    reported_step=reported, precision=precision, data_files=data,
                    train_epochs=clock["items"] / task.epoch_items,
@@ -563,6 +587,8 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         "git_sha": git_sha(),
         "torch_version": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device_type": device.type,
+        "visible_gpus": torch.cuda.device_count(),  # per process: CUDA_VISIBLE_DEVICES narrows it
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     for split, r in results.items():
