@@ -10,8 +10,10 @@ gradient of the mean over all B streams also when N does not divide B.
 
 Rank 0 alone writes the run directory, the log, the checkpoint and the metrics, and evaluates on
 the whole split with the whole model, exactly as one process does (the others wait at their next
-collective). The checkpoint holds the carried state of all B streams and the RNG state of every
-rank, so a run resumes with any number of ranks, and with the same number as if uninterrupted.
+collective). The checkpoint holds the carried state of all B streams and the RNG states of every
+rank (the CPU's, Python's and those of the one GPU the rank trains on), so a run resumes with any
+number of ranks, rank r on its own GPU with rank r's states, and with the same number as if
+uninterrupted.
 """
 from __future__ import annotations
 

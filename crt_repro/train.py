@@ -295,16 +295,28 @@ class Logger:
 # Training
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG streams: the CPU's and Python's, and that of the one GPU it trains on
+    (not every visible GPU's: a run resumed on fewer GPUs would have nowhere to put the rest)."""
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(rng: dict, device: torch.device, rank: int) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    cuda = rng["cuda"]
+    if isinstance(cuda, list):  # an older checkpoint: every GPU rank ``rank`` saw, its own at index rank
+        cuda = cuda[rank]
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(out: Path, step: int, model, opt: Optimizers, task, clock: dict, precision: str,
-                    data: dict, world: distributed.World = distributed.World()) -> None:
+                    data: dict, device: torch.device, world: distributed.World = distributed.World()) -> None:
     """In data-parallel training every rank calls it (it gathers their states) and rank 0 writes."""
     task_state = task.state_dict()
-    rngs = distributed.gather(rng_state(), world)
+    rngs = distributed.gather(rng_state(device), world)
     if not world.is_main:
         return
     ck = {
@@ -342,11 +354,12 @@ def load_model_state(model, state: dict, path: Path) -> None:
                           "Delete it to start the run over, or train into another --out") from None
 
 
-def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict,
+def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict, device: torch.device,
                     world: distributed.World = distributed.World()) -> dict:
     """Restore a run from its checkpoint; one trained on other data is refused before anything
     of it is loaded (another vocabulary would otherwise fail as a shape mismatch). A checkpoint
-    of another number of ranks resumes too; a rank it holds no RNG state for seeds its own."""
+    of another number of ranks resumes too: rank r takes the RNG states rank r saved, on its
+    own device, and a rank it holds none for seeds its own."""
     ck = read_checkpoint(out / CHECKPOINT, "cpu")
     check_same_data(out, ck["data"], data, CHECKPOINT)
     load_model_state(model, ck["model"], out / CHECKPOINT)
@@ -356,11 +369,7 @@ def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict,
     if world.rank >= len(rngs):
         distributed.seed_rank(task.cfg, world, ck["step"])
         return ck
-    rng = rngs[world.rank]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(rngs[world.rank], device, world.rank)
     return ck
 
 
@@ -423,7 +432,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     step, precision = 0, resolve_precision(cfg, device)
     clock = {"train_s": 0.0, "wall_s": 0.0, "items": 0, "best_valid": None}
     if (out / CHECKPOINT).exists():
-        ck = load_checkpoint(out, model, opt, task, data, world)
+        ck = load_checkpoint(out, model, opt, task, data, device, world)
         # The precision a run started with is kept, so that one run is one precision throughout.
         step, clock, precision = ck["step"], ck["clock"], ck["precision"]
         if world.is_main:
@@ -486,7 +495,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
             clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
         if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals:
             clock["wall_s"] = wall_at_start + time.perf_counter() - started
-            save_checkpoint(out, step, model, opt, task, clock, precision, data, world)
+            save_checkpoint(out, step, model, opt, task, clock, precision, data, device, world)
         if on_step is not None:
             on_step(step)
     bar.close()
