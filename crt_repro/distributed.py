@@ -161,6 +161,15 @@ def gather_streams(state, world: World):
     return [torch.cat(layer) for layer in zip(*parts, strict=True)]
 
 
+def agree_max(value: int, world: World) -> int:
+    """The largest of the ranks' ``value``s, on every rank (through the CPU: no GPU sync)."""
+    if not world.parallel:
+        return value
+    t = torch.tensor([value])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather(obj, world: World) -> list:
     """Every rank's ``obj``, in rank order."""
     if not world.parallel:

@@ -14,10 +14,12 @@ import math
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,6 +42,35 @@ BEST = "best.pt"  # model weights of the best validation so far (run.report: bes
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stops and writes no metrics."""
+
+
+class Stopped(RuntimeError):
+    """A stop signal ended the run at a step boundary, after a checkpoint; the process exits with
+    128 + the signal's number (non-zero: a workflow retries the job, and the retry resumes)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextmanager
+def stop_signals():
+    """Within it, SIGTERM and SIGUSR1 do not kill the process: their numbers are appended to the
+    list it yields, for the training loop to stop at the next step boundary. Only the main thread
+    may set handlers; elsewhere the list stays empty and the signals keep their defaults."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    before = {s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield requested
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 # Profiles at GPU scale: there `run.device: auto` means CUDA, never a silent fall back to the CPU
@@ -452,52 +483,58 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
                disable=not interactive or not world.is_main)
     model.train()
     last_valid = None
-    while step < schedule.total and not stopped_early(cfg, clock):
-        t0 = time.perf_counter()
-        opt.set_lr_factor(schedule.lr_factor(step, cfg))
-        with autocast(precision, device):
-            loss, shown, items = step_loss(step)  # shown: the mean over all ranks' streams
-        if not torch.isfinite(shown):
-            raise TrainingDiverged(f"loss is {shown.item()} at step {step + 1} of run {out}; no metrics written "
-                                   "(lower optim.lr or raise optim.warmup_steps)")
-        opt.zero_grad()
-        loss.backward()
-        if cfg.optim.clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
-        opt.step()
-        post_step(model, step)
-        step += 1
-        dt = time.perf_counter() - t0
-        clock["train_s"] += dt
-        clock["items"] += items
-        bar.update(1)
-        if step % cfg.run.log_every == 0 or step == schedule.total:
-            rate = clock["items"] / max(clock["train_s"], 1e-9)
-            bar.set_postfix(loss=f"{shown.item():.3f}", tok_s=f"{rate:.0f}")
-            log.write(step=step, loss=shown.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
-            if not interactive and world.is_main:
-                eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
-                say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} {unit}/s "
-                    f"eta {datetime.timedelta(seconds=round(eta))}")
-        if step in evals:
-            if world.is_main:
-                r = evaluate_model(task, model, precision, device, "valid")
-                log.write(step=step, split="valid", items=clock["items"], **r)
-                last_valid = (step, r)
-                if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
-                    if cfg.run.report == "best_valid":
-                        atomic.torch_save(out / BEST, model.state_dict())
-                    clock["best_valid"] = {"step": step, "loss": r["loss"]}
-                    clock["evals_since_best"] = 0
-                else:
-                    clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
-            # Every rank stops where rank 0, which alone validates, says so.
-            clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
-        if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals:
-            clock["wall_s"] = wall_at_start + time.perf_counter() - started
-            save_checkpoint(out, step, model, opt, task, clock, precision, data, device, world)
-        if on_step is not None:
-            on_step(step)
+    # Slurm sends SIGTERM at a job's time limit (SIGUSR1 where asked to, before it).
+    with stop_signals() as requested:
+        while step < schedule.total and not stopped_early(cfg, clock):
+            t0 = time.perf_counter()
+            opt.set_lr_factor(schedule.lr_factor(step, cfg))
+            with autocast(precision, device):
+                loss, shown, items = step_loss(step)  # shown: the mean over all ranks' streams
+            if not torch.isfinite(shown):
+                raise TrainingDiverged(f"loss is {shown.item()} at step {step + 1} of run {out}; no metrics written "
+                                       "(lower optim.lr or raise optim.warmup_steps)")
+            opt.zero_grad()
+            loss.backward()
+            if cfg.optim.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+            opt.step()
+            post_step(model, step)
+            step += 1
+            dt = time.perf_counter() - t0
+            clock["train_s"] += dt
+            clock["items"] += items
+            bar.update(1)
+            if step % cfg.run.log_every == 0 or step == schedule.total:
+                rate = clock["items"] / max(clock["train_s"], 1e-9)
+                bar.set_postfix(loss=f"{shown.item():.3f}", tok_s=f"{rate:.0f}")
+                log.write(step=step, loss=shown.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
+                if not interactive and world.is_main:
+                    eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
+                    say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} {unit}/s "
+                        f"eta {datetime.timedelta(seconds=round(eta))}")
+            if step in evals:
+                if world.is_main:
+                    r = evaluate_model(task, model, precision, device, "valid")
+                    log.write(step=step, split="valid", items=clock["items"], **r)
+                    last_valid = (step, r)
+                    if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
+                        if cfg.run.report == "best_valid":
+                            atomic.torch_save(out / BEST, model.state_dict())
+                        clock["best_valid"] = {"step": step, "loss": r["loss"]}
+                        clock["evals_since_best"] = 0
+                    else:
+                        clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
+                # Every rank stops where rank 0, which alone validates, says so.
+                clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
+            signum = distributed.agree_max(requested[0] if requested else 0, world)  # the ranks stop together
+            if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals or signum:
+                clock["wall_s"] = wall_at_start + time.perf_counter() - started
+                save_checkpoint(out, step, model, opt, task, clock, precision, data, device, world)
+            if on_step is not None:
+                on_step(step)
+            if signum:
+                raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {step} of {schedule.total}; "
+                                      f"{out / CHECKPOINT} written: rerun the same command to resume")
     bar.close()
     if not world.is_main:
         return {}

@@ -67,6 +67,7 @@ rule cost_table:
         table=regex_of(PLAN.cost_tables),
     resources:
         gpu=table_gpu,
+        **SLURM_PLACE,
     shell:
         "{params.gpus}crt-repro table {wildcards.table} --profile {params.profile}"
         " --csv {output.csv} --md {output.md} > {log} 2>&1"

@@ -24,6 +24,9 @@ rule train:
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
+        runtime=train_runtime,
+        mem_mb=train_mem_mb,
+        **SLURM_PLACE,
     shell:
         "{params.gpus}crt-repro train {params.args} {params.nproc} --out {params.out} > {log} 2>&1"
 
@@ -38,3 +41,6 @@ use rule train as train_multi_gpu with:
     threads: train_threads
     resources:
         gpu=train_gpus,
+        runtime=train_runtime,
+        mem_mb=train_mem_mb,
+        **SLURM_PLACE,

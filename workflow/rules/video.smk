@@ -26,6 +26,7 @@ rule train_video:
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
+        **SLURM_PLACE,
     shell:
         "{params.gpus}crt-repro train {params.args} --out {params.out} > {log} 2>&1"
 
