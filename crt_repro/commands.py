@@ -56,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crt_repro import distributed
     from crt_repro.train import resolve_device, train
 
+    distributed.refuse_multi_node(dict(os.environ))
     device = resolve_device(cfg.run.device, cfg.profile)  # no usable device: one line, before torchrun
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
         distributed.check_gpu_count(args.nproc, device)

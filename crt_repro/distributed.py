@@ -59,6 +59,21 @@ def current() -> World:
     return World()
 
 
+def refuse_multi_node(env: dict[str, str]) -> None:
+    """Training runs on one machine. Across machines is untested: torchrun --standalone meets on
+    one, rank 0 alone writes the run directory every rank reads, and a rank's GPU is its
+    LOCAL_RANK. So a Slurm job on several nodes, or a torchrun across several (WORLD_SIZE above
+    LOCAL_WORLD_SIZE), stops here."""
+    nodes = int(env.get("SLURM_NNODES", "1"))
+    if nodes > 1:
+        raise ValueError(f"SLURM_NNODES={nodes}: training across nodes is not supported (untested); "
+                         "ask for one node (sbatch --nodes=1) and at most its GPUs (--nproc)")
+    world, local = int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    if world > local:
+        raise ValueError(f"WORLD_SIZE={world} with LOCAL_WORLD_SIZE={local}: torchrun across nodes is not supported "
+                         "(untested); train on one machine (crt-repro train --nproc N)")
+
+
 def check_gpu_count(nproc: int, device: torch.device) -> None:
     """One process per GPU: N processes on CUDA need N visible GPUs (a rank without one of its own
     would stop at torch.cuda.set_device, after torchrun has started the others)."""
