@@ -84,7 +84,8 @@ def cuda_unusable() -> str | None:
     if torch.cuda.is_available():
         return None
     if torch.version.cuda is None and torch.version.hip is None:
-        return f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build (README, PyTorch per platform)"
+        return (f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build "
+                "(README, PyTorch per platform)")
     return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and cannot use a GPU here: none is "
             f"visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) or the driver is "
             f"older than CUDA {torch.version.cuda} needs (see nvidia-smi)")
@@ -533,8 +534,8 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
             if on_step is not None:
                 on_step(step)
             if signum:
-                raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {step} of {schedule.total}; "
-                                      f"{out / CHECKPOINT} written: rerun the same command to resume")
+                raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {step} of "
+                                      f"{schedule.total}; {out / CHECKPOINT} written: rerun the same command to resume")
     bar.close()
     if not world.is_main:
         return {}
