@@ -35,6 +35,9 @@ include: "workflow/rules/video.smk"
 include: "workflow/rules/memory_reach.smk"
 
 
+# Jobs that run where snakemake runs, never submitted to a cluster: the targets, downloads (compute
+# nodes may have no network), and collecting runs into tables and figures (seconds each). The
+# train jobs, Table 6's timing (cost_table) and gradient reach are submitted.
 localrules:
     all,
     all_tables,
@@ -61,6 +64,17 @@ localrules:
     gradient_reach_ptb,
     curves_ptb_3layer,
     runs_csv,
+    download_ptb,
+    download_wikitext2,
+    download_wt103,
+    collect_table_runs,
+    ppl_table,
+    claims,
+    figure,
+    valid_curves,
+    collect_video_table_runs,
+    mca_table,
+    memory_reach_report,
 
 
 rule all:

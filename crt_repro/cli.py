@@ -16,6 +16,7 @@ DESCRIPTION = ("Reproduce \"Compact Recurrent Transformer with Persistent Memory
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "crt_repro.commands",
+    "crt_repro.gpus",
     "crt_repro.data.download",
     "crt_repro.cost",
     "crt_repro.bench",
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         # Errors of input (config, data, run dirs) and of the file system (permissions, a full
         # disk: OSError names the file) are reported in one line, not a traceback.
         print(f"crt-repro {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # crt_repro.train.Stopped: 128 + the signal's number
     finally:
         warnings.formatwarning = default_format
 

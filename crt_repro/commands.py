@@ -67,11 +67,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: give at least 1 process")
     cfg = build_config(args.profile, args.dataset, train_overrides(args))  # a bad config: one line, before torchrun
+    from crt_repro import distributed
+    from crt_repro.train import resolve_device, train
+
+    distributed.refuse_multi_node(dict(os.environ))
+    device = resolve_device(cfg.run.device, cfg.profile)  # no usable device: one line, before torchrun
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        distributed.check_gpu_count(args.nproc, device)
         return subprocess.run(torchrun_command(args.nproc, args.argv)).returncode
 
-    from crt_repro import distributed
-    from crt_repro.train import train
 
     world = distributed.init_from_env()
     metrics = train(cfg, args.out)

@@ -10,8 +10,10 @@ gradient of the mean over all B streams also when N does not divide B.
 
 Rank 0 alone writes the run directory, the log, the checkpoint and the metrics, and evaluates on
 the whole split with the whole model, exactly as one process does (the others wait at their next
-collective). The checkpoint holds the carried state of all B streams and the RNG state of every
-rank, so a run resumes with any number of ranks, and with the same number as if uninterrupted.
+collective). The checkpoint holds the carried state of all B streams and the RNG states of every
+rank (the CPU's, Python's and those of the one GPU the rank trains on), so a run resumes with any
+number of ranks, rank r on its own GPU with rank r's states, and with the same number as if
+uninterrupted.
 """
 from __future__ import annotations
 
@@ -55,6 +57,30 @@ def current() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return World()
+
+
+def refuse_multi_node(env: dict[str, str]) -> None:
+    """Training runs on one machine. Across machines is untested: torchrun --standalone meets on
+    one, rank 0 alone writes the run directory every rank reads, and a rank's GPU is its
+    LOCAL_RANK. So a Slurm job on several nodes, or a torchrun across several (WORLD_SIZE above
+    LOCAL_WORLD_SIZE), stops here."""
+    nodes = int(env.get("SLURM_NNODES", "1"))
+    if nodes > 1:
+        raise ValueError(f"SLURM_NNODES={nodes}: training across nodes is not supported (untested); "
+                         "ask for one node (sbatch --nodes=1) and at most its GPUs (--nproc)")
+    world, local = int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    if world > local:
+        raise ValueError(f"WORLD_SIZE={world} with LOCAL_WORLD_SIZE={local}: torchrun across nodes is not supported "
+                         "(untested); train on one machine (crt-repro train --nproc N)")
+
+
+def check_gpu_count(nproc: int, device: torch.device) -> None:
+    """One process per GPU: N processes on CUDA need N visible GPUs (a rank without one of its own
+    would stop at torch.cuda.set_device, after torchrun has started the others)."""
+    visible = torch.cuda.device_count() if device.type == "cuda" else nproc
+    if visible < nproc:
+        raise ValueError(f"--nproc {nproc}: {nproc} processes need {nproc} GPUs and {visible} are visible "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
 def init_from_env() -> World:
@@ -148,6 +174,15 @@ def gather_streams(state, world: World):
     if isinstance(parts[0], Tensor):
         return torch.cat(parts)
     return [torch.cat(layer) for layer in zip(*parts, strict=True)]
+
+
+def agree_max(value: int, world: World) -> int:
+    """The largest of the ranks' ``value``s, on every rank (through the CPU: no GPU sync)."""
+    if not world.parallel:
+        return value
+    t = torch.tensor([value])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def gather(obj, world: World) -> list:

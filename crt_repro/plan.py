@@ -7,6 +7,7 @@ that use them. The Snakefile imports it when it is parsed; it imports nothing he
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,44 @@ def runs_dir(profile: str) -> str:
     return f"results/{profile}/runs"
 
 
+# Cluster jobs (workflow/profiles/slurm): the time and memory a language run's train job asks for,
+# from the run's size.
+#   minutes = min(24 h, (30 + tokens trained x layers / GPU_LAYER_TOKENS_PER_S / 60) x 2^(attempt-1))
+#   mem_mb  = 8000 + 64 x corpus training tokens / 1e6
+# 30 minutes cover start-up and evaluations. GPU_LAYER_TOKENS_PER_S is a guess, no paper-profile
+# run on a GPU has been timed yet (set it from a run's metrics.json: train_tokens_per_s x layers);
+# a retry doubles the time, in case the guess was short. A run longer than JOB_MAX_MINUTES is cut
+# at the limit and its retry resumes from the checkpoint. 8 GB hold Python, torch, CUDA and the
+# model and optimiser copies a checkpoint makes; tokenising a corpus took 22 bytes per token
+# (WikiText-2), and 64 leave room for the vocabulary and the batches.
+JOB_MAX_MINUTES = 24 * 60
+GPU_LAYER_TOKENS_PER_S = 2e5  # 12,500 tokens/s at 16 layers: 40 h for a WikiText-103 run of 1.8e9 tokens
+# Training tokens (PTB, WikiText-2 with <eos>: ../shared/data/README.md; WikiText-103: its paper's
+# count); the generated corpora are small enough to count as none.
+CORPUS_TRAIN_TOKENS = {"ptb": 929_589, "wikitext-2": 2_088_628, "wt103": 103_227_021}
+
+
+def corpus_tokens(cfg) -> int:
+    return min(CORPUS_TRAIN_TOKENS.get(cfg.data.dataset, 0), cfg.data.max_train_tokens or math.inf)
+
+
+def train_tokens(cfg) -> float:
+    """The tokens a language run trains on: its budget in tokens, steps or epochs."""
+    o = cfg.optim
+    if o.max_tokens is not None:
+        return o.max_tokens
+    if o.max_steps is not None:
+        return o.max_steps * cfg.data.batch_size * cfg.data.seg_len * o.bptt_segments
+    return o.max_epochs * corpus_tokens(cfg)
+
+
+def job_minutes(cfg, attempt: int = 1) -> int:
+    minutes = 30 + train_tokens(cfg) * cfg.model.n_layer / GPU_LAYER_TOKENS_PER_S / 60
+    return min(JOB_MAX_MINUTES, math.ceil(minutes * 2 ** (attempt - 1)))
+
+
+def job_mem_mb(cfg) -> int:
+    return 8000 + math.ceil(64 * corpus_tokens(cfg) / 1e6)
 
 
 @dataclass(frozen=True)

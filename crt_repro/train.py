@@ -14,10 +14,12 @@ import math
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,12 +44,65 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stops and writes no metrics."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+class Stopped(RuntimeError):
+    """A stop signal ended the run at a step boundary, after a checkpoint; the process exits with
+    128 + the signal's number (non-zero: a workflow retries the job, and the retry resumes)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextmanager
+def stop_signals():
+    """Within it, SIGTERM and SIGUSR1 do not kill the process: their numbers are appended to the
+    list it yields, for the training loop to stop at the next step boundary. Only the main thread
+    may set handlers; elsewhere the list stays empty and the signals keep their defaults."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    before = {s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield requested
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+# Profiles at GPU scale: there `run.device: auto` means CUDA, never a silent fall back to the CPU
+# (a paper-profile run would take months there). A rule here, not the profile's run.device:
+# that key is part of the run id, and the paper runs keep theirs.
+CUDA_PROFILES = ("paper",)
+
+
+def cuda_unusable() -> str | None:
+    """Why this process cannot train on CUDA, in a few words; None where it can."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None and torch.version.hip is None:
+        return (f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build "
+                "(README, PyTorch per platform)")
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and cannot use a GPU here: none is "
+            f"visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) or the driver is "
+            f"older than CUDA {torch.version.cuda} needs (see nvidia-smi)")
+
+
+def resolve_device(name: str, profile: str = "") -> torch.device:
+    """``run.device`` as a device; ``auto`` is CUDA where usable, else the CPU, but under a
+    ``CUDA_PROFILES`` profile CUDA or an error saying why not."""
+    if name == "auto" and profile not in CUDA_PROFILES:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device='cuda': no CUDA device is available")
-    return torch.device(name)
+    why = cuda_unusable() if name in ("auto", "cuda") else None
+    if why and name == "auto":
+        raise ConfigError(f"run.device=auto means CUDA under the {profile} profile, and {why}; "
+                          "--device cpu trains on the CPU instead (another run id)")
+    if why:
+        raise ConfigError(f"run.device=cuda: {why}")
+    return torch.device("cuda" if name == "auto" else name)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -272,16 +327,28 @@ class Logger:
 # Training
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG streams: the CPU's and Python's, and that of the one GPU it trains on
+    (not every visible GPU's: a run resumed on fewer GPUs would have nowhere to put the rest)."""
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(rng: dict, device: torch.device, rank: int) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    cuda = rng["cuda"]
+    if isinstance(cuda, list):  # an older checkpoint: every GPU rank ``rank`` saw, its own at index rank
+        cuda = cuda[rank]
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(out: Path, step: int, model, opt: Optimizers, task, clock: dict, precision: str,
-                    data: dict, world: distributed.World = distributed.World()) -> None:
+                    data: dict, device: torch.device, world: distributed.World = distributed.World()) -> None:
     """In data-parallel training every rank calls it (it gathers their states) and rank 0 writes."""
     task_state = task.state_dict()
-    rngs = distributed.gather(rng_state(), world)
+    rngs = distributed.gather(rng_state(device), world)
     if not world.is_main:
         return
     ck = {
@@ -319,11 +386,12 @@ def load_model_state(model, state: dict, path: Path) -> None:
                           "Delete it to start the run over, or train into another --out") from None
 
 
-def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict,
+def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict, device: torch.device,
                     world: distributed.World = distributed.World()) -> dict:
     """Restore a run from its checkpoint; one trained on other data is refused before anything
     of it is loaded (another vocabulary would otherwise fail as a shape mismatch). A checkpoint
-    of another number of ranks resumes too; a rank it holds no RNG state for seeds its own."""
+    of another number of ranks resumes too: rank r takes the RNG states rank r saved, on its
+    own device, and a rank it holds none for seeds its own."""
     ck = read_checkpoint(out / CHECKPOINT, "cpu")
     check_same_data(out, ck["data"], data, CHECKPOINT)
     load_model_state(model, ck["model"], out / CHECKPOINT)
@@ -333,11 +401,7 @@ def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict,
     if world.rank >= len(rngs):
         distributed.seed_rank(task.cfg, world, ck["step"])
         return ck
-    rng = rngs[world.rank]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(rngs[world.rank], device, world.rank)
     return ck
 
 
@@ -372,7 +436,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     world = distributed.current()
     if world.is_main:
         check_run_dir(cfg, out)
-    device = world.device(resolve_device(cfg.run.device))
+    device = world.device(resolve_device(cfg.run.device, cfg.profile))
     if (out / METRICS).exists():
         metrics = read_record((out / METRICS).read_text(), str(out / METRICS), out)
         try:
@@ -400,7 +464,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     step, precision = 0, resolve_precision(cfg, device)
     clock = {"train_s": 0.0, "wall_s": 0.0, "items": 0, "best_valid": None}
     if (out / CHECKPOINT).exists():
-        ck = load_checkpoint(out, model, opt, task, data, world)
+        ck = load_checkpoint(out, model, opt, task, data, device, world)
         # The precision a run started with is kept, so that one run is one precision throughout.
         step, clock, precision = ck["step"], ck["clock"], ck["precision"]
         if world.is_main:
@@ -420,52 +484,58 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
                disable=not interactive or not world.is_main)
     model.train()
     last_valid = None
-    while step < schedule.total and not stopped_early(cfg, clock):
-        t0 = time.perf_counter()
-        opt.set_lr_factor(schedule.lr_factor(step, cfg))
-        with autocast(precision, device):
-            loss, shown, items = step_loss(step)  # shown: the mean over all ranks' streams
-        if not torch.isfinite(shown):
-            raise TrainingDiverged(f"loss is {shown.item()} at step {step + 1} of run {out}; no metrics written "
-                                   "(lower optim.lr or raise optim.warmup_steps)")
-        opt.zero_grad()
-        loss.backward()
-        if cfg.optim.clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
-        opt.step()
-        post_step(model, step)
-        step += 1
-        dt = time.perf_counter() - t0
-        clock["train_s"] += dt
-        clock["items"] += items
-        bar.update(1)
-        if step % cfg.run.log_every == 0 or step == schedule.total:
-            rate = clock["items"] / max(clock["train_s"], 1e-9)
-            bar.set_postfix(loss=f"{shown.item():.3f}", tok_s=f"{rate:.0f}")
-            log.write(step=step, loss=shown.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
-            if not interactive and world.is_main:
-                eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
-                say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} {unit}/s "
-                    f"eta {datetime.timedelta(seconds=round(eta))}")
-        if step in evals:
-            if world.is_main:
-                r = evaluate_model(task, model, precision, device, "valid")
-                log.write(step=step, split="valid", items=clock["items"], **r)
-                last_valid = (step, r)
-                if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
-                    if cfg.run.report == "best_valid":
-                        atomic.torch_save(out / BEST, model.state_dict())
-                    clock["best_valid"] = {"step": step, "loss": r["loss"]}
-                    clock["evals_since_best"] = 0
-                else:
-                    clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
-            # Every rank stops where rank 0, which alone validates, says so.
-            clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
-        if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals:
-            clock["wall_s"] = wall_at_start + time.perf_counter() - started
-            save_checkpoint(out, step, model, opt, task, clock, precision, data, world)
-        if on_step is not None:
-            on_step(step)
+    # Slurm sends SIGTERM at a job's time limit (SIGUSR1 where asked to, before it).
+    with stop_signals() as requested:
+        while step < schedule.total and not stopped_early(cfg, clock):
+            t0 = time.perf_counter()
+            opt.set_lr_factor(schedule.lr_factor(step, cfg))
+            with autocast(precision, device):
+                loss, shown, items = step_loss(step)  # shown: the mean over all ranks' streams
+            if not torch.isfinite(shown):
+                raise TrainingDiverged(f"loss is {shown.item()} at step {step + 1} of run {out}; no metrics written "
+                                       "(lower optim.lr or raise optim.warmup_steps)")
+            opt.zero_grad()
+            loss.backward()
+            if cfg.optim.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+            opt.step()
+            post_step(model, step)
+            step += 1
+            dt = time.perf_counter() - t0
+            clock["train_s"] += dt
+            clock["items"] += items
+            bar.update(1)
+            if step % cfg.run.log_every == 0 or step == schedule.total:
+                rate = clock["items"] / max(clock["train_s"], 1e-9)
+                bar.set_postfix(loss=f"{shown.item():.3f}", tok_s=f"{rate:.0f}")
+                log.write(step=step, loss=shown.item(), lr=opt.lr, items=clock["items"], items_per_s=rate)
+                if not interactive and world.is_main:
+                    eta = (schedule.total - step) * clock["train_s"] / max(step, 1)
+                    say(f"step {step}/{schedule.total} loss {shown.item():.3f} {rate:.0f} {unit}/s "
+                        f"eta {datetime.timedelta(seconds=round(eta))}")
+            if step in evals:
+                if world.is_main:
+                    r = evaluate_model(task, model, precision, device, "valid")
+                    log.write(step=step, split="valid", items=clock["items"], **r)
+                    last_valid = (step, r)
+                    if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
+                        if cfg.run.report == "best_valid":
+                            atomic.torch_save(out / BEST, model.state_dict())
+                        clock["best_valid"] = {"step": step, "loss": r["loss"]}
+                        clock["evals_since_best"] = 0
+                    else:
+                        clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
+                # Every rank stops where rank 0, which alone validates, says so.
+                clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
+            signum = distributed.agree_max(requested[0] if requested else 0, world)  # the ranks stop together
+            if step % cfg.run.checkpoint_every == 0 or step == schedule.total or step in evals or signum:
+                clock["wall_s"] = wall_at_start + time.perf_counter() - started
+                save_checkpoint(out, step, model, opt, task, clock, precision, data, device, world)
+            if on_step is not None:
+                on_step(step)
+            if signum:
+                raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {step} of "
+                                      f"{schedule.total}; {out / CHECKPOINT} written: rerun the same command to resume")
     bar.close()
     if not world.is_main:
         return {}
@@ -490,6 +560,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
     if world.parallel:
         metrics["device"] = f"{world.size} x {metrics['device']}"
+    metrics["processes"] = world.size
     metrics.update(steps=step, planned_steps=schedule.total, stopped_early=stopped_early(cfg, clock),
                    reported_step=reported, precision=precision, data_files=data,
                    train_epochs=clock["items"] / task.epoch_items,
@@ -563,6 +634,8 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         "git_sha": git_sha(),
         "torch_version": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device_type": device.type,
+        "visible_gpus": torch.cuda.device_count(),  # per process: CUDA_VISIBLE_DEVICES narrows it
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     for split, r in results.items():

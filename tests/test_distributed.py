@@ -123,3 +123,17 @@ def test_crt_repro_train_nproc_runs_under_torchrun(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["device"].startswith("2 x cpu") and len(losses(out)) == 4
     assert json.loads(done.stdout)["run_id"] == metrics["run_id"]  # printed once, by rank 0
+
+
+@pytest.mark.parametrize("env, named", [({"SLURM_NNODES": "2"}, "SLURM_NNODES=2"),
+                                        ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, "WORLD_SIZE=8 with LOCAL_WORLD_SIZE=4")])
+def test_training_across_nodes_is_refused_in_one_line(monkeypatch, capsys, tmp_path, env, named):
+    from crt_repro import cli
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = cli.main(["train", "--profile", "smoke", "--dataset", "synthetic", "--model", "transformer",
+                     "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and not (tmp_path / "run").exists()
+    assert err.startswith(f"crt-repro train: error: {named}: ") and "not supported" in err

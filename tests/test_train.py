@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,3 +128,30 @@ def test_run_dir_refuses_a_different_config(tmp_path):
     train(smoke(optim__max_steps=2), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="different run"):
         train(smoke(optim__max_steps=3), tmp_path / "run", progress=False)
+
+
+def test_sigusr1_checkpoints_at_the_next_step_and_the_rerun_ends_where_an_unbroken_run_does(tmp_path):
+    """Slurm's warning before a time limit (SIGTERM at it): a checkpoint at the next step boundary,
+    a non-zero exit so that the job is retried, and the retry resumes."""
+    def command(out):
+        return CLI + ["train", "--profile", "smoke", "--dataset", "synthetic", "--model", "transformer",
+                      "--layers", "1", "--seg-len", "9", "--set", "optim.max_steps=300", "--set", "run.log_every=1",
+                      "--set", "run.checkpoint_every=1000", "--out", str(out)]  # no checkpoint but the signal's
+
+    out = tmp_path / "signalled"
+    proc = subprocess.Popen(command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len((out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists()
+                                         else []) < 3:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR1, err[-2000:]
+    assert re.search(r"^crt-repro train: error: stopped by SIGUSR1 after step (\d+) of 300; .* rerun the same "
+                     r"command to resume$", err.strip().splitlines()[-1])
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 3 <= step < 300 and not (out / METRICS).exists()
+    subprocess.run(command(out), env=ENV, check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "whole"), env=ENV, check=True, capture_output=True)
+    resumed, whole = (json.loads((d / METRICS).read_text()) for d in (out, tmp_path / "whole"))
+    assert resumed["valid_loss"] == whole["valid_loss"] and resumed["test_loss"] == whole["test_loss"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from crt_repro.plan import plan_workflow, runs_dir
+from crt_repro.plan import job_mem_mb, job_minutes, plan_workflow, runs_dir
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
@@ -42,7 +42,7 @@ def _int_or_keep(value):
 def _coerce_cli_types(cfg):
     """`--config` parses lists and mappings with YAML's BaseLoader, i.e. as strings: turn the
     numbers back into numbers (the schema then checks the rest)."""
-    for key in ("data_dir", "smarthome_dir", "k400_checkpoint", "experiments"):
+    for key in ("data_dir", "smarthome_dir", "k400_checkpoint", "experiments", "slurm_partition", "slurm_account"):
         if cfg.get(key) in ("", "null", "None", "none", "~"):
             cfg[key] = None
     for key in ("video_two_stage", "beyond_paper"):
@@ -125,6 +125,27 @@ def train_nproc(wildcards, resources):
     """`--nproc N`: `crt-repro train` starts N data-parallel processes through torchrun, one per
     GPU the job got (a local `--resources gpu=1` caps a 4-GPU run to 1: then it trains in one)."""
     return f"--nproc {resources.gpu}" if resources.gpu > 1 else ""
+
+
+def with_gpus(wildcards, resources):
+    """`crt-repro with-gpus N -- ` before the command of a job that declares N GPUs: it runs on N
+    GPUs that no other job holds (Snakemake only counts GPUs, it does not assign them;
+    crt_repro/gpus.py); nothing before a job without GPUs."""
+    return f"crt-repro with-gpus {resources.gpu} -- " if resources.gpu else ""
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes of a train job on a cluster, from its run's size (crt_repro.plan.job_minutes)."""
+    return job_minutes(PLAN.runs[wildcards.run_id].config(), attempt)
+
+
+def train_mem_mb(wildcards):
+    return job_mem_mb(PLAN.runs[wildcards.run_id].config())
+
+
+# Where a cluster profile submits the jobs that are not local rules (null: the cluster's default
+# partition, and the account Slurm's plugin finds for the user).
+SLURM_PLACE = {key: config[key] for key in ("slurm_partition", "slurm_account") if config.get(key)}
 
 
 def train_threads(wildcards):

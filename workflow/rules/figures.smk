@@ -70,6 +70,8 @@ rule gradient_reach:
         data_dir=gradient_reach_data_dir,
     wildcard_constraints:
         seg="[0-9]+",
+    resources:
+        **SLURM_PLACE,
     shell:
         "crt-repro gradient-reach {params.runs} {params.data_dir} --segments 8 --csv {output.csv}"
         " -o {output.png} -o {output.pdf} > {log} 2>&1"

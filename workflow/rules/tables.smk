@@ -62,12 +62,14 @@ rule cost_table:
         CONDA_ENV
     params:
         profile=PROFILE,
+        gpus=with_gpus,
     wildcard_constraints:
         table=regex_of(PLAN.cost_tables),
     resources:
         gpu=table_gpu,
+        **SLURM_PLACE,
     shell:
-        "crt-repro table {wildcards.table} --profile {params.profile}"
+        "{params.gpus}crt-repro table {wildcards.table} --profile {params.profile}"
         " --csv {output.csv} --md {output.md} > {log} 2>&1"
 
 

@@ -17,14 +17,18 @@ rule train:
     params:
         args=train_args,
         nproc=train_nproc,
+        gpus=with_gpus,
         out=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         run_id=regex_of(PLAN.runs.keys() - MULTI_GPU_RUNS),
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
+        runtime=train_runtime,
+        mem_mb=train_mem_mb,
+        **SLURM_PLACE,
     shell:
-        "crt-repro train {params.args} {params.nproc} --out {params.out} > {log} 2>&1"
+        "{params.gpus}crt-repro train {params.args} {params.nproc} --out {params.out} > {log} 2>&1"
 
 
 # A run on several GPUs (config train_gpus: dataset -> N) is still one job: `crt-repro train
@@ -37,3 +41,6 @@ use rule train as train_multi_gpu with:
     threads: train_threads
     resources:
         gpu=train_gpus,
+        runtime=train_runtime,
+        mem_mb=train_mem_mb,
+        **SLURM_PLACE,

@@ -19,14 +19,16 @@ rule train_video:
         CONDA_ENV
     params:
         args=video_train_args,
+        gpus=with_gpus,
         out=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         run_id=regex_of(PLAN.video_runs),
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
+        **SLURM_PLACE,
     shell:
-        "crt-repro train {params.args} --out {params.out} > {log} 2>&1"
+        "{params.gpus}crt-repro train {params.args} --out {params.out} > {log} 2>&1"
 
 
 rule collect_video_table_runs:
