@@ -257,3 +257,14 @@ def test_a_started_dag_says_how_many_runs_and_hours_each_target_needs(tmp_path):
     assert "hours are an estimate from ~4,500 tokens/s per core at 3 x 128" in out
     hours = [int(re.search(r"about ([0-9,]+) core-hours", line).group(1).replace(",", "")) for line in lines]
     assert hours[0] > hours[1] > 0
+
+
+# --- issue 26, item 4: the README's set-up on an ordinary machine -----------------------------
+
+
+def test_readme_installs_the_cpu_wheel_and_names_no_path_beside_the_repository():
+    setup = code_blocks(readme_section("Set up"))
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in setup
+    assert "all_figures" in readme_section("Set up") and "about 10 minutes on 2 cores" in setup
+    for text in (README, (REPO / "REPRODUCTION.md").read_text()):
+        assert "../shared/data" not in text and "the issue" not in text
