@@ -268,3 +268,19 @@ def test_readme_installs_the_cpu_wheel_and_names_no_path_beside_the_repository()
     assert "all_figures" in readme_section("Set up") and "about 10 minutes on 2 cores" in setup
     for text in (README, (REPO / "REPRODUCTION.md").read_text()):
         assert "../shared/data" not in text and "the issue" not in text
+
+
+# --- issue 26, item 11: more processes than CPU cores ----------------------------------------
+
+
+def test_more_processes_than_cpu_cores_warns_in_one_line(capsys, monkeypatch):
+    import torch
+
+    from crt_repro import distributed
+
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    distributed.warn_cpu_oversubscribed(3, torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--nproc 3 starts 3 processes on 2 CPU cores" in err
+    distributed.warn_cpu_oversubscribed(2, torch.device("cpu"))
+    assert capsys.readouterr().err == ""
