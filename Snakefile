@@ -205,6 +205,10 @@ rule beyond_paper:
         [ancient(f"{run_dir(r)}/metrics.json") for t in PLAN.tables.values() for r in t.optional_run_ids],
 
 
+onstart:
+    print_compute_needed()
+
+
 # At the end of a run, where its outputs went; on failure, the cause from each failed job's log
 # on the console (a plain `snakemake` does not find workflow/profiles/default, whose
 # show-failed-logs prints whole logs; with it, the tails would only repeat them).

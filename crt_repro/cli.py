@@ -17,6 +17,7 @@ DESCRIPTION = ("Reproduce \"Compact Recurrent Transformer with Persistent Memory
 COMMAND_MODULES = [
     "crt_repro.commands",
     "crt_repro.gpus",
+    "crt_repro.resume",
     "crt_repro.data.download",
     "crt_repro.cost",
     "crt_repro.bench",

@@ -74,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.run.device, cfg.profile)  # no usable device: one line, before torchrun
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
         distributed.check_gpu_count(args.nproc, device)
+        distributed.warn_cpu_oversubscribed(args.nproc, device)
         return subprocess.run(torchrun_command(args.nproc, args.argv)).returncode
 
 

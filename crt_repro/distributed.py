@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,14 @@ def check_gpu_count(nproc: int, device: torch.device) -> None:
     if visible < nproc:
         raise ValueError(f"--nproc {nproc}: {nproc} processes need {nproc} GPUs and {visible} are visible "
                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+
+def warn_cpu_oversubscribed(nproc: int, device: torch.device) -> None:
+    """gloo processes on the CPU beyond its cores share them: the run is slower, not wrong."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type == "cpu" and nproc > cores:
+        print(f"crt-repro train: warning: --nproc {nproc} starts {nproc} processes on {cores} CPU cores: they "
+              f"share the cores (metrics.json records processes={nproc})", file=sys.stderr)
 
 
 def init_from_env() -> World:

@@ -59,6 +59,30 @@ def job_mem_mb(cfg) -> int:
     return 8000 + math.ceil(64 * corpus_tokens(cfg) / 1e6)
 
 
+# What the workflow prints when it starts: the compute a target's runs still need. A guess, not a
+# measurement: a token costs about layers x 12 d^2 (attention and feed-forward) + d x vocabulary
+# (the softmax), and each profile runs at one measured or guessed speed, tokens/s of a reference
+# shape (tokens/s, layers, d_model, vocabulary, on what): cpu, the pilot's ~4,500 tokens/s per
+# core at 3 x 128 on PTB; paper, GPU_LAYER_TOKENS_PER_S at 16 x 410 on WikiText-103. Epoch budgets
+# count every epoch: early stopping may end a run sooner.
+VOCAB_SIZES = {"ptb": 10_000, "wikitext-2": 33_278, "wt103": 267_735}
+ESTIMATE_SPEEDS = {"smoke": (4500, 3, 128, 10_000, "core"), "cpu": (4500, 3, 128, 10_000, "core"),
+                   "paper": (GPU_LAYER_TOKENS_PER_S / 16, 16, 410, 267_735, "GPU")}
+
+
+def _token_cost(layers: int, d_model: int, vocab: int) -> float:
+    return layers * 12 * d_model ** 2 + d_model * vocab
+
+
+def estimate_hours(profile: str, configs) -> float:
+    """Estimated core-hours (cpu, smoke) or GPU-hours (paper) of training these language runs."""
+    speed, *shape, _ = ESTIMATE_SPEEDS[profile]
+    per_s = speed * _token_cost(*shape)
+    return sum(train_tokens(c) * _token_cost(c.model.n_layer, c.model.d_model,
+                                             VOCAB_SIZES.get(c.data.dataset, 10_000)) / per_s
+               for c in configs) / 3600
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """The arguments of one ``crt-repro train`` call (without --data-dir/--out).

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import shared_data_dir
 from test_bad_input import TINY, write_ptb
-from workflow_helpers import REPO, copy_workflow, job_counts, needs_snakemake, snakemake
+from workflow_helpers import REPO, copy_workflow, job_counts, needs_snakemake, snakemake, train_run_ids
 
 from crt_repro.cli import main
 
@@ -215,3 +216,71 @@ def test_help_describes_the_tool_in_whole_sentences():
     description = " ".join(help_text.split("\n\n")[1].split())  # after the usage lines
     assert description.endswith(".") and "``" not in description, description  # it stopped at "the work and"
     assert "Compact Recurrent Transformer" in description
+
+
+# --- issue 26, item 0: runs.csv from the runs that have finished ------------------------------
+
+
+@needs_snakemake
+@pytest.mark.slow
+def test_runs_csv_alone_collects_the_finished_runs_with_their_tables(tmp_path):
+    wf = copy_workflow(tmp_path)
+    tiny = ["profile=smoke", "set={optim.max_tokens: 300, optim.warmup_steps: 1, data.batch_size: 2, "
+            "data.eval_batch_size: 2, data.max_eval_segments: 2}"]
+    run = next(r for r in train_run_ids(snakemake(wf, "-n", "table8_ablation", "--config", *tiny))
+               if r.startswith("synthetic-transformer-L3-n70-"))
+    snakemake(wf, "--cores", "1", f"results/smoke/runs/{run}/metrics.json", "--config", *tiny)
+    out = snakemake(wf, "--cores", "1", "runs_csv", "--config", *tiny)
+    assert job_counts(out) == {"runs_csv": 1}, out[-2000:]  # no training: the one run that finished
+    runs = pd.read_csv(wf / "results/smoke/runs.csv", keep_default_na=False)
+    assert list(runs["run_id"]) == [run]
+    assert {"table2_ptb_3layer", "table8_ablation"} <= set(runs["tables"].iloc[0].split(";"))
+    # all_tables still waits for every run before it builds runs.csv
+    assert job_counts(snakemake(wf, "-n", "all_tables", "--config", *tiny))["train"] > 1
+
+
+# --- issue 26, item 2: what a target will cost, when it starts --------------------------------
+
+
+@needs_snakemake
+def test_a_started_dag_says_how_many_runs_and_hours_each_target_needs(tmp_path):
+    wf = copy_workflow(tmp_path)
+    (wf / "corpora").mkdir()
+    # --touch starts the DAG (onstart) without running the jobs' commands
+    out = snakemake(wf, "--cores", "1", "--touch", "all", "table3_ptb_16layer", "table1_complexity",
+                    "--config", "profile=cpu", "data_dir=corpora")
+    lines = [line for line in out.splitlines() if " training runs under the cpu profile" in line]
+    assert len(lines) == 2, out[-3000:]  # table1_complexity trains nothing
+    assert re.fullmatch(r"crt-repro workflow: all needs 106 of its 106 training runs under the cpu profile, "
+                        r"about [0-9,]+ core-hours", lines[0]), lines
+    assert lines[1].startswith("crt-repro workflow: table3_ptb_16layer needs 18 of its 18 training runs")
+    assert "hours are an estimate from ~4,500 tokens/s per core at 3 x 128" in out
+    hours = [int(re.search(r"about ([0-9,]+) core-hours", line).group(1).replace(",", "")) for line in lines]
+    assert hours[0] > hours[1] > 0
+
+
+# --- issue 26, item 4: the README's set-up on an ordinary machine -----------------------------
+
+
+def test_readme_installs_the_cpu_wheel_and_names_no_path_beside_the_repository():
+    setup = code_blocks(readme_section("Set up"))
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in setup
+    assert "all_figures" in readme_section("Set up") and "about 10 minutes on 2 cores" in setup
+    for text in (README, (REPO / "REPRODUCTION.md").read_text()):
+        assert "../shared/data" not in text and "the issue" not in text
+
+
+# --- issue 26, item 11: more processes than CPU cores ----------------------------------------
+
+
+def test_more_processes_than_cpu_cores_warns_in_one_line(capsys, monkeypatch):
+    import torch
+
+    from crt_repro import distributed
+
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    distributed.warn_cpu_oversubscribed(3, torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--nproc 3 starts 3 processes on 2 CPU cores" in err
+    distributed.warn_cpu_oversubscribed(2, torch.device("cpu"))
+    assert capsys.readouterr().err == ""

@@ -6,13 +6,19 @@ the repository's results/ (or a workflow someone runs there).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from workflow_helpers import (
+    BIN,
+    SNAKEMAKE,
     copy_workflow,
     job_counts,
     needs_snakemake,
@@ -143,3 +149,25 @@ def test_every_paper_target_is_a_rule(wf):
             "table4_wt103_3layer", "table5_wt103_16layer", "table6_cost", "table8_ablation", "table9_ptb_3layer_rnn",
             "table10_ptb_16layer_rnn", "table11_wt103_3layer_rnn", "table12_wt103_16layer_rnn", "fig5_ptb_3layer",
             "fig6_ptb_16layer"} <= targets
+
+
+@pytest.mark.slow
+def test_one_command_finishes_a_target_after_a_killed_snakemake(wf):
+    """SIGKILL to Snakemake's process group as soon as a run has written its metrics.json (before
+    Snakemake marks it complete), --unlock, then the README's one command (crt-repro workflow)."""
+    command = ["--cores", "2", "table8_ablation", "--config", *TINY]
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    first = subprocess.Popen([SNAKEMAKE, *command], cwd=wf, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(wf.glob("results/smoke/runs/*/metrics.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (wf / "results/smoke/tables/table8_ablation.csv").exists()
+    snakemake(wf, "--unlock", *command)
+    p = subprocess.run([BIN / "crt-repro", "workflow", "--", *command], cwd=wf, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert (wf / "results/smoke/tables/table8_ablation.csv").is_file()
+    assert "Nothing to be done" in snakemake(wf, "-n", *command)

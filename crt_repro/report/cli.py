@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="combine runs CSVs from several machines: a run's result columns must agree "
                                        "(else an error); its machine columns (timing, memory, device, date) "
                                        "are the first CSV's")
-    p.add_argument("csvs", nargs="+", metavar="CSV")
+    p.add_argument("csvs", nargs="*", metavar="CSV", help="none: a runs CSV of the header alone")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_merge)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from crt_repro.plan import job_mem_mb, job_minutes, plan_workflow, runs_dir
+from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow, runs_dir
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
@@ -252,6 +252,89 @@ BUILT_VIDEO_TABLES = [t for t in PLAN.video_tables if t not in SKIPPED_VIDEO_TAB
 ALL_TABLE_FILES = [f for t in [*PLAN.cost_tables, *PLAN.tables, *BUILT_VIDEO_TABLES] for f in table_files(t)]
 ALL_FIGURE_FILES = [f for fig in PLAN.figures for f in figure_files(fig)] + [
     f"{FIGURES}/valid_curves_table2_ptb_3layer.{ext}" for ext in ("png", "pdf")]
+
+def targets():
+    """The targets of this invocation (none named: the default, all). Known once the DAG is built
+    (input functions, onstart), not when the Snakefile is parsed."""
+    return set(workflow.dag_settings.targets) or {"all"}
+
+
+def is_finished(run_id):
+    return Path(f"{run_dir(run_id)}/metrics.json").is_file()
+
+
+def table_run_ids(table):
+    """The runs a table needs: a video table's measured runs and the runs they start from."""
+    if table in PLAN.video_tables:
+        runs = PLAN.video_tables[table].run_ids
+        return [*runs, *(PLAN.video_runs[r].init_run for r in runs if PLAN.video_runs[r].init_run)]
+    return PLAN.tables[table].run_ids if table in PLAN.tables else []  # cost tables train nothing
+
+
+# The runs of every table `all` and `all_tables` build, each once (figures, claims and gradient
+# reach use the same runs).
+ALL_RUN_IDS = list(dict.fromkeys(r for t in [*PLAN.tables, *BUILT_VIDEO_TABLES] for r in table_run_ids(t)))
+
+
+def target_run_ids(target):
+    if target in ("all", "all_tables"):
+        return ALL_RUN_IDS
+    return table_run_ids(PLAN.figures.get(target, target))
+
+
+def compute_needed(target):
+    """One line: how many runs ``target`` still trains, and a guess of their compute."""
+    runs = target_run_ids(target)
+    todo = [r for r in runs if not is_finished(r)]
+    language = [PLAN.runs[r].config() for r in todo if r in PLAN.runs]
+    speed, layers, d_model, vocab, unit = ESTIMATE_SPEEDS[PROFILE]
+    hours = f", about {estimate_hours(PROFILE, language):,.0f} {unit}-hours" if todo else ""
+    video = f" ({len(todo) - len(language)} video runs not estimated)" if len(language) < len(todo) else ""
+    return (f"crt-repro workflow: {target} needs {len(todo)} of its {len(runs)} training runs under the "
+            f"{PROFILE} profile{hours}{video}")
+
+
+def print_compute_needed():
+    """When a DAG starts (onstart), what it will cost (README, "What you can type"). The hours are
+    an estimate: the profile's guessed speed, scaled by each run's layers and vocabulary."""
+    headline = sorted(t for t in targets() if t in ("all", "all_tables") or target_run_ids(t))
+    for target in headline:
+        print(compute_needed(target), file=sys.stderr)
+    if headline:
+        speed, layers, d_model, vocab, unit = ESTIMATE_SPEEDS[PROFILE]
+        print(f"crt-repro workflow: hours are an estimate from ~{speed:,.0f} tokens/s per {unit} at {layers} x "
+              f"{d_model}, vocabulary {vocab:,}, scaled by each run's layers and vocabulary; early stopping "
+              f"may end runs sooner", file=sys.stderr)
+
+
+
+def collected_run_ids(table):
+    """The runs of a table's runs CSV (a video table's measured runs, not their first stage)."""
+    return (PLAN.tables.get(table) or PLAN.video_tables[table]).run_ids
+
+
+RUNS_CSV_TABLES = [*PLAN.tables, *BUILT_VIDEO_TABLES]
+
+
+def runs_csv_metrics(wildcards):
+    """The runs results/<profile>/runs.csv holds: under all or all_tables every run of their tables
+    (it is built after them); asked for alone (target runs_csv), the runs that have finished, so
+    that it is the one file to send while the others train."""
+    complete = targets() & {"all", "all_tables"}
+    runs = dict.fromkeys(r for t in RUNS_CSV_TABLES for r in collected_run_ids(t))
+    return [ancient(f"{run_dir(r)}/metrics.json") for r in runs if complete or is_finished(r)]
+
+
+def runs_csv_collect(wildcards, input):
+    """A `crt-repro collect` per table of its runs among ``input`` (tagged with the table) into
+    $tmp, then `crt-repro merge` of them, which unites a shared run's tags (no run yet: a header)."""
+    given, commands, parts = set(input), [], []
+    for table in RUNS_CSV_TABLES:
+        metrics = [m for m in (f"{run_dir(r)}/metrics.json" for r in collected_run_ids(table)) if m in given]
+        if metrics:
+            parts.append(f"$tmp/{table}.csv")
+            commands.append(f"crt-repro collect --tag {table} --check-dir-names -o {parts[-1]} {' '.join(metrics)}")
+    return " && ".join([*commands, f"crt-repro merge {' '.join(parts)}"])
 
 # Software of every job: the package's `crt-repro` CLI. Jobs run in the current environment;
 # with `--sdm conda` snakemake builds this environment (the package installed from this

@@ -1,0 +1,44 @@
+"""``crt-repro workflow -- SNAKEMAKE-ARGS ...``: run the workflow until its targets are built.
+
+After a killed Snakemake (and ``snakemake --unlock``), ``snakemake --rerun-incomplete`` reruns the
+jobs it killed and may then stop, exit 0, with jobs of the target still unbuilt: a killed train
+job whose metrics.json had been written is forced, and Snakemake (9.x) does not follow a forced
+job to the jobs that read its output as ancient() and find it present (the workflow marks the
+runs' metrics.json ancient; workflow/rules/common.smk says why), so those jobs and the other runs
+they need are left out of that pass. This command runs ``snakemake --rerun-incomplete ARGS``
+until a dry run finds nothing to do (at most MAX_PASSES passes).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+MAX_PASSES = 3
+
+
+def nothing_to_do(command: list[str]) -> bool:
+    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
+    return dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    given = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    if not given:
+        raise ValueError("no snakemake arguments given: crt-repro workflow -- --cores 2 TARGET --config ...")
+    command = ["snakemake", *given, "--rerun-incomplete"]
+    for n in range(1, MAX_PASSES + 1):
+        rc = subprocess.call(command)
+        if rc != 0 or nothing_to_do(command):
+            return rc
+        print(f"crt-repro workflow: pass {n} left jobs of the targets unbuilt; running again", file=sys.stderr)
+    print(f"crt-repro workflow: error: jobs still unbuilt after {MAX_PASSES} passes: {' '.join(command)} -n "
+          f"lists them", file=sys.stderr)
+    return 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("workflow", help="run snakemake with these arguments (and --rerun-incomplete) until its targets "
+                       "are built: the one command that finishes a target after a killed Snakemake")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="-- SNAKEMAKE-ARGS ...")
+    p.set_defaults(func=cmd_workflow)
