@@ -284,3 +284,22 @@ def test_more_processes_than_cpu_cores_warns_in_one_line(capsys, monkeypatch):
     assert err.count("\n") == 1 and "--nproc 3 starts 3 processes on 2 CPU cores" in err
     distributed.warn_cpu_oversubscribed(2, torch.device("cpu"))
     assert capsys.readouterr().err == ""
+
+
+# --- issue 26, item 10: workflow config that cannot work --------------------------------------
+
+
+@needs_snakemake
+@pytest.mark.parametrize("setting, message", [
+    ("bogus_key=1", "workflow config: Additional properties are not allowed ('bogus_key' was unexpected)"),
+    ("set={model.d_model: 0}", "workflow config (set, layers, seeds or experiments): model.d_model=0: must be >= 1"),
+    ("set={model.n_layer: 4}", "--layers 3 and --set model.n_layer=4 disagree"),
+    ("data_dir=", "data_dir is empty: give the folder that holds ptb/ and wikitext-2/"),
+])
+def test_a_workflow_config_that_cannot_work_stops_in_one_line(tmp_path, setting, message):
+    """Before planning: the offending key and why, in one line, not a traceback or a schema dump."""
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=smoke", setting, check=False)
+    errors = [line for line in out.splitlines() if line.startswith("crt-repro workflow: error: ")]
+    assert len(errors) == 1 and message in errors[0], out[-3000:]
+    assert "Traceback" not in out and "Job stats" not in out and "properties:" not in out

@@ -42,6 +42,11 @@ def _int_or_keep(value):
 def _coerce_cli_types(cfg):
     """`--config` parses lists and mappings with YAML's BaseLoader, i.e. as strings: turn the
     numbers back into numbers (the schema then checks the rest)."""
+    # `--config data_dir=` reaches the config as None, like no data_dir at all: only the command line
+    # tells them apart. An empty value is a forgotten path, not a wish to download.
+    if cfg.get("data_dir") in ("", None) and "data_dir=" in sys.argv:
+        raise WorkflowInputError("data_dir is empty: give the folder that holds ptb/ and wikitext-2/, or leave "
+                                 "data_dir out to download the corpora into data/")
     for key in ("data_dir", "smarthome_dir", "k400_checkpoint", "experiments", "slurm_partition", "slurm_account"):
         if cfg.get(key) in ("", "null", "None", "none", "~"):
             cfg[key] = None
@@ -68,12 +73,27 @@ if config.get("profile") in PROFILES:
     for _key, _value in _read_yaml(WORKFLOW_DIR / "config" / f"{config['profile']}.yaml").items():
         config.setdefault(_key, _value)
 _coerce_cli_types(config)
-validate(config, "../schemas/config.schema.yaml")
+
+
+def _validated(data, schema, what):
+    """The schema's verdict in one line: the violated rule and where, not the schema itself."""
+    from snakemake.exceptions import WorkflowError
+
+    try:
+        validate(data, schema)
+    except WorkflowError as e:
+        causes = [str(a) for a in e.args if a] + [str(c) for c in getattr(e, "__cause__", None) and [e.__cause__] or []]
+        detail = next((line for c in causes for line in c.splitlines() if line.startswith("ValidationError")), None)
+        first = detail or next((line for c in causes for line in c.splitlines() if line.strip()), str(e))
+        raise WorkflowInputError(f"{what}: {first.removeprefix('ValidationError: ')}") from None
+
+
+_validated(config, "../schemas/config.schema.yaml", "workflow config")
 
 # A user's own experiments file (rows for their own models, README "How to add your own model"):
 # --config experiments=my_experiments.yaml
 EXPERIMENTS = _read_yaml(config.get("experiments") or WORKFLOW_DIR / "config" / "experiments.yaml")
-validate(EXPERIMENTS, "../schemas/experiments.schema.yaml")
+_validated(EXPERIMENTS, "../schemas/experiments.schema.yaml", config.get("experiments") or "experiments.yaml")
 
 PROFILE = config["profile"]
 RESULTS = f"results/{PROFILE}"
@@ -86,7 +106,10 @@ if DATA_DIR is not None and not Path(DATA_DIR).is_dir():
         f"wikitext-2/ (or wikitext-103/), or leave data_dir out and the workflow downloads the corpora into data/")
 SMARTHOME_DIR = config["smarthome_dir"]  # checked by the video runs that need it (video.smk)
 K400_CHECKPOINT = config["k400_checkpoint"]
-PLAN = plan_workflow(EXPERIMENTS, config, PROFILE, DATA_DIR)
+try:
+    PLAN = plan_workflow(EXPERIMENTS, config, PROFILE, DATA_DIR)
+except ValueError as e:  # ConfigError included: a `set:` value, a table's grid, a plugin model
+    raise WorkflowInputError(f"workflow config (set, layers, seeds or experiments): {e}") from None
 GPU = int(config["gpu"])
 TRAIN_THREADS = int(config["threads"])
 # A run of a dataset listed here trains on that many GPUs in one job (torchrun inside it).
