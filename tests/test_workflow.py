@@ -117,6 +117,12 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
     snakemake(wf, "--report", "report.html", "table8_ablation", "--config", *TINY)
     html = (wf / "report.html").read_text(errors="replace")
     assert "table8_ablation.csv" in html and "Tables" in html
+    # ... and the profile's report holds what it has and names what it has not (issue 26, item 1)
+    out = snakemake(wf, "--report", "all.html", "report_contents", "--config", *TINY)
+    html = (wf / "all.html").read_text(errors="replace")
+    assert "table8_ablation.csv" in html and "table2_ptb_3layer.csv" not in html
+    said = next(line for line in out.splitlines() if line.startswith("crt-repro workflow: the report holds"))
+    assert "not built yet, so not in it: " in said and "results/smoke/tables/table2_ptb_3layer.csv" in said
 
     (wf / "x").mkdir()
     other = snakemake(wf, "-n", "table8_ablation", "--config", *TINY[1:], "profile=cpu", "data_dir=x")
