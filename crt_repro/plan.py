@@ -190,7 +190,8 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
     settings (workflow/config/<profile>.yaml merged with the user's --config) into runs.
 
     settings: ``seeds`` (list), ``extra_seeds`` (table -> {seg_lens, seeds}: more seeds for some
-    segment lengths of one table, e.g. the cells a claim compares), ``layers`` (paper layer count -> this profile's), ``datasets``
+    segment lengths of one table), ``declared_claims`` (a claims file: each cell it declares runs
+    its seeds), ``layers`` (paper layer count -> this profile's), ``datasets``
     (paper dataset -> this profile's), ``datasets_without_data_dir`` (applied after ``datasets``
     when no data_dir is given), ``set`` (section.key -> value: extra overrides of every run).
     Every (model, rnn, seg_len) of a table must be a row of the paper's table, and vice versa.
@@ -206,6 +207,7 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
     no_data = dict(settings.get("datasets_without_data_dir") or {}) if data_dir is None else {}
     sets = _sets(settings.get("set"))
     extra_seeds = dict(settings.get("extra_seeds") or {})
+    claim_seeds = declared_claim_seeds(settings.get("declared_claims"), experiments)
     unknown = sorted(set(extra_seeds) - set(experiments.get("tables") or {}))
     if unknown:
         raise ResultsError(f"extra_seeds: {', '.join(unknown)} is not a perplexity table of experiments.yaml")
@@ -234,6 +236,8 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
             for n in t["seg_lens"]:
                 cell_seeds = seeds + [int(s) for s in extra.get("seeds") or []
                                       if int(n) in {int(k) for k in extra.get("seg_lens") or []} and int(s) not in seeds]
+                cell = (t["dataset"], int(t["layers"]), m["model"], m.get("rnn") or "", int(n))
+                cell_seeds += [s for s in claim_seeds.get(cell, ()) if s not in cell_seeds]
                 for seed in cell_seeds:
                     spec = RunSpec(profile, dataset, m["model"], layers, int(n), seed, m.get("rnn") or None, sets)
                     rid = spec.run_id()
@@ -255,6 +259,27 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
         runs.setdefault(rid, spec)
     return Plan(profile, data_dir, runs, tables, figures, list(experiments.get("cost_tables") or []),
                 video_runs, video_tables, list(reach))
+
+
+def declared_claim_seeds(path: str | None, experiments: dict[str, Any]
+                         ) -> dict[tuple[str, int, str, str, int], tuple[int, ...]]:
+    """(dataset, layers, model, rnn, seg_len) -> seeds of every cell a claims file declares
+    (setting ``declared_claims``), in whichever table it appears: the workflow runs each, and a
+    run two tables share (Table 8's CRT is Table 2's) has the same seeds in both."""
+    if not path:
+        return {}
+    from crt_repro.report.claims import load_declaration
+
+    declared = load_declaration(path)
+    tables = experiments.get("tables") or {}
+    seeds = {}
+    for comp in declared.comparisons:
+        for c in (comp.a, comp.b):
+            if c.table not in tables:
+                raise ResultsError(f"{path}: {c.table} is not a table of experiments.yaml")
+            t = tables[c.table]
+            seeds[(t["dataset"], int(t["layers"]), c.model, c.rnn, c.seg_len)] = declared.seeds
+    return seeds
 
 
 def plan_memory_reach(spec: dict[str, Any], settings: dict[str, Any], profile: str) -> dict[str, RunSpec]:

@@ -26,7 +26,6 @@ for spec in "transformer 17" "transformer 70" "crt 17"; do
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-mkdir -p figures/cpu
-crt-repro run-curves "$out"/ptb-*/ -o figures/cpu/pilot.png -o figures/cpu/pilot.pdf \
+crt-repro run-curves "$out"/ptb-*/ -o "$out/curves.png" -o "$out/curves.pdf" \
     --title "cpu pilot (PTB, 3 x 128, seed 0): 30-epoch cosine, 2,800 tokens per step, patience 3"
 exit $status

@@ -86,18 +86,21 @@ def test_macs_ratio_column_is_the_cost_models_ratio():
 
     kw = dict(d_model=16, layers=2, vocab=20)
     macs = bench.forward_macs(["transformer", "crt-ncgru"], [5], [1, 3], **kw)
-    tr = forward_cost(bench.BenchSpec("transformer", "", 5, **kw).config(), 20)["macs_fwd"]
+    tr_cfg = bench.BenchSpec("transformer", "", 5, **kw).config()
+    tr = forward_cost(tr_cfg, 20)["macs_fwd"]
     nc_cfg = bench.BenchSpec("crt", "ncgru", 5, **kw).config()
     nc = forward_cost(nc_cfg, 20)["macs_fwd"]
     assert macs[("transformer", 5, 1)] == tr and macs[("crt-ncgru", 5, 1)] == nc > tr
-    assert macs[("transformer", 5, 3)] == 3 * tr
+    # The relative positions' W_r R (n x d x d per layer) is paid once per segment, not per stream
+    assert tr_cfg.model.baseline_positions == "relative"
+    assert macs[("transformer", 5, 3)] == segment_macs(tr_cfg, 20, batch=3) == 3 * tr - 2 * 2 * 5 * 16**2
     # NCGRU's d^3 Cayley product is paid once per segment, not once per stream
     assert macs[("crt-ncgru", 5, 3)] == segment_macs(nc_cfg, 20, batch=3) == 3 * nc - 2 * 2 * 16**3
     rows = bench.bench(["transformer", "crt-ncgru"], [5], modes=["train"], **TINY)
     table = bench.format_table(rows, macs).splitlines()
     assert "MACs x TR" in table[0]
     crt_line = next(line for line in table if line.startswith("crt-ncgru"))
-    assert f"{macs[('crt-ncgru', 5, 3)] / (3 * tr):.2f}" in crt_line.split()
+    assert f"{macs[('crt-ncgru', 5, 3)] / macs[('transformer', 5, 3)]:.2f}" in crt_line.split()
 
 
 def test_table6_rows_in_paper_order_with_paper_numbers():

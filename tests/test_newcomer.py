@@ -251,7 +251,7 @@ def test_a_started_dag_says_how_many_runs_and_hours_each_target_needs(tmp_path):
                     "--config", "profile=cpu", "data_dir=corpora")
     lines = [line for line in out.splitlines() if " training runs under the cpu profile" in line]
     assert len(lines) == 2, out[-3000:]  # table1_complexity trains nothing
-    assert re.fullmatch(r"crt-repro workflow: all needs 106 of its 106 training runs under the cpu profile, "
+    assert re.fullmatch(r"crt-repro workflow: all needs 122 of its 122 training runs under the cpu profile, "
                         r"about [0-9,]+ core-hours", lines[0]), lines
     assert lines[1].startswith("crt-repro workflow: table3_ptb_16layer needs 18 of its 18 training runs")
     assert "hours are an estimate from ~4,500 tokens/s per core at 3 x 128" in out
@@ -291,7 +291,7 @@ def test_more_processes_than_cpu_cores_warns_in_one_line(capsys, monkeypatch):
 
 @needs_snakemake
 @pytest.mark.parametrize("setting, message", [
-    ("bogus_key=1", "workflow config: Additional properties are not allowed ('bogus_key' was unexpected)"),
+    ("bogus_key=1", "workflow config fails validation: Additional properties are not allowed ('bogus_key' was unexpected)"),
     ("set={model.d_model: 0}", "workflow config (set, layers, seeds or experiments): model.d_model=0: must be >= 1"),
     ("set={model.n_layer: 4}", "--layers 3 and --set model.n_layer=4 disagree"),
     ("data_dir=", "data_dir is empty: give the folder that holds ptb/ and wikitext-2/"),

@@ -348,3 +348,20 @@ def test_every_committed_cpu_run_keeps_its_id_and_is_planned_by_the_workflow():
     assert len(archived) == 58
     for path in archived:
         assert load_config_file(path).run_id() == path.parent.name, path
+
+
+def test_every_cell_the_claims_declare_runs_its_declared_seeds_in_every_table():
+    """The cpu plan runs seeds 0-3 of each cell workflow/config/claims.yaml compares, in whichever
+    table shows that cell (Table 2's CRT at 70 is Table 8's), and two seeds elsewhere."""
+    from crt_repro.report.claims import load_declaration
+
+    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x")
+    declared = load_declaration(REPO / "workflow/config/claims.yaml")
+    cells = {(c.model, c.rnn, c.seg_len) for comp in declared.comparisons for c in (comp.a, comp.b)}
+    for name in ("table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn"):
+        seeds: dict = {}
+        for rid in plan.tables[name].run_ids:
+            spec = plan.runs[rid]
+            seeds.setdefault((spec.model, spec.rnn or "", spec.seg_len), set()).add(spec.seed)
+        for cell, got in seeds.items():
+            assert got == (set(declared.seeds) if cell in cells else {0, 1}), (name, cell, got)

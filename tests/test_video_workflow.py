@@ -72,7 +72,7 @@ def test_cpu_and_paper_need_smarthome_dir(wf, tmp_path):
         counts = job_counts(out)
         assert counts["ppl_table"] == 9 and counts["runs_csv"] == 1 and not video_rules & set(counts), counts
     # the language tables do not need it
-    assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))["train"] == 24
+    assert job_counts(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))["train"] == 30
     clips = tmp_path / "clips"
     clips.mkdir()
     out = snakemake(wf, "-n", "-p", "table13_smarthome_rnn", "--config", "profile=paper", f"smarthome_dir={clips}")

@@ -72,9 +72,9 @@ def test_profile_change_changes_the_runs(wf):
     (wf / "x").mkdir()
     smoke = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=smoke", "data_dir=x"))
     cpu = train_run_ids(snakemake(wf, "-n", "table2_ptb_3layer", "--config", "profile=cpu", "data_dir=x"))
-    # cpu: two seeds, and a third at 17 and 70 tokens (workflow/config/cpu.yaml's extra_seeds)
-    assert len(smoke) == 9 and len(cpu) == 9 * 2 + 6 and not smoke & cpu
-    assert sum("-n35-" in r for r in cpu) == 6 and sum("-n17-" in r for r in cpu) == 9
+    # cpu: two seeds, and seeds 2 and 3 of the six cells the claims compare (workflow/config/claims.yaml)
+    assert len(smoke) == 9 and len(cpu) == 9 * 2 + 6 * 2 and not smoke & cpu
+    assert sum("-n35-" in r for r in cpu) == 8 and sum("-n17-" in r for r in cpu) == 12
     # the smoke profile's 16-layer tables run 4 layers; its WikiText tables run WikiText-2
     t5 = train_run_ids(snakemake(wf, "-n", "table5_wt103_16layer", "--config", "profile=smoke", "data_dir=x"))
     assert t5 and all(r.startswith("wikitext-2-") and "-L4-" in r for r in t5)
@@ -127,7 +127,7 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
     (wf / "x").mkdir()
     other = snakemake(wf, "-n", "table8_ablation", "--config", *TINY[1:], "profile=cpu", "data_dir=x")
     ids = train_run_ids(other)
-    assert job_counts(other)["train"] == 8 and not ids & runs  # the cpu profile: two seeds
+    assert job_counts(other)["train"] == 16 and not ids & runs  # the cpu profile: the claims' four seeds
 
 
 def test_lint_is_clean(wf):

@@ -47,7 +47,8 @@ def _coerce_cli_types(cfg):
     if cfg.get("data_dir") in ("", None) and "data_dir=" in sys.argv:
         raise WorkflowInputError("data_dir is empty: give the folder that holds ptb/ and wikitext-2/, or leave "
                                  "data_dir out to download the corpora into data/")
-    for key in ("data_dir", "smarthome_dir", "k400_checkpoint", "experiments", "slurm_partition", "slurm_account"):
+    for key in ("data_dir", "smarthome_dir", "k400_checkpoint", "experiments", "slurm_partition", "slurm_account",
+                "declared_claims"):
         if cfg.get(key) in ("", "null", "None", "none", "~"):
             cfg[key] = None
     for key in ("video_two_stage", "beyond_paper"):
@@ -76,16 +77,18 @@ _coerce_cli_types(config)
 
 
 def _validated(data, schema, what):
-    """The schema's verdict in one line: the violated rule and where, not the schema itself."""
+    """The schema's verdict in one line: the key that fails and why, not the schema itself."""
     from snakemake.exceptions import WorkflowError
 
     try:
         validate(data, schema)
     except WorkflowError as e:
-        causes = [str(a) for a in e.args if a] + [str(c) for c in getattr(e, "__cause__", None) and [e.__cause__] or []]
-        detail = next((line for c in causes for line in c.splitlines() if line.startswith("ValidationError")), None)
-        first = detail or next((line for c in causes for line in c.splitlines() if line.strip()), str(e))
-        raise WorkflowInputError(f"{what}: {first.removeprefix('ValidationError: ')}") from None
+        text = "\n".join(str(a) for a in (*e.args, e.__cause__) if a)
+        why = re.search(r"ValidationError: (.*)", text)
+        where = re.search(r"On instance((?:\[[^\]]*\])+)", text)
+        key = ".".join(re.findall(r"\['?([^'\]]*)'?\]", where.group(1))) if where else ""
+        reason = why.group(1) if why else text.strip().splitlines()[0]
+        raise WorkflowInputError(f"{what}{f' key {key}' if key else ''} fails validation: {reason}") from None
 
 
 _validated(config, "../schemas/config.schema.yaml", "workflow config")
