@@ -547,8 +547,9 @@ class NCGRU(_GatedCell):
       and exactly (``torch.linalg.solve`` in float64) when ``step % exact_every == 0``, when the
       order is 0, and at init. The series is written with the residual R = I - B (I + A_new):
       ``(I + A_new)^-1 = (I - R)^-1 B = sum_k R^k B``. When B is the exact inverse of
-      I + A_old, R = -B dA with dA = A_new - A_old, i.e. exactly the NCGRU series
-      ``sum_k (-B dA)^k B``; when B carries an error (rounding, earlier truncation) the residual
+      I + A_old, R = -B dA with dA = A_new - A_old, i.e. the NCGRU series ``sum_k (-B dA)^k B``
+      with the change the optimiser actually made (NC-GRU's code puts the plain-SGD step there,
+      which equals it only under SGD); when B carries an error (rounding, earlier truncation) the residual
       form also corrects it, so truncation errors do not accumulate between exact refreshes.
       If ||R||_F > 0.5 (a huge step) the refresh falls back to the exact inverse. ``A_old`` (A at
       the last refresh) is a buffer, used to skip the refresh when A did not change and to detect
