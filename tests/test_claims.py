@@ -101,6 +101,29 @@ def test_a_tie_in_the_paper_is_an_equivalence_test(shift, spread, verdict):
     assert row["p_value"] == pytest.approx(ttost_ind(np.log(a), np.log(b), -bound, bound, usevar="unequal")[0])
 
 
+def test_the_regime_check_is_read_first_and_outside_holms_family():
+    """Transformer at 70 against the Transformer at 17: tested alone at alpha (a p of about 0.03
+    stays 0.03 beside a claim comparison), printed before the claims, and when it fails the page
+    says that the regime cannot judge context."""
+    from crt_repro.report.claims import CLAIM_COLUMNS, claims_markdown
+
+    t70, t17 = Cell(T2, "transformer", "", 70), Cell(T2, "transformer", "", 17)
+    a, b = [100.0, 103.0, 97.0, 101.0], [105.0, 108.0, 102.0, 106.0]
+    cells = {("transformer", "", 70): a, ("transformer", "", 17): b, ("crt", "ncgru", 17): [v + 0.2 for v in a],
+             ("transformer_xl", "", 17): b}
+    regime, claim = decide(cells, Comparison("regime", "less", t70, t17), Comparison("a", "less", CRT17, XL17))
+    assert regime["p_adjusted"] == regime["p_value"] < 0.05 and regime["verdict"] == HELD
+    assert claim["p_adjusted"] == pytest.approx(claim["p_value"])  # a family of one claim comparison
+    md = claims_markdown(pd.DataFrame([regime, claim], columns=list(CLAIM_COLUMNS)), "cpu", declare(), "c.yaml")
+    heads = [line for line in md.splitlines() if line.startswith("## ")]
+    assert heads[0].startswith("## Regime check") and heads[0].endswith("**held**") and "cannot judge" not in md
+    flipped = decide({**cells, ("transformer", "", 70): b, ("transformer", "", 17): a},
+                     Comparison("regime", "less", t70, t17))
+    assert flipped[0]["verdict"] == NOT_HELD
+    md = claims_markdown(pd.DataFrame(flipped, columns=list(CLAIM_COLUMNS)), "cpu", declare(), "c.yaml")
+    assert "this regime cannot judge context" in md
+
+
 def test_only_the_declared_seeds_decide_and_all_of_them_must_be_in():
     comp = Comparison("a", "less", CRT17, XL17)
     three = decide({("crt", "ncgru", 17): [100.0, 101.0, 99.0], ("transformer_xl", "", 17): [110.0, 111.0, 109.0]},
@@ -127,7 +150,10 @@ def test_the_committed_claims_file_declares_the_protocol():
     equivalence tests."""
     d = load_declaration(REPO / "workflow/config/claims.yaml")
     assert len(d.seeds) >= 4 and d.alpha == 0.05 and d.margin == 0.02
-    assert {c.claim for c in d.comparisons} == set("abce")
+    assert {c.claim for c in d.comparisons} == set("abce") | {"regime"}
+    (regime,) = [c for c in d.comparisons if c.claim == "regime"]
+    assert (regime.test, regime.a.model, regime.a.seg_len, regime.b.model, regime.b.seg_len) == (
+        "less", "transformer", 70, "transformer", 17)
     ref = load_reference()
     from crt_repro.report.claims import _paper
 
