@@ -489,16 +489,22 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config_file(path: str | Path) -> Config:
+def read_yaml_file(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error is one ConfigError naming the file, line and column."""
     path = Path(path)
     try:
-        d = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         # One line: the error's own str() spans several, with a caret under the offending text.
         what = getattr(e, "problem", None) or " ".join(str(e).split())
         raise ConfigError(f"{where}: not valid YAML: {what}") from e
+
+
+def load_config_file(path: str | Path) -> Config:
+    path = Path(path)
+    d = read_yaml_file(path)
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:

@@ -22,10 +22,30 @@ def nothing_to_do(command: list[str]) -> bool:
     return dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
 
 
+def config_files(args: list[str]) -> list[str]:
+    """The files of ``--configfile``/``--configfiles`` in snakemake arguments."""
+    files, taking = [], False
+    for a in args:
+        if a.startswith("--configfile"):
+            taking = "=" not in a
+            files += [a.split("=", 1)[1]] if "=" in a else []
+        elif a.startswith("-"):
+            taking = False
+        elif taking:
+            files.append(a)
+    return files
+
+
 def cmd_workflow(args: argparse.Namespace) -> int:
+    from crt_repro.config import read_yaml_file
+
     given = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     if not given:
         raise ValueError("no snakemake arguments given: crt-repro workflow -- --cores 2 TARGET --config ...")
+    # Snakemake reads these before the workflow's code runs, and says only "Config file is not
+    # valid JSON or YAML": name the file and the line here.
+    for path in config_files(given):
+        read_yaml_file(path)
     command = ["snakemake", *given, "--rerun-incomplete"]
     for n in range(1, MAX_PASSES + 1):
         rc = subprocess.call(command)

@@ -303,3 +303,18 @@ def test_a_workflow_config_that_cannot_work_stops_in_one_line(tmp_path, setting,
     errors = [line for line in out.splitlines() if line.startswith("crt-repro workflow: error: ")]
     assert len(errors) == 1 and message in errors[0], out[-3000:]
     assert "Traceback" not in out and "Job stats" not in out and "properties:" not in out
+
+
+def test_a_malformed_configfile_is_named_with_its_line_by_the_workflow_command(tmp_path, capsys):
+    """Snakemake reads --configfile before the workflow's code and names neither file nor line;
+    `crt-repro workflow -- ...` checks each one first."""
+    from crt_repro.cli import main
+    from crt_repro.resume import config_files
+
+    assert config_files(["--cores", "2", "--configfile", "a.yaml", "b.yaml", "-n", "--configfile=c.yaml"]) == [
+        "a.yaml", "b.yaml", "c.yaml"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: smoke\nseeds: [0\n")
+    assert main(["workflow", "--", "-n", "all", "--configfile", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"crt-repro workflow: error: {bad}:3:1: not valid YAML"), err
