@@ -365,3 +365,72 @@ def test_every_cell_the_claims_declare_runs_its_declared_seeds_in_every_table():
             seeds.setdefault((spec.model, spec.rnn or "", spec.seg_len), set()).add(spec.seed)
         for cell, got in seeds.items():
             assert got == (set(declared.seeds) if cell in cells else {0, 1}), (name, cell, got)
+
+
+# ---------------------------------------------------------------------------------------------
+# Equal steps at every segment length, and training to a plateau
+
+
+def test_tokens_per_step_gives_the_streams_and_a_batch_override_replaces_it():
+    """2,800 tokens per step: 82 / 40 / 20 streams at 17 / 35 / 70 tokens with 2 segments a step."""
+    streams = {n: build_config("cpu", "ptb", {"data": {"seg_len": n}}).data.batch_size for n in (17, 35, 70)}
+    assert streams == {17: 82, 35: 40, 70: 20}
+    own = build_config("cpu", "ptb", parse_overrides(["data.batch_size=7"]))
+    assert (own.data.batch_size, own.data.tokens_per_step) == (7, None)
+    with pytest.raises(ConfigError, match=r"data.batch_size=7 conflicts with data.tokens_per_step=2800, which gives 20"):
+        build_config("cpu", "ptb", parse_overrides(["data.batch_size=7", "data.tokens_per_step=2800"]))
+    edited = build_config("cpu", "ptb").to_dict()
+    edited["data"]["batch_size"] = 21
+    from crt_repro.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"data.batch_size=21: must be 20, what data.tokens_per_step=2800 gives"):
+        config_from_dict(edited)
+
+
+def scripted_validations(monkeypatch, losses: list[float]):
+    """Validation losses in this order, one per new set of weights: weights seen before (the best
+    checkpoint reloaded, a resumed run's last) score what they scored then. Test loss 9."""
+    left, seen = list(losses), {}
+
+    def evaluate(task, model, precision, device, split):
+        if split != "valid":
+            return {"loss": 9.0, "ppl": math.exp(9.0), "tokens": 1}
+        weights = float(sum(p.double().sum() for p in model.parameters()))
+        loss = seen.setdefault(weights, left.pop(0) if weights not in seen else None)
+        return {"loss": loss, "ppl": math.exp(loss), "tokens": 1}
+
+    monkeypatch.setattr(engine, "evaluate_model", evaluate)
+
+
+def test_early_stopping_ends_after_patience_validations_without_a_better_one(tmp_path, monkeypatch):
+    scripted_validations(monkeypatch, [3.0, 2.5, 2.6, 2.7])
+    cfg = smoke("optim.max_steps=40", "run.n_evals=10", "run.early_stop_patience=2", "run.report=best_valid")
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    # validations at steps 4, 8, 12, 16: the best at 8, none better at 12 and 16, so it stops at 16
+    assert (metrics["steps"], metrics["planned_steps"], metrics["stopped_early"]) == (16, 40, True)
+    assert metrics["reported_step"] == 8 and metrics["valid_loss"] == 2.5
+    valid = [e for e in map(json.loads, (tmp_path / "run/log.jsonl").read_text().splitlines()) if e.get("split") == "valid"]
+    assert [e["step"] for e in valid] == [4, 8, 12, 16]  # the stopping validation is not logged twice
+
+
+def test_a_run_killed_after_it_stopped_early_resumes_to_its_end_without_training_on(tmp_path, monkeypatch):
+    scripted_validations(monkeypatch, [3.0, 2.5, 2.6, 2.7])
+    cfg = smoke("optim.max_steps=40", "run.n_evals=10", "run.early_stop_patience=2", "run.report=best_valid")
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "run", on_step=stop_at(16), progress=False)
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert (metrics["steps"], metrics["stopped_early"], metrics["reported_step"]) == (16, True, 8)
+
+
+def test_a_run_records_its_streams_steps_and_last_epochs_validation_gain(tmp_path):
+    cfg = smoke("data.tokens_per_step=144", "optim.max_epochs=3", "run.n_evals=6")
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert (metrics["streams"], metrics["tokens_per_step"]) == (8, 8 * 9 * 2)  # round(144 / 18) = 8
+    assert metrics["steps"] == metrics["planned_steps"] and metrics["stopped_early"] is False
+    log = [e for e in map(json.loads, (tmp_path / "run/log.jsonl").read_text().splitlines()) if e.get("split") == "valid"]
+    epoch = metrics["train_items"] / metrics["train_epochs"]
+    before = [e for e in log if e["items"] <= log[-1]["items"] - epoch][-1]
+    assert metrics["valid_gain_last_epoch"] == pytest.approx((before["ppl"] - log[-1]["ppl"]) / before["ppl"])
+    assert engine.valid_gain_last_epoch(log[:1], epoch) is None  # less than an epoch of validations
+    with pytest.raises(ConfigError, match="run.early_stop_patience=3: needs validations during the run"):
+        smoke("run.early_stop_patience=3", "run.n_evals=0")
