@@ -207,15 +207,16 @@ def test_rel_shift_indexes_distances():
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "flex"])
-@pytest.mark.parametrize("mlen", [0, 4])
-def test_xl_attention_equals_naive_relative_attention(mlen, kernel):
+@pytest.mark.parametrize("mlen, dh", [(0, 4), (4, 4), (4, 38), (3, 41)])
+def test_xl_attention_equals_naive_relative_attention(mlen, dh, kernel):
     """Dai et al.'s score (q_i + u).k_j + (q_i + v).W_r R[i - j] with R indexed explicitly at the
     distance of every (i, j) pair, softmax over j <= i, in loops; by both kernels (FlexAttention
-    runs its reference implementation here, forward only: it has no CPU backward)."""
+    runs its reference implementation here, forward only: it has no CPU backward). Heads of 38 and
+    41 are the paper's widths' (PTB 380 and WikiText-103 410, 10 heads): not powers of two."""
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=8, n_head=2, dropout=0.0, xl_attention=kernel)
+    cfg = ModelConfig(d_model=2 * dh, n_head=2, dropout=0.0, xl_attention=kernel)
     att = RelativeAttention(cfg).eval()
-    b, n, d, dh = 2, 5, 8, 4
+    b, n, d = 2, 5, 2 * dh
     x, ctx = torch.randn(b, n, d), torch.randn(b, mlen, d)
     klen = mlen + n
     r = sinusoid_table(torch.arange(klen - 1, -1, -1, dtype=torch.float32), d)
