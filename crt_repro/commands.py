@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from crt_repro.config import (LM_MODELS, PROFILES, VIDEO_MODELS, ConfigError, build_config, canonical_dataset,
-                              is_plugin, parse_overrides)
+from crt_repro.config import (LM_MODELS, PROFILES, VIDEO_MODELS, ConfigError, Device, RnnKind, build_config,
+                              canonical_dataset, choices, is_plugin, parse_overrides)
 
 
 def model_name(text: str) -> str:
@@ -102,9 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"{' | '.join(LM_MODELS + VIDEO_MODELS)} | package.module:Class (README: your own model)")
     p.add_argument("--layers", type=int)
     p.add_argument("--seg-len", type=int)
-    p.add_argument("--rnn", choices=("gru", "ncgru"))
+    p.add_argument("--rnn", choices=choices(RnnKind))
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=choices(Device))
     p.add_argument("--data-dir", help="folder holding the corpus (default: $CRT_REPRO_DATA, else ./data; "
                    "fill it with `crt-repro download`)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -30,6 +30,16 @@ VIDEO_DATASETS = ("smarthome", "synthetic-video")
 DATASET_ALIASES = {"wikitext-103": "wt103", "wikitext103": "wt103", "wikitext2": "wikitext-2"}
 
 
+# Choices that more than the config name (CLI flags): declared once, here.
+RnnKind = Literal["gru", "ncgru"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def choices(tp: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` type allows."""
+    return typing.get_args(tp)
+
+
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names both."""
 
@@ -37,7 +47,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "transformer"
-    rnn: str = "ncgru"  # gru | ncgru: the cell of CRT's position and memory RNNs
+    rnn: RnnKind = "ncgru"  # the cell of CRT's position and memory RNNs
     n_layer: int = 3
     d_model: int = 32
     n_head: int = 4
@@ -49,7 +59,7 @@ class ModelConfig:
     # Adaptive softmax (Transformer-XL's on WikiText-103, div_val 1, tied): models.adaptive.
     adaptive: bool = False
     adaptive_cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
-    activation: str = "gelu"  # gelu | relu (Transformer-XL's): the feed-forward non-linearity
+    activation: Literal["gelu", "relu"] = "gelu"  # the feed-forward non-linearity (relu: Transformer-XL's)
     # RMT (not in the paper): memory tokens read at a segment's start and written at its end;
     # 1 gives it CRT's memory budget (one d_model vector).
     rmt_memory_tokens: int = 1
@@ -58,20 +68,20 @@ class ModelConfig:
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
     # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
-    xl_attention: str = "auto"
+    xl_attention: Literal["auto", "sdpa", "flex"] = "auto"
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
-    pos_encoding: str = "rnn_add"  # rnn_add | rnn_replace | sinusoidal | relative
+    pos_encoding: Literal["rnn_add", "rnn_replace", "sinusoidal", "relative"] = "rnn_add"
     # Positions of the models without an RNN position encoding: the Transformer and Table 8's
     # "+ RNN memory". relative: Transformer-XL's attention with no memory (the paper's baseline:
     # it charges its Transformer for relative positions); absolute: sinusoids added to the
     # embeddings. The default is the one runs committed before this key existed had.
-    baseline_positions: str = "absolute"
-    pos_rnn_init: str = "memory"  # memory | zeros: the position RNN's initial state
-    memory_input: str = "final_ln"  # final_ln | raw: what the memory RNN reads of the last layer
+    baseline_positions: Literal["relative", "absolute"] = "absolute"
+    pos_rnn_init: Literal["memory", "zeros"] = "memory"  # the position RNN's initial state
+    memory_input: Literal["final_ln", "raw"] = "final_ln"  # what the memory RNN reads of the last layer
     # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
     # form), or before it, (r * h) W (the paper's appendix).
-    rnn_reset: str = "after"
+    rnn_reset: Literal["after", "before"] = "after"
     # NCGRU
     ncgru_neumann_order: int = 2
     ncgru_exact_every: int = 100
@@ -83,9 +93,9 @@ class ModelConfig:
     n_frames: int = 16  # frames per CR-ViT iteration
     vit_iterations: int = 2
     vit_drop_path: float = 0.1  # stochastic depth, TimeSformer's 0.1
-    vit_iteration_frames: str = "same"  # same: both iterations see the clip; split: one chunk each
-    vit_memory_scope: str = "clip"  # clip: one memory vector per clip; patch: one per patch position
-    vit_loss_iterations: str = "all"  # all: mean loss of both iterations; last: iteration 2 only
+    vit_iteration_frames: Literal["same", "split"] = "same"  # same: both iterations see the clip; split: one chunk each
+    vit_memory_scope: Literal["clip", "patch"] = "clip"  # clip: one memory vector per clip; patch: one per patch position
+    vit_loss_iterations: Literal["all", "last"] = "all"  # all: mean loss of both iterations; last: iteration 2 only
     # A TimeSformer checkpoint (Kinetics-400 .pyth, or a run's checkpoint.pt) to start from.
     init_from: str | None = None
 
@@ -114,13 +124,13 @@ class DataConfig:
     crop: int = 224
     # Pixel normalisation: kinetics (mean 0.45, std 0.225: TimeSformer's K400 checkpoint was
     # trained with it) | imagenet (0.485/0.456/0.406, 0.229/0.224/0.225).
-    normalize: str = "kinetics"
+    normalize: Literal["kinetics", "imagenet"] = "kinetics"
     num_workers: int = 0
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd (with momentum; TimeSformer's fine-tuning recipe)
+    name: Literal["adamw", "sgd"] = "adamw"  # sgd: with momentum (TimeSformer's fine-tuning recipe)
     lr: float = 2.5e-4
     momentum: float = 0.9  # sgd only
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
@@ -132,7 +142,7 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # warm-up as a fraction of the run (equal tokens at every seg_len)
-    schedule: str = "cosine"  # cosine (to lr * min_lr_ratio) | step (lr * step_gamma at each of lr_steps)
+    schedule: Literal["cosine", "step"] = "cosine"  # cosine to lr * min_lr_ratio; step: lr * step_gamma at each of lr_steps
     lr_steps: list[float] = field(default_factory=list)  # fractions of the run, e.g. [0.733, 0.933]
     step_gamma: float = 0.1
     # The training budget: exactly one of these. Tokens (targets trained on) or epochs keep every
@@ -147,14 +157,14 @@ class OptimConfig:
     bptt_segments: int = 2
     # NCGRU's skew-symmetric A: trained by the shared optimizer ("shared"), or by an optimizer of
     # its own (rmsprop | adam) at ncgru_a_lr, as scoRNN/NC-GRU train it.
-    ncgru_a_optimizer: str = "shared"
+    ncgru_a_optimizer: Literal["shared", "rmsprop", "adam"] = "shared"
     ncgru_a_lr: float | None = None
 
 
 @dataclass
 class RunConfig:
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     # bf16 autocast: auto = where the hardware runs bf16 natively (CUDA with bf16, CPUs with
     # AVX512-BF16 or AMX), fp32 elsewhere; the precision used is recorded in metrics.json.
     bf16: bool | str = "auto"
@@ -162,7 +172,7 @@ class RunConfig:
     log_every: int = 10
     eval_every: int = 0  # validation every this many steps; 0: see n_evals
     n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
-    report: str = "last"  # last | best_valid: the checkpoint whose test metrics are reported
+    report: Literal["last", "best_valid"] = "last"  # the checkpoint whose test metrics are reported
     # Stop after this many validations in a row without a new best validation loss; null: never.
     early_stop_patience: int | None = None
     compile: bool = False  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
@@ -522,21 +532,21 @@ def validate(cfg: Config) -> None:
     m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.run
     # inf passes the one-sided range checks below (lr > 0 holds for it); nan would fail them with a wrong reason.
     for section in (f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))):
+        hints = typing.get_type_hints(type(getattr(cfg, section)))
         for f in dataclasses.fields(getattr(cfg, section)):
             value = getattr(getattr(cfg, section), f.name)
             _require(all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])
                          if isinstance(v, float)), f"{section}.{f.name}", value, "must be a finite number")
+            allowed = choices(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+            if allowed:  # the choices a field's Literal type declares, and no hand-kept copy of them
+                _require(value in allowed, f"{section}.{f.name}", value,
+                         f"must be {', '.join(allowed[:-1])} or {allowed[-1]}")
     _require(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
     _require(m.name in LM_MODELS + VIDEO_MODELS or is_plugin(m.name), "model.name", m.name,
              f"must be one of {LM_MODELS + VIDEO_MODELS}, a package.module:Class or a crt_repro.models entry point")
     _require(m.rmt_memory_tokens >= 1, "model.rmt_memory_tokens", m.rmt_memory_tokens, "must be >= 1")
     _require(d.reach_gap >= 1, "data.reach_gap", d.reach_gap, "must be >= 1")
     _require(d.reach_keys >= 2, "data.reach_keys", d.reach_keys, "must be >= 2")
-    _require(m.rnn in ("gru", "ncgru"), "model.rnn", m.rnn, "must be gru or ncgru")
-    _require(m.pos_encoding in ("rnn_add", "rnn_replace", "sinusoidal", "relative"), "model.pos_encoding",
-             m.pos_encoding, "must be rnn_add, rnn_replace, sinusoidal or relative")
-    _require(m.baseline_positions in ("relative", "absolute"), "model.baseline_positions", m.baseline_positions,
-             "must be relative or absolute")
     for key in ("n_layer", "d_model", "n_head", "d_inner"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
     _require(m.d_model % m.n_head == 0, "model.d_model", m.d_model, f"must be divisible by model.n_head={m.n_head}")
@@ -550,17 +560,11 @@ def validate(cfg: Config) -> None:
     _require(m.ncgru_exact_every >= 1, "model.ncgru_exact_every", m.ncgru_exact_every, "must be >= 1")
     _require(m.eval_mem_len is None or m.eval_mem_len >= 1, "model.eval_mem_len", m.eval_mem_len,
              "must be >= 1 (or null for = mem_len)")
-    _require(m.xl_attention in ("auto", "sdpa", "flex"), "model.xl_attention", m.xl_attention,
-             "must be auto, sdpa or flex")
     _require(not (m.xl_attention == "flex" and m.dropout_attn > 0), "model.xl_attention", m.xl_attention,
              f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto or sdpa")
-    for key, choices in (("activation", ("gelu", "relu")), ("pos_rnn_init", ("memory", "zeros")),
-                         ("memory_input", ("final_ln", "raw")), ("rnn_reset", ("after", "before"))):
-        _require(getattr(m, key) in choices, f"model.{key}", getattr(m, key), f"must be {' or '.join(choices)}")
     _require(all(c >= 1 for c in m.adaptive_cutoffs) and m.adaptive_cutoffs == sorted(set(m.adaptive_cutoffs)),
              "model.adaptive_cutoffs", m.adaptive_cutoffs, "must be increasing word counts, each >= 1")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")
-    _require(d.normalize in ("kinetics", "imagenet"), "data.normalize", d.normalize, "must be kinetics or imagenet")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
     _require(d.tokens_per_step is None or d.tokens_per_step >= 1, "data.tokens_per_step", d.tokens_per_step,
              "must be >= 1 or null")
@@ -584,17 +588,9 @@ def validate(cfg: Config) -> None:
         _require(d.frames == per_clip, "data.frames", d.frames,
                  f"must equal the frames a clip feeds the model ({per_clip}: model.n_frames"
                  f"{' x vit_iterations' if per_clip != m.n_frames else ''})")
-        _require(m.vit_iteration_frames in ("same", "split"), "model.vit_iteration_frames", m.vit_iteration_frames,
-                 "must be same or split")
-        _require(m.vit_memory_scope in ("clip", "patch"), "model.vit_memory_scope", m.vit_memory_scope,
-                 "must be clip or patch")
-        _require(m.vit_loss_iterations in ("all", "last"), "model.vit_loss_iterations", m.vit_loss_iterations,
-                 "must be all or last")
         _require(0.0 <= m.vit_drop_path < 1.0, "model.vit_drop_path", m.vit_drop_path, "must be in [0, 1)")
-    _require(o.name in ("adamw", "sgd"), "optim.name", o.name, "must be adamw or sgd")
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
-    _require(o.schedule in ("cosine", "step"), "optim.schedule", o.schedule, "must be cosine or step")
     _require(all(0 < f < 1 for f in o.lr_steps) and o.lr_steps == sorted(o.lr_steps), "optim.lr_steps",
              o.lr_steps, "must be increasing fractions of the run, each in (0, 1)")
     _require(0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "must be in (0, 1]")
@@ -608,8 +604,6 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= o.warmup_ratio < 1.0, "optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1)")
     _require(not (o.warmup_ratio and o.warmup_steps), "optim.warmup_ratio", o.warmup_ratio,
              f"set warm-up in steps or as a ratio, not both (optim.warmup_steps={o.warmup_steps})")
-    _require(o.ncgru_a_optimizer in ("shared", "rmsprop", "adam"), "optim.ncgru_a_optimizer",
-             o.ncgru_a_optimizer, "must be shared, rmsprop or adam")
     _require((o.ncgru_a_lr is None) == (o.ncgru_a_optimizer == "shared"), "optim.ncgru_a_lr", o.ncgru_a_lr,
              "is the learning rate of NCGRU's own A optimizer: set it (> 0) exactly when "
              "optim.ncgru_a_optimizer is not shared")
@@ -623,12 +617,10 @@ def validate(cfg: Config) -> None:
     _require(o.clip >= 0, "optim.clip", o.clip, "must be >= 0 (0 disables clipping)")
     _require(o.bptt_segments >= 1, "optim.bptt_segments", o.bptt_segments, "must be >= 1")
     _require(r.seed >= 0, "run.seed", r.seed, "must be >= 0")  # as the workflow's schema says
-    _require(r.device in ("auto", "cpu", "cuda"), "run.device", r.device, "must be auto, cpu or cuda")
     _require(isinstance(r.bf16, bool) or r.bf16 == "auto", "run.bf16", r.bf16, "must be true, false or auto")
     _require(r.n_evals >= 0, "run.n_evals", r.n_evals, "must be >= 0")
     _require(not (r.n_evals and r.eval_every), "run.n_evals", r.n_evals,
              f"give validations as a count or an interval, not both (run.eval_every={r.eval_every})")
-    _require(r.report in ("last", "best_valid"), "run.report", r.report, "must be last or best_valid")
     _require(r.early_stop_patience is None or r.early_stop_patience >= 1, "run.early_stop_patience",
              r.early_stop_patience, "must be >= 1 or null")
     _require(r.early_stop_patience is None or r.n_evals or r.eval_every, "run.early_stop_patience",

@@ -87,7 +87,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from crt_repro.config import LM_MODELS, Config, build_config, uses_rnn
+from crt_repro.config import LM_MODELS, Config, RnnKind, build_config, choices, uses_rnn
 from crt_repro.models.adaptive import effective_cutoffs
 
 LN_PER_ELEMENT = 5  # fvcore's estimate for an affine LayerNorm, per element
@@ -481,7 +481,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="forward MACs/FLOPs of one segment (fvcore) and our exact formula")
     p.add_argument("--model", choices=LM_MODELS, required=True)
-    p.add_argument("--rnn", choices=("gru", "ncgru"), default="gru", help="cell of CRT's RNNs (default gru)")
+    p.add_argument("--rnn", choices=choices(RnnKind), default="gru", help="cell of CRT's RNNs (default gru)")
     p.add_argument("--layers", type=int, required=True)
     p.add_argument("--seg-len", type=int, required=True)
     p.add_argument("--d-model", type=int, required=True)

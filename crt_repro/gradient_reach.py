@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crt_repro import atomic
-from crt_repro.config import LM_MODELS, PROFILES, Config, build_config, parse_overrides, uses_rnn
+from crt_repro.config import LM_MODELS, PROFILES, Config, RnnKind, build_config, choices, parse_overrides, uses_rnn
 
 CSV_COLUMNS = ("rnn", "k", "grad_norm", "state")
 
@@ -298,7 +298,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=PROFILES, default="smoke")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--model", choices=LM_MODELS, default="crt")
-    p.add_argument("--rnn", nargs="+", choices=("gru", "ncgru"), default=["gru", "ncgru"],
+    p.add_argument("--rnn", nargs="+", choices=choices(RnnKind), default=list(choices(RnnKind)),
                    help="cells side by side (default both)")
     p.add_argument("--layers", type=int)
     p.add_argument("--d-model", type=int)
