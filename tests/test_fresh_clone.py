@@ -32,7 +32,8 @@ def test_committed_cpu_table_survives_a_fresh_clone(tmp_path, shared_data):
     # overrides, the same in the origin and in the clone.
     config = ["profile=cpu", f"data_dir={shared_data}", "seeds=[0]", "extra_seeds={}", "declared_claims=null",
               "set={model.d_model: 16, model.n_head: 2, model.d_inner: 32, optim.max_tokens: 400, "
-              "data.batch_size: 2, data.eval_batch_size: 2, data.max_eval_segments: 2, run.n_evals: 0}"]
+              "data.batch_size: 2, data.eval_batch_size: 2, data.max_eval_segments: 2, run.n_evals: 0, "
+              "run.early_stop_patience: null}"]
     origin = tmp_path / "origin"
     origin.mkdir()
     for name in ("Snakefile", ".gitignore"):
