@@ -112,17 +112,19 @@ def load_declaration(path: str | Path) -> Declaration:
     return Declaration(alpha, margin, tuple(seeds), tuple(comparisons))
 
 
-def _values(runs: pd.DataFrame, cell: Cell, metric: str = "test_ppl") -> pd.Series:
+def _cell_runs(runs: pd.DataFrame, cell: Cell) -> pd.DataFrame:
     rows = select_runs(runs, tag=cell.table, model=cell.model, seg_len=cell.seg_len)
-    rows = rows[rows["rnn"].fillna("").astype(str) == cell.rnn]
-    return rows[metric].astype(float).dropna()
+    return rows[rows["rnn"].fillna("").astype(str) == cell.rnn]
+
+
+def _values(runs: pd.DataFrame, cell: Cell, metric: str = "test_ppl") -> pd.Series:
+    return _cell_runs(runs, cell)[metric].astype(float).dropna()
 
 
 def _declared(runs: pd.DataFrame, cell: Cell, seeds: tuple[int, ...]) -> pd.DataFrame:
     """The cell's runs of the declared seeds, one per seed."""
-    rows = select_runs(runs, tag=cell.table, model=cell.model, seg_len=cell.seg_len)
-    rows = rows[(rows["rnn"].fillna("").astype(str) == cell.rnn) & rows["seed"].astype(int).isin(seeds)]
-    return rows.drop_duplicates("seed")
+    rows = _cell_runs(runs, cell)
+    return rows[rows["seed"].astype(int).isin(seeds)].drop_duplicates("seed")
 
 
 def _paper(ref: pd.DataFrame, cell: Cell) -> float:
@@ -210,10 +212,11 @@ def ppl_claims(runs: pd.DataFrame, ref: pd.DataFrame, declared: Declaration) -> 
         pa, pb = ra["test_ppl"].astype(float), rb["test_ppl"].astype(float)
         la, lb = ra["test_loss"].astype(float), rb["test_loss"].astype(float)
         diff_log, low, high, t, _ = welch(la, lb)
+        _, ppl_low, ppl_high, _, _ = welch(pa, pb)
         p, p_contrary = _test(comp, la, lb, declared.margin)
         rows.append({**row, "mean_a": float(pa.mean()), "mean_b": float(pb.mean()), "diff": float(pa.mean() - pb.mean()),
                      "ratio": math.exp(diff_log), "ratio_ci95_low": math.exp(low), "ratio_ci95_high": math.exp(high),
-                     "diff_ci95_low": welch(pa, pb)[1], "diff_ci95_high": welch(pa, pb)[2], "welch_t": t,
+                     "diff_ci95_low": ppl_low, "diff_ci95_high": ppl_high, "welch_t": t,
                      "p_value": p})
         tests.append((diff_log, p, p_contrary))
     # Holm over every claim comparison of the declaration; one without all its seeds is not tested
