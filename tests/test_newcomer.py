@@ -318,3 +318,20 @@ def test_a_malformed_configfile_is_named_with_its_line_by_the_workflow_command(t
     assert main(["workflow", "--", "-n", "all", "--configfile", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"crt-repro workflow: error: {bad}:3:1: not valid YAML"), err
+
+
+def test_the_workflow_command_runs_a_mode_that_builds_nothing_once(monkeypatch):
+    """`crt-repro workflow -- --unlock TARGETS` (the step after a killed run) unlocks and returns
+    Snakemake's status, instead of looping over passes and reporting the targets unbuilt."""
+    import crt_repro.resume as resume
+    from crt_repro.cli import main
+
+    calls = []
+    monkeypatch.setattr(resume.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(resume, "nothing_to_do", lambda cmd: pytest.fail("a dry run after --unlock"))
+    assert main(["workflow", "--", "--cores", "2", "--unlock", "all", "--config", "profile=smoke"]) == 0
+    assert calls == [["snakemake", "--cores", "2", "--unlock", "all", "--config", "profile=smoke"]]
+    calls.clear()
+    monkeypatch.setattr(resume, "nothing_to_do", lambda cmd: len(calls) == 2)
+    assert main(["workflow", "--", "--cores", "2", "all"]) == 0
+    assert calls == [["snakemake", "--cores", "2", "all", "--rerun-incomplete"]] * 2
