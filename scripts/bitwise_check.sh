@@ -4,6 +4,7 @@
 # one md5 of the loss lines per model (fp32: bf16 would make it depend on the CPU). Run it before and after a change: the lines must be equal.
 #   bash scripts/bitwise_check.sh [OUT_DIR]
 set -euo pipefail
+command -v crt-repro >/dev/null || { echo "bitwise_check: crt-repro is not on PATH (activate the venv)" >&2; exit 1; }
 out=${1:-$(mktemp -d)}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 run() {  # label, then crt-repro train arguments
