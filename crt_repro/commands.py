@@ -7,15 +7,16 @@ import os
 import subprocess
 import sys
 
-from crt_repro.config import (LM_MODELS, PROFILES, VIDEO_MODELS, ConfigError, Device, RnnKind, build_config,
-                              canonical_dataset, choices, is_plugin, parse_overrides)
+from crt_repro.config import (PROFILES, ConfigError, Device, RnnKind, build_config, canonical_dataset, choices,
+                              parse_overrides)
+from crt_repro.model_specs import is_known, names
 
 
 def model_name(text: str) -> str:
     """``--model``: one of ours, ``package.module:Class`` or a ``crt_repro.models`` entry point."""
-    if text in LM_MODELS + VIDEO_MODELS or is_plugin(text):
+    if is_known(text):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not a model: one of {', '.join(LM_MODELS + VIDEO_MODELS)}, "
+    raise argparse.ArgumentTypeError(f"{text!r} is not a model: one of {', '.join(names())}, "
                                      "a package.module:Class or a crt_repro.models entry point")
 
 
@@ -99,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=PROFILES, required=True)
     p.add_argument("--dataset", required=True, help="ptb | wikitext-2 | wt103 | synthetic | memory-reach | smarthome | synthetic-video")
     p.add_argument("--model", type=model_name, required=True,
-                   help=f"{' | '.join(LM_MODELS + VIDEO_MODELS)} | package.module:Class (README: your own model)")
+                   help=f"{' | '.join(names())} | package.module:Class (docs/adding-a-model.md)")
     p.add_argument("--layers", type=int)
     p.add_argument("--seg-len", type=int)
     p.add_argument("--rnn", choices=choices(RnnKind))

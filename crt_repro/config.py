@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +21,9 @@ from typing import Any, Literal
 
 import yaml
 
+from crt_repro.model_specs import ModelSpec, is_known, names, spec_of
+
 PROFILES = ("smoke", "cpu", "paper")
-LM_MODELS = ("transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc", "rmt")
-VIDEO_MODELS = ("timesformer", "crvit")
 LM_DATASETS = ("ptb", "wikitext-2", "wt103", "synthetic", "memory-reach")
 VIDEO_DATASETS = ("smarthome", "synthetic-video")
 DATASET_ALIASES = {"wikitext-103": "wt103", "wikitext103": "wt103", "wikitext2": "wikitext-2"}
@@ -187,31 +186,26 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
+    def spec(self) -> ModelSpec:
+        return spec_of(self.model.name)
+
+    @property
     def is_video(self) -> bool:
-        return self.model.name in VIDEO_MODELS
+        return self.spec.task == "video"
 
     @property
     def seg_len(self) -> int:
         """Tokens per segment; for a video model, frames per iteration (the paper's Table 7)."""
         return self.model.n_frames if self.is_video else self.data.seg_len
 
+    def resolved_model(self) -> ModelConfig:
+        """The ModelConfig the model is built from: with the settings its name fixes (its spec)."""
+        return self.spec.configure(self.model, self.seg_len)
+
     @property
     def mem_len(self) -> int:
-        """Memory length in the paper's sense: vectors carried between segments (a plugin model
-        says so by a ``memory_len`` attribute of its class, a number or a function of the
-        ModelConfig; none: 0)."""
-        if self.model.name == "transformer_xl":
-            return self.model.mem_len or self.data.seg_len
-        if self.model.name == "rmt":
-            return self.model.rmt_memory_tokens
-        if is_plugin(self.model.name):
-            from crt_repro.models import model_class
-
-            n = getattr(model_class(self.model.name), "memory_len", 0)
-            return int(n(self.model) if callable(n) else n)
-        has_memory = self.model.name in ("transformer_rnn_memory", "crvit") or (
-            self.model.name == "crt" and self.model.memory)
-        return int(has_memory)
+        """Memory length in the paper's sense: vectors carried between segments (the spec's)."""
+        return self.spec.memory_len(self.resolved_model())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,44 +218,19 @@ class Config:
         for the same run by different routes share it.
         """
         d = self.to_dict()
-        m, data = d["model"], d["data"]
+        reads = self.spec.model_keys(self.model)
+        d["model"] = {k: v for k, v in d["model"].items() if k in reads}
+        data = d["data"]
         for k in ("data_dir", "num_workers"):
             data.pop(k)
         if self.data.dataset != "memory-reach":
             data.pop("reach_gap")
             data.pop("reach_keys")
-        if self.model.name != "rmt":
-            m.pop("rmt_memory_tokens")
-        if not uses_rnn(self.model):
-            for k in ("rnn", "rnn_reset", *NCGRU_KEYS):
-                m.pop(k)
-        elif self.model.rnn == "gru":
-            for k in NCGRU_KEYS:
-                m.pop(k)
-        if not self.model.adaptive or self.is_video:
-            m.pop("adaptive_cutoffs")
-        if self.model.name != "transformer_xl":
-            m.pop("mem_len")
-            m.pop("eval_mem_len")
-            m.pop("xl_attention")
-        if self.model.name != "crt":
-            m.pop("memory")
-            m.pop("pos_encoding")
-        if self.model.name not in BASELINE_POSITION_MODELS:
-            m.pop("baseline_positions")
-        if self.model.name not in CRT_MODELS:
-            m.pop("pos_rnn_init")
-            m.pop("memory_input")
-        o = d["optim"]
-        if not (uses_rnn(self.model) and self.model.rnn == "ncgru"):
-            o.pop("ncgru_a_optimizer")
-            o.pop("ncgru_a_lr")
-        video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
-                      "vit_memory_scope", "vit_loss_iterations", "init_from")
-        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings", "adaptive"):
-            m.pop(k, None)
         for k in ("frames", "resize", "crop", "normalize") if not self.is_video else ("seg_len", "max_train_tokens"):
             data.pop(k)
+        if self.spec.cell(self.model) != "ncgru":
+            d["optim"].pop("ncgru_a_optimizer")
+            d["optim"].pop("ncgru_a_lr")
         return d
 
     def hashed_dict(self) -> dict[str, Any]:
@@ -277,7 +246,7 @@ class Config:
         """Readable prefix + stable hash of ``hashed_dict`` (not where the data lives)."""
         blob = json.dumps(self.hashed_dict(), sort_keys=True).encode()
         m = self.model
-        rnn = f"-{m.rnn}" if uses_rnn(m) else ""
+        rnn = f"-{m.rnn}" if self.spec.rnn else ""
         seg = "" if self.is_video else f"-n{self.data.seg_len}"
         name = f"{self.data.dataset}-{m.name.replace(':', '.')}{rnn}-L{m.n_layer}{seg}-s{self.run.seed}"
         return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
@@ -298,29 +267,6 @@ LATER_KEYS: dict[str, Any] = {
     "data.tokens_per_step": None,
     "run.early_stop_patience": None,
 }
-
-NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
-CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
-BASELINE_POSITION_MODELS = ("transformer", "transformer_rnn_memory")
-
-
-PLUGIN_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def is_plugin(name: str) -> bool:
-    """A model from outside the package: ``package.module:Class`` or a ``crt_repro.models`` entry point."""
-    if name in LM_MODELS + VIDEO_MODELS:
-        return False
-    if PLUGIN_NAME.match(name):
-        return True
-    from importlib import metadata
-
-    return bool(metadata.entry_points(group="crt_repro.models").select(name=name))
-
-
-def uses_rnn(m: ModelConfig) -> bool:
-    return m.name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc", "crvit")
-
 
 def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
     """The keyword arguments of ``crt_repro.models.rnn.make_rnn`` that ``m`` sets."""
@@ -481,6 +427,7 @@ def build_config(profile: str, dataset: str, overrides: dict[str, Any] | None = 
     cfg = Config(profile=profile)
     _fill(cfg, {k: v for k, v in merged.items() if k != "profile"}, "")
     cfg.data.dataset = canonical_dataset(cfg.data.dataset)
+    _require_known_model(cfg.model.name)  # before anything asks its spec
     if cfg.data.tokens_per_step is not None and not cfg.is_video:
         given = (overrides or {}).get("data", {}).get("batch_size")
         cfg.data.batch_size = streams_for(cfg)
@@ -528,6 +475,11 @@ def _require(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+def _require_known_model(name: str) -> None:
+    _require(is_known(name), "model.name", name,
+             f"must be one of {names()}, a package.module:Class or a crt_repro.models entry point")
+
+
 def validate(cfg: Config) -> None:
     m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.run
     # inf passes the one-sided range checks below (lr > 0 holds for it); nan would fail them with a wrong reason.
@@ -542,8 +494,7 @@ def validate(cfg: Config) -> None:
                 _require(value in allowed, f"{section}.{f.name}", value,
                          f"must be {', '.join(allowed[:-1])} or {allowed[-1]}")
     _require(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
-    _require(m.name in LM_MODELS + VIDEO_MODELS or is_plugin(m.name), "model.name", m.name,
-             f"must be one of {LM_MODELS + VIDEO_MODELS}, a package.module:Class or a crt_repro.models entry point")
+    _require_known_model(m.name)
     _require(m.rmt_memory_tokens >= 1, "model.rmt_memory_tokens", m.rmt_memory_tokens, "must be >= 1")
     _require(d.reach_gap >= 1, "data.reach_gap", d.reach_gap, "must be >= 1")
     _require(d.reach_keys >= 2, "data.reach_keys", d.reach_keys, "must be >= 2")
@@ -584,7 +535,7 @@ def validate(cfg: Config) -> None:
         _require(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
                  f"must be divisible by model.patch_size={m.patch_size}")
         _require(d.crop == m.image_size, "data.crop", d.crop, f"must equal model.image_size={m.image_size}")
-        per_clip = m.n_frames * (m.vit_iterations if m.vit_iteration_frames == "split" and m.name == "crvit" else 1)
+        per_clip = cfg.spec.clip_frames(m)
         _require(d.frames == per_clip, "data.frames", d.frames,
                  f"must equal the frames a clip feeds the model ({per_clip}: model.n_frames"
                  f"{' x vit_iterations' if per_clip != m.n_frames else ''})")
