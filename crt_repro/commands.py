@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from crt_repro.config import (PROFILES, ConfigError, Device, RnnKind, build_config, canonical_dataset, choices,
-                              parse_overrides)
+from crt_repro.config import (LM_DATASETS, PROFILES, VIDEO_DATASETS, ConfigError, Device, RnnKind, build_config,
+                              canonical_dataset, choices, parse_overrides)
 from crt_repro.model_specs import is_known, names
 
 
@@ -98,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model and evaluate it; rerun to resume")
     p.add_argument("--profile", choices=PROFILES, required=True)
-    p.add_argument("--dataset", required=True, help="ptb | wikitext-2 | wt103 | synthetic | memory-reach | smarthome | synthetic-video")
+    p.add_argument("--dataset", required=True, help=" | ".join(LM_DATASETS + VIDEO_DATASETS))
     p.add_argument("--model", type=model_name, required=True,
                    help=f"{' | '.join(names())} | package.module:Class (docs/adding-a-model.md)")
     p.add_argument("--layers", type=int)

@@ -43,6 +43,15 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names both."""
 
 
+def later(default: Any) -> Any:
+    """A key added after results were committed: it enters a run's hash only when set to something
+    other than ``default``, so that committed runs keep their ids and are not retrained. Every key
+    a later change adds is declared with it."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"later": True})
+    return field(default=default, metadata={"later": True})
+
+
 @dataclass
 class ModelConfig:
     name: str = "transformer"
@@ -56,18 +65,18 @@ class ModelConfig:
     dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
     tie_embeddings: bool = True
     # Adaptive softmax (Transformer-XL's on WikiText-103, div_val 1, tied): models.adaptive.
-    adaptive: bool = False
-    adaptive_cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
+    adaptive: bool = later(False)
+    adaptive_cutoffs: list[int] = later([20000, 40000, 200000])
     activation: Literal["gelu", "relu"] = "gelu"  # the feed-forward non-linearity (relu: Transformer-XL's)
     # RMT (not in the paper): memory tokens read at a segment's start and written at its end;
     # 1 gives it CRT's memory budget (one d_model vector).
-    rmt_memory_tokens: int = 1
+    rmt_memory_tokens: int = later(1)
     # Transformer-XL: hidden states kept per layer; None means "= seg_len" (the paper's tables).
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
     # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
-    xl_attention: Literal["auto", "sdpa", "flex"] = "auto"
+    xl_attention: Literal["auto", "sdpa", "flex"] = later("auto")
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: Literal["rnn_add", "rnn_replace", "sinusoidal", "relative"] = "rnn_add"
@@ -75,7 +84,7 @@ class ModelConfig:
     # "+ RNN memory". relative: Transformer-XL's attention with no memory (the paper's baseline:
     # it charges its Transformer for relative positions); absolute: sinusoids added to the
     # embeddings. The default is the one runs committed before this key existed had.
-    baseline_positions: Literal["relative", "absolute"] = "absolute"
+    baseline_positions: Literal["relative", "absolute"] = later("absolute")
     pos_rnn_init: Literal["memory", "zeros"] = "memory"  # the position RNN's initial state
     memory_input: Literal["final_ln", "raw"] = "final_ln"  # what the memory RNN reads of the last layer
     # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
@@ -108,15 +117,15 @@ class DataConfig:
     # Tokens per optimiser step; when set, the batch (streams) follows from it, so that every
     # segment length takes the same steps over the same tokens: batch_size = round(tokens_per_step
     # / (seg_len * optim.bptt_segments)).
-    tokens_per_step: int | None = None
+    tokens_per_step: int | None = later(None)
     eval_batch_size: int = 10
     # Truncations that make the smoke profile fast; None = the whole split.
     max_train_tokens: int | None = None
     max_eval_segments: int | None = None
     # memory-reach (crt_repro/data/memory_reach.py): filler tokens between a key and its recall,
     # and how many keys (chance = 1 / reach_keys).
-    reach_gap: int = 64
-    reach_keys: int = 8
+    reach_gap: int = later(64)
+    reach_keys: int = later(8)
     # video
     frames: int = 16
     resize: int = 256
@@ -173,8 +182,8 @@ class RunConfig:
     n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
     report: Literal["last", "best_valid"] = "last"  # the checkpoint whose test metrics are reported
     # Stop after this many validations in a row without a new best validation loss; null: never.
-    early_stop_patience: int | None = None
-    compile: bool = False  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
+    early_stop_patience: int | None = later(None)
+    compile: bool = later(False)  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
 
 
 @dataclass
@@ -234,12 +243,11 @@ class Config:
         return d
 
     def hashed_dict(self) -> dict[str, Any]:
-        """``relevant_dict`` without the keys of ``LATER_KEYS`` that hold their default."""
+        """``relevant_dict`` without the keys declared ``later`` that hold their default."""
         d = self.relevant_dict()
-        for key, default in LATER_KEYS.items():
-            section, name = key.split(".")
-            if name in d.get(section, {}) and d[section][name] == default:
-                del d[section][name]
+        for section, key, default in later_keys():
+            if key in d[section] and d[section][key] == default:
+                del d[section][key]
         return d
 
     def run_id(self) -> str:
@@ -252,21 +260,12 @@ class Config:
         return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-# Keys added after results were committed (section.key -> default). Such a key enters a run's
-# hash only when it is set to something other than its default, so committed runs keep their
-# ids and are not retrained. Every key a later change adds goes here.
-LATER_KEYS: dict[str, Any] = {
-    "model.rmt_memory_tokens": 1,
-    "data.reach_gap": 64,
-    "data.reach_keys": 8,
-    "model.adaptive": False,
-    "model.adaptive_cutoffs": [20000, 40000, 200000],
-    "model.xl_attention": "auto",
-    "run.compile": False,
-    "model.baseline_positions": "absolute",
-    "data.tokens_per_step": None,
-    "run.early_stop_patience": None,
-}
+def later_keys() -> list[tuple[str, str, Any]]:
+    """(section, key, default) of every key declared with ``later``."""
+    return [(s.name, f.name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
+            for s in dataclasses.fields(Config) if dataclasses.is_dataclass(s.default_factory)
+            for f in dataclasses.fields(s.default_factory) if f.metadata.get("later")]
+
 
 def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
     """The keyword arguments of ``crt_repro.models.rnn.make_rnn`` that ``m`` sets."""
