@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from crt_repro.corpora import VOCAB_SIZES
 from crt_repro.model_specs import spec_of
 from crt_repro.report.reference import load_reference, reference_rows, table_key
 from crt_repro.results import ResultsError, select_runs
@@ -490,7 +491,7 @@ def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None) -
         if r["dataset"] != "wt103":
             title = f"{title.replace('WikiText-103', dataset)} (the paper's: WikiText-103 at 16 x 410)"
         shape = [f"Widths: {int(r['layers'])} layers x d_model {int(r['d_model'])}, {int(r['seg_len'])}-token "
-                 f"segments, batch {int(r['batch'])}; vocabulary {cost_tables.VOCAB_SIZES[r['dataset']]:,} words "
+                 f"segments, batch {int(r['batch'])}; vocabulary {VOCAB_SIZES[r['dataset']]:,} words "
                  f"({dataset}).", ""]
     md = "\n".join([f"# Table {info.number}: {title}", "", f"Profile: **{profile}**.", "", *shape,
                     PROFILE_NOTES.get(profile, ""), "", *([how, ""] if how else []), frame_markdown(df)])
