@@ -73,7 +73,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crt_repro.config import Config, build_config, uses_rnn
+from crt_repro.config import Config, build_config
 from crt_repro.models.decode import Cache
 
 DEFAULT_MODELS = ("transformer", "transformer_xl", "crt-gru", "crt-ncgru")
@@ -414,7 +414,7 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                     peak = measure_memory_subprocess(spec, mode)
                 else:
                     peak = float("nan")
-                row = {"model": spec.model, "rnn": spec.rnn if uses_rnn(r.cfg.model) else "", "seg_len": n,
+                row = {"model": spec.model, "rnn": spec.rnn if r.cfg.spec.rnn else "", "seg_len": n,
                        "batch": b, "mode": mode, "ms_per_batch": round(ms, 4),
                        "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
                        "state_bytes": state_bytes(r.states[mode]), "ms_token_p50": "", "ms_token_p99": "",

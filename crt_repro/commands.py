@@ -6,16 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-from crt_repro.config import (LM_MODELS, PROFILES, VIDEO_MODELS, ConfigError, Device, RnnKind, build_config,
-                              canonical_dataset, choices, is_plugin, parse_overrides)
+from crt_repro.config import (LM_DATASETS, PROFILES, VIDEO_DATASETS, Config, ConfigError, Device, RnnKind,
+                              build_config, canonical_dataset, choices, parse_overrides)
+from crt_repro.model_specs import is_known, names
 
 
 def model_name(text: str) -> str:
     """``--model``: one of ours, ``package.module:Class`` or a ``crt_repro.models`` entry point."""
-    if text in LM_MODELS + VIDEO_MODELS or is_plugin(text):
+    if is_known(text):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not a model: one of {', '.join(LM_MODELS + VIDEO_MODELS)}, "
+    raise argparse.ArgumentTypeError(f"{text!r} is not a model: one of {', '.join(names())}, "
                                      "a package.module:Class or a crt_repro.models entry point")
 
 
@@ -25,23 +28,23 @@ FLAG_KEYS = {"model": ("model", "name"), "layers": ("model", "n_layer"), "rnn": 
              "device": ("run", "device")}
 
 
-def train_overrides(args: argparse.Namespace) -> dict:
-    """The config overrides that `crt-repro train` builds from its flags and --set; the workflow
-    computes run ids through this same function, so its ids are the CLI's."""
-    overrides = parse_overrides(args.set or [])
-    require_flags_agree_with_sets(args, overrides)
+def train_config(profile: str, dataset: str, sets: Sequence[str] = (), **flags: Any) -> Config:
+    """The Config `crt-repro train` runs: the profile, the dataset, the ``--set`` overrides and the
+    flags of ``FLAG_KEYS`` (None: not given). The workflow plans its runs through this same
+    function, so its run ids are the CLI's."""
+    overrides = parse_overrides(list(sets))
+    require_flags_agree_with_sets({**flags, "dataset": dataset}, overrides)
     for flag, (section, key) in FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
-    return overrides
+        if flags.get(flag) is not None:
+            overrides.setdefault(section, {})[key] = flags[flag]
+    return build_config(profile, dataset, overrides)
 
 
-def require_flags_agree_with_sets(args: argparse.Namespace, overrides: dict) -> None:
+def require_flags_agree_with_sets(flags: dict[str, Any], overrides: dict) -> None:
     """A flag and a --set of its key (``--layers 2 --set model.n_layer=4``) must give one value:
     taking either would run something the other asked not to, without a word."""
     for flag, (section, key) in {**FLAG_KEYS, "dataset": ("data", "dataset")}.items():
-        value, given = getattr(args, flag), overrides.get(section, {})
+        value, given = flags.get(flag), overrides.get(section, {})
         if value is None or key not in given:
             continue
         same = (canonical_dataset(value) == canonical_dataset(given[key]) if flag == "dataset"
@@ -66,7 +69,8 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: give at least 1 process")
-    cfg = build_config(args.profile, args.dataset, train_overrides(args))  # a bad config: one line, before torchrun
+    flags = {f: getattr(args, f) for f in FLAG_KEYS}
+    cfg = train_config(args.profile, args.dataset, args.set or [], **flags)  # a bad config: one line, before torchrun
     from crt_repro import distributed
     from crt_repro.train import resolve_device, train
 
@@ -97,9 +101,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model and evaluate it; rerun to resume")
     p.add_argument("--profile", choices=PROFILES, required=True)
-    p.add_argument("--dataset", required=True, help="ptb | wikitext-2 | wt103 | synthetic | memory-reach | smarthome | synthetic-video")
+    p.add_argument("--dataset", required=True, help=" | ".join(LM_DATASETS + VIDEO_DATASETS))
     p.add_argument("--model", type=model_name, required=True,
-                   help=f"{' | '.join(LM_MODELS + VIDEO_MODELS)} | package.module:Class (README: your own model)")
+                   help=f"{' | '.join(names())} | package.module:Class (docs/adding-a-model.md)")
     p.add_argument("--layers", type=int)
     p.add_argument("--seg-len", type=int)
     p.add_argument("--rnn", choices=choices(RnnKind))

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +21,9 @@ from typing import Any, Literal
 
 import yaml
 
+from crt_repro.model_specs import ModelSpec, is_known, names, spec_of
+
 PROFILES = ("smoke", "cpu", "paper")
-LM_MODELS = ("transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc", "rmt")
-VIDEO_MODELS = ("timesformer", "crvit")
 LM_DATASETS = ("ptb", "wikitext-2", "wt103", "synthetic", "memory-reach")
 VIDEO_DATASETS = ("smarthome", "synthetic-video")
 DATASET_ALIASES = {"wikitext-103": "wt103", "wikitext103": "wt103", "wikitext2": "wikitext-2"}
@@ -44,6 +43,15 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names both."""
 
 
+def later(default: Any) -> Any:
+    """A key added after results were committed: it enters a run's hash only when set to something
+    other than ``default``, so that committed runs keep their ids and are not retrained. Every key
+    a later change adds is declared with it."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"later": True})
+    return field(default=default, metadata={"later": True})
+
+
 @dataclass
 class ModelConfig:
     name: str = "transformer"
@@ -57,18 +65,18 @@ class ModelConfig:
     dropout_emb: float = 0.0  # embeddings and the final hidden states (AWD-style, PTB)
     tie_embeddings: bool = True
     # Adaptive softmax (Transformer-XL's on WikiText-103, div_val 1, tied): models.adaptive.
-    adaptive: bool = False
-    adaptive_cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
+    adaptive: bool = later(False)
+    adaptive_cutoffs: list[int] = later([20000, 40000, 200000])
     activation: Literal["gelu", "relu"] = "gelu"  # the feed-forward non-linearity (relu: Transformer-XL's)
     # RMT (not in the paper): memory tokens read at a segment's start and written at its end;
     # 1 gives it CRT's memory budget (one d_model vector).
-    rmt_memory_tokens: int = 1
+    rmt_memory_tokens: int = later(1)
     # Transformer-XL: hidden states kept per layer; None means "= seg_len" (the paper's tables).
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
     # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
-    xl_attention: Literal["auto", "sdpa", "flex"] = "auto"
+    xl_attention: Literal["auto", "sdpa", "flex"] = later("auto")
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: Literal["rnn_add", "rnn_replace", "sinusoidal", "relative"] = "rnn_add"
@@ -76,7 +84,7 @@ class ModelConfig:
     # "+ RNN memory". relative: Transformer-XL's attention with no memory (the paper's baseline:
     # it charges its Transformer for relative positions); absolute: sinusoids added to the
     # embeddings. The default is the one runs committed before this key existed had.
-    baseline_positions: Literal["relative", "absolute"] = "absolute"
+    baseline_positions: Literal["relative", "absolute"] = later("absolute")
     pos_rnn_init: Literal["memory", "zeros"] = "memory"  # the position RNN's initial state
     memory_input: Literal["final_ln", "raw"] = "final_ln"  # what the memory RNN reads of the last layer
     # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
@@ -109,15 +117,15 @@ class DataConfig:
     # Tokens per optimiser step; when set, the batch (streams) follows from it, so that every
     # segment length takes the same steps over the same tokens: batch_size = round(tokens_per_step
     # / (seg_len * optim.bptt_segments)).
-    tokens_per_step: int | None = None
+    tokens_per_step: int | None = later(None)
     eval_batch_size: int = 10
     # Truncations that make the smoke profile fast; None = the whole split.
     max_train_tokens: int | None = None
     max_eval_segments: int | None = None
     # memory-reach (crt_repro/data/memory_reach.py): filler tokens between a key and its recall,
     # and how many keys (chance = 1 / reach_keys).
-    reach_gap: int = 64
-    reach_keys: int = 8
+    reach_gap: int = later(64)
+    reach_keys: int = later(8)
     # video
     frames: int = 16
     resize: int = 256
@@ -174,8 +182,8 @@ class RunConfig:
     n_evals: int = 0  # validations evenly spaced over the run (equal tokens apart at every seg_len)
     report: Literal["last", "best_valid"] = "last"  # the checkpoint whose test metrics are reported
     # Stop after this many validations in a row without a new best validation loss; null: never.
-    early_stop_patience: int | None = None
-    compile: bool = False  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
+    early_stop_patience: int | None = later(None)
+    compile: bool = later(False)  # torch.compile the model (CUDA; on CPU it needs a C++ compiler and rarely pays)
 
 
 @dataclass
@@ -187,31 +195,26 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
+    def spec(self) -> ModelSpec:
+        return spec_of(self.model.name)
+
+    @property
     def is_video(self) -> bool:
-        return self.model.name in VIDEO_MODELS
+        return self.spec.task == "video"
 
     @property
     def seg_len(self) -> int:
         """Tokens per segment; for a video model, frames per iteration (the paper's Table 7)."""
         return self.model.n_frames if self.is_video else self.data.seg_len
 
+    def resolved_model(self) -> ModelConfig:
+        """The ModelConfig the model is built from: with the settings its name fixes (its spec)."""
+        return self.spec.configure(self.model, self.seg_len)
+
     @property
     def mem_len(self) -> int:
-        """Memory length in the paper's sense: vectors carried between segments (a plugin model
-        says so by a ``memory_len`` attribute of its class, a number or a function of the
-        ModelConfig; none: 0)."""
-        if self.model.name == "transformer_xl":
-            return self.model.mem_len or self.data.seg_len
-        if self.model.name == "rmt":
-            return self.model.rmt_memory_tokens
-        if is_plugin(self.model.name):
-            from crt_repro.models import model_class
-
-            n = getattr(model_class(self.model.name), "memory_len", 0)
-            return int(n(self.model) if callable(n) else n)
-        has_memory = self.model.name in ("transformer_rnn_memory", "crvit") or (
-            self.model.name == "crt" and self.model.memory)
-        return int(has_memory)
+        """Memory length in the paper's sense: vectors carried between segments (the spec's)."""
+        return self.spec.memory_len(self.resolved_model())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,102 +227,44 @@ class Config:
         for the same run by different routes share it.
         """
         d = self.to_dict()
-        m, data = d["model"], d["data"]
+        reads = self.spec.model_keys(self.model)
+        d["model"] = {k: v for k, v in d["model"].items() if k in reads}
+        data = d["data"]
         for k in ("data_dir", "num_workers"):
             data.pop(k)
         if self.data.dataset != "memory-reach":
             data.pop("reach_gap")
             data.pop("reach_keys")
-        if self.model.name != "rmt":
-            m.pop("rmt_memory_tokens")
-        if not uses_rnn(self.model):
-            for k in ("rnn", "rnn_reset", *NCGRU_KEYS):
-                m.pop(k)
-        elif self.model.rnn == "gru":
-            for k in NCGRU_KEYS:
-                m.pop(k)
-        if not self.model.adaptive or self.is_video:
-            m.pop("adaptive_cutoffs")
-        if self.model.name != "transformer_xl":
-            m.pop("mem_len")
-            m.pop("eval_mem_len")
-            m.pop("xl_attention")
-        if self.model.name != "crt":
-            m.pop("memory")
-            m.pop("pos_encoding")
-        if self.model.name not in BASELINE_POSITION_MODELS:
-            m.pop("baseline_positions")
-        if self.model.name not in CRT_MODELS:
-            m.pop("pos_rnn_init")
-            m.pop("memory_input")
-        o = d["optim"]
-        if not (uses_rnn(self.model) and self.model.rnn == "ncgru"):
-            o.pop("ncgru_a_optimizer")
-            o.pop("ncgru_a_lr")
-        video_keys = ("image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
-                      "vit_memory_scope", "vit_loss_iterations", "init_from")
-        for k in video_keys if not self.is_video else ("mem_len", "tie_embeddings", "adaptive"):
-            m.pop(k, None)
         for k in ("frames", "resize", "crop", "normalize") if not self.is_video else ("seg_len", "max_train_tokens"):
             data.pop(k)
+        if self.spec.cell(self.model) != "ncgru":
+            d["optim"].pop("ncgru_a_optimizer")
+            d["optim"].pop("ncgru_a_lr")
         return d
 
     def hashed_dict(self) -> dict[str, Any]:
-        """``relevant_dict`` without the keys of ``LATER_KEYS`` that hold their default."""
+        """``relevant_dict`` without the keys declared ``later`` that hold their default."""
         d = self.relevant_dict()
-        for key, default in LATER_KEYS.items():
-            section, name = key.split(".")
-            if name in d.get(section, {}) and d[section][name] == default:
-                del d[section][name]
+        for section, key, default in later_keys():
+            if key in d[section] and d[section][key] == default:
+                del d[section][key]
         return d
 
     def run_id(self) -> str:
         """Readable prefix + stable hash of ``hashed_dict`` (not where the data lives)."""
         blob = json.dumps(self.hashed_dict(), sort_keys=True).encode()
         m = self.model
-        rnn = f"-{m.rnn}" if uses_rnn(m) else ""
+        rnn = f"-{m.rnn}" if self.spec.rnn else ""
         seg = "" if self.is_video else f"-n{self.data.seg_len}"
         name = f"{self.data.dataset}-{m.name.replace(':', '.')}{rnn}-L{m.n_layer}{seg}-s{self.run.seed}"
         return f"{name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-# Keys added after results were committed (section.key -> default). Such a key enters a run's
-# hash only when it is set to something other than its default, so committed runs keep their
-# ids and are not retrained. Every key a later change adds goes here.
-LATER_KEYS: dict[str, Any] = {
-    "model.rmt_memory_tokens": 1,
-    "data.reach_gap": 64,
-    "data.reach_keys": 8,
-    "model.adaptive": False,
-    "model.adaptive_cutoffs": [20000, 40000, 200000],
-    "model.xl_attention": "auto",
-    "run.compile": False,
-    "model.baseline_positions": "absolute",
-    "data.tokens_per_step": None,
-    "run.early_stop_patience": None,
-}
-
-NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
-CRT_MODELS = ("crt", "transformer_rnn_memory", "transformer_rnn_posenc")
-BASELINE_POSITION_MODELS = ("transformer", "transformer_rnn_memory")
-
-
-PLUGIN_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def is_plugin(name: str) -> bool:
-    """A model from outside the package: ``package.module:Class`` or a ``crt_repro.models`` entry point."""
-    if name in LM_MODELS + VIDEO_MODELS:
-        return False
-    if PLUGIN_NAME.match(name):
-        return True
-    from importlib import metadata
-
-    return bool(metadata.entry_points(group="crt_repro.models").select(name=name))
-
-
-def uses_rnn(m: ModelConfig) -> bool:
-    return m.name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc", "crvit")
+def later_keys() -> list[tuple[str, str, Any]]:
+    """(section, key, default) of every key declared with ``later``."""
+    return [(s.name, f.name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
+            for s in dataclasses.fields(Config) if dataclasses.is_dataclass(s.default_factory)
+            for f in dataclasses.fields(s.default_factory) if f.metadata.get("later")]
 
 
 def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
@@ -481,6 +426,7 @@ def build_config(profile: str, dataset: str, overrides: dict[str, Any] | None = 
     cfg = Config(profile=profile)
     _fill(cfg, {k: v for k, v in merged.items() if k != "profile"}, "")
     cfg.data.dataset = canonical_dataset(cfg.data.dataset)
+    _require_known_model(cfg.model.name)  # before anything asks its spec
     if cfg.data.tokens_per_step is not None and not cfg.is_video:
         given = (overrides or {}).get("data", {}).get("batch_size")
         cfg.data.batch_size = streams_for(cfg)
@@ -528,6 +474,11 @@ def _require(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+def _require_known_model(name: str) -> None:
+    _require(is_known(name), "model.name", name,
+             f"must be one of {names()}, a package.module:Class or a crt_repro.models entry point")
+
+
 def validate(cfg: Config) -> None:
     m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.run
     # inf passes the one-sided range checks below (lr > 0 holds for it); nan would fail them with a wrong reason.
@@ -542,8 +493,7 @@ def validate(cfg: Config) -> None:
                 _require(value in allowed, f"{section}.{f.name}", value,
                          f"must be {', '.join(allowed[:-1])} or {allowed[-1]}")
     _require(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
-    _require(m.name in LM_MODELS + VIDEO_MODELS or is_plugin(m.name), "model.name", m.name,
-             f"must be one of {LM_MODELS + VIDEO_MODELS}, a package.module:Class or a crt_repro.models entry point")
+    _require_known_model(m.name)
     _require(m.rmt_memory_tokens >= 1, "model.rmt_memory_tokens", m.rmt_memory_tokens, "must be >= 1")
     _require(d.reach_gap >= 1, "data.reach_gap", d.reach_gap, "must be >= 1")
     _require(d.reach_keys >= 2, "data.reach_keys", d.reach_keys, "must be >= 2")
@@ -584,7 +534,7 @@ def validate(cfg: Config) -> None:
         _require(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
                  f"must be divisible by model.patch_size={m.patch_size}")
         _require(d.crop == m.image_size, "data.crop", d.crop, f"must equal model.image_size={m.image_size}")
-        per_clip = m.n_frames * (m.vit_iterations if m.vit_iteration_frames == "split" and m.name == "crvit" else 1)
+        per_clip = cfg.spec.clip_frames(m)
         _require(d.frames == per_clip, "data.frames", d.frames,
                  f"must equal the frames a clip feeds the model ({per_clip}: model.n_frames"
                  f"{' x vit_iterations' if per_clip != m.n_frames else ''})")

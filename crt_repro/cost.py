@@ -37,44 +37,8 @@ and left out, by fvcore and by our formula alike. ``count_macs`` raises if an op
 matrix product (a matmul-like name, an unhandled autograd Function or scripted call) is reported
 unsupported, so no attention or RNN can slip through an uncounted path.
 
-Our exact formula (MACs, batch 1; n = seg_len, d = d_model, F = d_inner, V = vocab, L layers,
-LN = 5 per element, m = XL memory length, k = m + n)
-------------------------------------------------------------------------------------------
-* Transformer, per layer: ``4 n d^2 + 2 n d F + 2 n^2 d + 2*LN n d``; plus the softmax layer
-  ``n d V`` (adaptive softmax: ``n d (V + c)`` for c tail clusters, the full distribution) and
-  the final LN.
-* Transformer-XL, per layer: q ``n d^2``, k/v ``2 k d^2``, W_r on k relative sinusoids ``k d^2``,
-  output ``n d^2``, position scores ``n k d``, SDPA ``2 n k d``, FFN ``2 n d F``, LN on memory
-  and segment ``LN (m + 2n) d``. At m = n: ``8 n d^2 + 2 n d F + 6 n^2 d``.
-* CRT: the Transformer's layers over n+1 tokens (memory token), plus a position RNN and a
-  memory RNN over n tokens (GRU ``6 n d^2`` each; NCGRU ``6 n d^2 + d^3`` each, d^3 being the
-  Cayley product that rebuilds W every forward), plus the softmax layer on n tokens and two
-  final-LN passes (one feeds the memory RNN, one the softmax layer).
-
-The paper's Table 1 (as printed, O(n d) terms dropped) and what it counts
--------------------------------------------------------------------------
-TR ``L(20 n d^2 + 6 n^2 d)``, TR-XL ``L(28 n d^2 + 12 n^2 d + 6 n^2)``, CRT-GRU
-``n d^2 (12L + 12) + 8 L n^2 d``; params TR/XL ``L(10 d^2 + 6 d)``, CRT ``(12+8L) d^2 + (6+4L) d``.
-
-* The TR and XL rows are FLOPs = 2 x MACs of layers whose FFN is d_inner = 3d: a layer has
-  4 d^2 projections + 2 d x 3d FFN = 10 d^2 weights (the params column says exactly that), i.e.
-  10 n d^2 MACs = 20 n d^2 FLOPs. XL adds K/V over 2n keys (+2 n d^2) and W_r on 2n relative
-  positions (+2 n d^2): 14 n d^2 MACs = 28 n d^2 FLOPs, and its attention (content, position
-  and value products over 2n keys) is 6 n^2 d MACs = 12 n^2 d FLOPs, exactly the printed term.
-  Read as MACs instead, 20 n d^2 would need d_inner = 8d, contradicting the params column. With
-  the usual d_inner = 4d the same FLOP convention gives 24 n d^2 (TR) and 32 n d^2 (XL).
-* TR's ``6 n^2 d`` is 1.5x the 4 n^2 d FLOPs (2 n^2 d MACs) of Q K^T and P V; we find no
-  reading that gives 6 (XL's 12 is exact, so the TR row looks like an over-count).
-* The CRT-GRU row does not follow the same convention. Its RNN term ``12 n d^2`` is exactly the
-  MACs of two GRUs (2 x 3d(d+d) per token), i.e. half the FLOPs; its per-layer ``12 n d^2`` is
-  4 d^2 + 8 d^2 MACs (d_inner = 4d) or 6 d^2 of weights in FLOPs, while its params column says
-  8 d^2 per layer (d_inner = 2d); its ``8 n^2 d`` is twice the FLOPs of causal attention over
-  n+1 tokens. So the row mixes MACs and FLOPs and widths; taken at face value against the TR row
-  it makes CRT look cheaper than a same-width Transformer, which it cannot be (CRT = TR on n+1
-  tokens + 12 n d^2 MACs of RNNs). Our exact formulas use one convention for every model.
-* Paper text, section 5.1: "16-layer, 70-token segments: a reduction of 5e9 FLOPs compared to
-  Transformer-XL". With the printed formulas that difference is 17080 d^2 + 313600 d + 470400,
-  i.e. 2.6e9 at d = 380, 3.0e9 at d = 410, 4.6e9 at d = 512 (5e9 would need d ~ 530).
+Our exact formulas and the paper's Table 1, as printed, are in ``crt_repro.formulas``; each
+model's spec names its own.
 """
 from __future__ import annotations
 
@@ -87,10 +51,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from crt_repro.config import LM_MODELS, Config, RnnKind, build_config, choices, uses_rnn
+from crt_repro.config import Config, RnnKind, build_config, choices
+from crt_repro.formulas import LN_PER_ELEMENT
+from crt_repro.model_specs import names, spec_of
 from crt_repro.models.adaptive import effective_cutoffs
 
-LN_PER_ELEMENT = 5  # fvcore's estimate for an affine LayerNorm, per element
 CSV_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "params", "macs_fwd", "flops_fwd", "formula_macs")
 
 # Unsupported-op names that may hide a matrix product: forward_cost refuses them.
@@ -245,13 +210,13 @@ def build_eval_model(cfg: Config, vocab_size: int, device: str = "cpu", seed: in
 
 
 def warm_state(model: nn.Module, cfg: Config, vocab_size: int, batch: int = 1, device="cpu"):
-    """A state with the shapes a model carries in mid-stream: XL runs enough segments to hold
-    ``mem_len`` states per layer; CRT's memory vector is the zeros it starts from (its shape, and
-    so the cost, never changes); ``None`` for stateless models."""
+    """A state with the shapes a model carries in mid-stream: a memory that fills over the first
+    segments (XL's) is run full, ``mem_len`` states per layer; CRT's memory vector is the zeros it
+    starts from (its shape, and so the cost, never changes); ``None`` for stateless models."""
     n = cfg.data.seg_len
     device = torch.device(device)
     state = model.init_state(batch, device)
-    if state is None or cfg.model.name != "transformer_xl":
+    if state is None or not cfg.spec.memory_fills:
         return state  # CRT's memory vector has its final shape from the start: same cost
     warm = math.ceil(cfg.mem_len / n)
     g = torch.Generator().manual_seed(1)
@@ -259,10 +224,9 @@ def warm_state(model: nn.Module, cfg: Config, vocab_size: int, batch: int = 1, d
         for _ in range(warm):
             idx = torch.randint(0, vocab_size, (batch, n), generator=g).to(device)
             _, state = model(idx, state)
-    if cfg.model.name == "transformer_xl":
-        lens = {s.shape[1] for s in state}
-        if lens != {cfg.mem_len}:
-            raise RuntimeError(f"XL memory lengths {sorted(lens)} after warm-up, expected {cfg.mem_len}")
+    lens = {s.shape[1] for s in state}
+    if lens != {cfg.mem_len}:
+        raise RuntimeError(f"{cfg.model.name}: memory lengths {sorted(lens)} after warm-up, expected {cfg.mem_len}")
     return state
 
 
@@ -274,72 +238,18 @@ def count_params(model: nn.Module) -> int:
 # Formulas
 
 
-def _rnn_macs(kind: str, n: int, d: int) -> dict[str, int]:
-    """One RNN of input and hidden size d over n tokens (batch 1)."""
-    macs = {"rnn_input": 3 * n * d * d, "rnn_recurrent": 3 * n * d * d}
-    if kind == "ncgru":
-        macs["ncgru_cayley"] = d**3  # W = (I+A)^-1 (I-A) D rebuilt every forward
-    return macs
-
-
 def formula_breakdown(cfg: Config, vocab_size: int) -> dict[str, int]:
-    """Our exact MAC count of one segment's forward (batch 1), term by term; see the module doc."""
-    m = cfg.model
-    name, L, d, F = m.name, m.n_layer, m.d_model, m.d_inner
-    n, V = cfg.data.seg_len, vocab_size
-    ln = LN_PER_ELEMENT
-    terms: dict[str, int] = {}
-
-    def add(key: str, value: int) -> None:
-        terms[key] = terms.get(key, 0) + value
-
-    def relative_blocks(mem: int, t: int) -> None:
-        """Blocks of Dai et al.'s relative attention: t queries over [mem; t] keys."""
-        k = mem + t
-        add("attn_proj", L * (t * d * d + 2 * k * d * d + t * d * d))  # q, k/v over [mem; x], out
-        add("rel_pos_proj", L * k * d * d)  # W_r applied to the k relative sinusoids
-        add("attention", L * (t * k * d + 2 * t * k * d))  # position scores + SDPA (QK^T, PV)
-        add("ffn", L * 2 * t * d * F)
-        add("layernorm", L * ln * (mem + 2 * t) * d)  # ln_1 on memory and segment, ln_2
-
-    def plain_blocks(t: int) -> None:
-        add("attn_proj", L * 4 * t * d * d)
-        add("attention", L * 2 * t * t * d)
-        add("ffn", L * 2 * t * d * F)
-        add("layernorm", L * 2 * ln * t * d)
-
-    if name == "transformer":
-        relative_blocks(0, n) if m.baseline_positions == "relative" else plain_blocks(n)
-    elif name == "transformer_xl":
-        relative_blocks(cfg.mem_len, n)
-    elif name in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc"):
-        memory = {"crt": m.memory, "transformer_rnn_memory": True, "transformer_rnn_posenc": False}[name]
-        baseline = "relative" if m.baseline_positions == "relative" else "sinusoidal"
-        pos = {"crt": m.pos_encoding, "transformer_rnn_memory": baseline, "transformer_rnn_posenc": "rnn_add"}[name]
-        t = n + int(memory)
-        relative_blocks(0, t) if pos == "relative" else plain_blocks(t)
-        rnns = int(pos.startswith("rnn")) + int(memory)
-        for _ in range(rnns):
-            for key, v in _rnn_macs(m.rnn, n, d).items():
-                add(key, v)
-        if memory:
-            add("layernorm", ln * n * d)  # head.normed(y) feeding the memory RNN
-    elif name == "rmt":
-        from crt_repro.models.rmt import matched_d_inner
-
-        k = m.rmt_memory_tokens
-        t = n + 2 * k  # read memory, segment, write memory
-        add("attn_proj", L * 4 * t * d * d)
-        add("attention", L * 2 * t * t * d)
-        add("ffn", L * 2 * t * d * matched_d_inner(m))
-        add("layernorm", L * 2 * ln * t * d + ln * k * d)  # blocks; LN_f of the written memory
-    else:
-        raise ValueError(f"no cost formula for model {name!r} (have: {', '.join(LM_MODELS)})")
-    add("layernorm", ln * n * d)  # final LN before the softmax layer
+    """Our exact MAC count of one segment's forward (batch 1), term by term: the model's own
+    formula (its spec's, ``crt_repro.formulas``), the final LayerNorm and the softmax layer."""
+    spec, m, n = cfg.spec, cfg.model, cfg.data.seg_len
+    if spec.macs is None:
+        raise ValueError(f"model.name={m.name!r}: its spec gives no cost formula")
+    terms = spec.macs(cfg.resolved_model(), n, cfg.mem_len)
+    terms["layernorm"] = terms.get("layernorm", 0) + LN_PER_ELEMENT * n * m.d_model  # final LN before the softmax
     # The adaptive softmax's full distribution: the head scores its words and one token per tail
     # cluster, every tail its own words (a target's loss needs only its own cluster).
-    tails = len(effective_cutoffs(m.adaptive_cutoffs, V)) if m.adaptive else 0
-    add("softmax_layer", n * d * (V + tails))
+    tails = len(effective_cutoffs(m.adaptive_cutoffs, vocab_size)) if m.adaptive else 0
+    terms["softmax_layer"] = n * m.d_model * (vocab_size + tails)
     return terms
 
 
@@ -348,28 +258,15 @@ def formula_macs(cfg: Config, vocab_size: int) -> int:
 
 
 def paper_formula_flops(model: str, layers: int, seg_len: int, d_model: int) -> float:
-    """The paper's Table 1 FLOPs as printed, without the O(n d) terms; NaN for models it omits.
-
-    ``crt`` uses the CRT-GRU row whatever the cell (the paper gives no NCGRU row).
-    """
-    L, n, d = layers, seg_len, d_model
-    if model == "transformer":
-        return float(L * (20 * n * d**2 + 6 * n**2 * d))
-    if model == "transformer_xl":
-        return float(L * (28 * n * d**2 + 12 * n**2 * d + 6 * n**2))
-    if model == "crt":
-        return float(n * d**2 * (12 * L + 12) + 8 * L * n**2 * d)
-    return float("nan")
+    """The paper's Table 1 FLOPs as printed, without the O(n d) terms; NaN for models it omits."""
+    f = spec_of(model).paper_flops
+    return f(layers, seg_len, d_model) if f else math.nan
 
 
 def paper_formula_params(model: str, layers: int, d_model: int) -> float:
     """The paper's Table 1 parameter column (no embeddings / softmax layer); NaN if omitted."""
-    L, d = layers, d_model
-    if model in ("transformer", "transformer_xl"):
-        return float(L * (10 * d**2 + 6 * d))
-    if model == "crt":
-        return float((12 + 8 * L) * d**2 + (6 + 4 * L) * d)
-    return float("nan")
+    f = spec_of(model).paper_params
+    return f(layers, d_model) if f else math.nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,8 +291,8 @@ def forward_cost(cfg: Config, vocab_size: int, device: str = "meta") -> dict[str
         "params": count_params(model),
         "macs_fwd": macs,
         "flops_fwd": 2 * macs,
-        # A plugin model has no formula of ours: its count is fvcore's alone.
-        "formula_macs": formula_macs(cfg, vocab_size) if m.name in LM_MODELS else math.nan,
+        # A model whose spec gives no formula (an outside model's, often): its count is fvcore's alone.
+        "formula_macs": formula_macs(cfg, vocab_size) if cfg.spec.macs else math.nan,
         "paper_formula_flops": paper_formula_flops(m.name, m.n_layer, cfg.data.seg_len, m.d_model),
     }
 
@@ -408,7 +305,7 @@ def segment_macs(cfg: Config, vocab_size: int, batch: int = 1, device: str = "me
 
 def _count_on(cfg: Config, vocab_size: int, batch: int, device: str) -> tuple[nn.Module, int]:
     cfg = _cpu_fp32(cfg)
-    if device == "meta" and uses_rnn(cfg.model) and cfg.model.rnn == "ncgru":
+    if device == "meta" and cfg.spec.cell(cfg.model) == "ncgru":
         device = "cpu"
     if device == "meta":
         try:
@@ -447,7 +344,7 @@ def cost_row(cfg: Config, vocab_size: int) -> dict[str, Any]:
     """One CSV row of ``crt-repro cost`` (columns ``CSV_COLUMNS``)."""
     c = forward_cost(cfg, vocab_size)
     m = cfg.model
-    return {"model": m.name, "rnn": m.rnn if uses_rnn(m) else "", "layers": m.n_layer, "d_model": m.d_model,
+    return {"model": m.name, "rnn": cfg.spec.cell(m), "layers": m.n_layer, "d_model": m.d_model,
             "seg_len": cfg.data.seg_len, **{k: c[k] for k in CSV_COLUMNS[5:]}}
 
 
@@ -480,7 +377,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="forward MACs/FLOPs of one segment (fvcore) and our exact formula")
-    p.add_argument("--model", choices=LM_MODELS, required=True)
+    p.add_argument("--model", choices=names("lm"), required=True)
     p.add_argument("--rnn", choices=choices(RnnKind), default="gru", help="cell of CRT's RNNs (default gru)")
     p.add_argument("--layers", type=int, required=True)
     p.add_argument("--seg-len", type=int, required=True)

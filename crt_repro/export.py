@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from crt_repro.model_specs import load, spec_of
 from crt_repro.models.layers import sinusoid_table
 
 
@@ -157,19 +158,23 @@ class CRTStep(nn.Module):
         return m.head.logits(x[:, 0]), kv, pos_h, mem_h
 
 
-STEPS = {"Transformer": TransformerStep, "TransformerXL": XLStep, "RelativeTransformer": XLStep, "CRT": CRTStep, "TransformerRNNMemory": CRTStep}
+def transformer_step(model, seg_len: int) -> nn.Module:
+    """The Transformer's step: XL's with no memory where its positions are relative."""
+    return (XLStep if model.cfg.baseline_positions == "relative" else TransformerStep)(model, seg_len)
 
 
 def stream_step(model, seg_len: int) -> nn.Module:
-    try:
-        cls = STEPS[type(model).__name__]
-    except KeyError:
-        raise ValueError(f"export: no fixed-shape step for {type(model).__name__} (have: {', '.join(STEPS)})") from None
+    """The fixed-shape step its spec names (``export_step``) for a built model."""
+    cfg = getattr(model, "cfg", None)
+    target = spec_of(cfg.name).export_step if cfg is not None else None
+    if target is None:
+        name = cfg.name if cfg is not None else type(model).__name__
+        raise ValueError(f"export: no fixed-shape step for {name} (its spec names no export_step)")
     model.eval()
     for module in model.modules():  # NCGRU: the graph cannot check that its inverse is fresh
         if hasattr(module, "_check_fresh"):
             module._check_fresh()
-    return cls(model, seg_len).eval()
+    return load(target)(model, seg_len).eval()
 
 
 def export_onnx(step: nn.Module, path: str | os.PathLike, batch: int = 1) -> Path:

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crt_repro import atomic
-from crt_repro.config import LM_MODELS, PROFILES, Config, RnnKind, build_config, choices, parse_overrides, uses_rnn
+from crt_repro.config import PROFILES, Config, RnnKind, build_config, choices, parse_overrides
+from crt_repro.model_specs import names
 
 CSV_COLUMNS = ("rnn", "k", "grad_norm", "state")
 
@@ -139,7 +140,7 @@ class Cell:
 
 
 def cell_label(cfg: Config) -> str:
-    return cfg.model.rnn if uses_rnn(cfg.model) else "none"
+    return cfg.spec.cell(cfg.model) or "none"
 
 
 def training_segments(cfg: Config, n_segments: int, batch: int | None = None) -> tuple[list, int]:
@@ -297,7 +298,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradient-reach", help="||d loss(segment k) / d embeddings(segment 1)||, GRU vs NCGRU memory")
     p.add_argument("--profile", choices=PROFILES, default="smoke")
     p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--model", choices=LM_MODELS, default="crt")
+    p.add_argument("--model", choices=names("lm"), default="crt")
     p.add_argument("--rnn", nargs="+", choices=choices(RnnKind), default=list(choices(RnnKind)),
                    help="cells side by side (default both)")
     p.add_argument("--layers", type=int)

@@ -6,17 +6,13 @@ that use them. The Snakefile imports it when it is parsed; it imports nothing he
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from crt_repro.corpora import TRAIN_TOKENS, VOCAB_SIZES
+from crt_repro.paths import runs_dir
 from crt_repro.results import ResultsError
-
-
-def runs_dir(profile: str) -> str:
-    """Where the workflow keeps the runs of one profile (relative to the repository root)."""
-    return f"results/{profile}/runs"
 
 
 # Cluster jobs (workflow/profiles/slurm): the time and memory a language run's train job asks for,
@@ -31,13 +27,10 @@ def runs_dir(profile: str) -> str:
 # (WikiText-2), and 64 leave room for the vocabulary and the batches.
 JOB_MAX_MINUTES = 24 * 60
 GPU_LAYER_TOKENS_PER_S = 2e5  # 12,500 tokens/s at 16 layers: 40 h for a WikiText-103 run of 1.8e9 tokens
-# Training tokens (PTB, WikiText-2 with <eos>: ../shared/data/README.md; WikiText-103: its paper's
-# count); the generated corpora are small enough to count as none.
-CORPUS_TRAIN_TOKENS = {"ptb": 929_589, "wikitext-2": 2_088_628, "wt103": 103_227_021}
 
 
 def corpus_tokens(cfg) -> int:
-    return min(CORPUS_TRAIN_TOKENS.get(cfg.data.dataset, 0), cfg.data.max_train_tokens or math.inf)
+    return min(TRAIN_TOKENS.get(cfg.data.dataset, 0), cfg.data.max_train_tokens or math.inf)
 
 
 def train_tokens(cfg) -> float:
@@ -65,7 +58,6 @@ def job_mem_mb(cfg) -> int:
 # shape (tokens/s, layers, d_model, vocabulary, on what): cpu, the pilot's ~4,500 tokens/s per
 # core at 3 x 128 on PTB; paper, GPU_LAYER_TOKENS_PER_S at 16 x 410 on WikiText-103. Epoch budgets
 # count every epoch: early stopping may end a run sooner.
-VOCAB_SIZES = {"ptb": 10_000, "wikitext-2": 33_278, "wt103": 267_735}
 ESTIMATE_SPEEDS = {"smoke": (4500, 3, 128, 10_000, "core"), "cpu": (4500, 3, 128, 10_000, "core"),
                    "paper": (GPU_LAYER_TOKENS_PER_S / 16, 16, 410, 267_735, "GPU")}
 
@@ -118,12 +110,10 @@ class RunSpec:
 
     def config(self):
         """The Config ``crt-repro train`` builds from these arguments (the CLI's own code path)."""
-        from crt_repro.commands import train_overrides
-        from crt_repro.config import build_config
+        from crt_repro.commands import train_config
 
-        ns = argparse.Namespace(set=list(self.sets), dataset=self.dataset, model=self.model, layers=self.layers,
-                                rnn=self.rnn, seg_len=self.seg_len, data_dir=None, seed=self.seed, device=None)
-        return build_config(self.profile, self.dataset, train_overrides(ns))
+        return train_config(self.profile, self.dataset, self.sets, model=self.model, layers=self.layers, rnn=self.rnn,
+                            seg_len=self.seg_len, seed=self.seed)
 
     def run_id(self) -> str:
         return self.config().run_id()

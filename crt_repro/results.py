@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from crt_repro.model_specs import spec_of
+
 if TYPE_CHECKING:  # pandas is imported lazily: the Snakefile imports this module to plan runs
     import pandas as pd
 
@@ -109,7 +111,7 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
         row["flops_fwd"] = run_cost(run_dir, metrics.get("run_id", ""))["flops_fwd"]
     if "test_mca" in metrics:
         row.update(video_record(run_dir, metrics))
-    elif metrics.get("model") == "transformer_xl":
+    elif metrics.get("model") and "eval_mem_len" in spec_of(metrics["model"]).reads:
         row["eval_mem_len"] = _eval_mem_len(run_dir)
     return row
 
@@ -145,7 +147,8 @@ def run_config(run_dir: Path):
 
 
 def _eval_mem_len(run_dir: Path) -> int:
-    """The memory Transformer-XL kept in evaluation (model.eval_mem_len, null: its mem_len)."""
+    """The memory a model with an evaluation memory (Transformer-XL) kept in evaluation
+    (model.eval_mem_len, null: its mem_len)."""
     cfg = run_config(run_dir)
     return cfg.model.eval_mem_len or cfg.mem_len
 

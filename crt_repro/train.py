@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from crt_repro import atomic, distributed
-from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file, uses_rnn
+from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file
 from crt_repro.models import build_model
 from crt_repro.tasks import data_fingerprint, make_task
 
@@ -620,7 +620,7 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         "profile": cfg.profile,
         "dataset": cfg.data.dataset,
         "model": m.name,
-        "rnn": m.rnn if uses_rnn(m) else "",
+        "rnn": cfg.spec.cell(m),
         "layers": m.n_layer,
         "d_model": m.d_model,
         "seg_len": cfg.seg_len,

@@ -1,10 +1,10 @@
-"""An outside model, written as a user of the harness would write one (README, "How to add your
-own model"): a GRU language model, not part of the package, run as
-``--model plugin_model:GRULanguageModel`` with this folder on PYTHONPATH.
+"""An outside model, written as a user of the harness would write one (docs/adding-a-model.md):
+a GRU language model, not part of the package, run as ``--model plugin_model:GRULanguageModel``
+with this folder on PYTHONPATH.
 
 It meets the contract of ``crt_repro.models.layers``: ``forward(idx, state) -> (hidden, state)``
 with the batch first in every state tensor, ``init_state``, ``detach_state``, and the shared
-softmax layer ``LMHead`` as ``self.head``.
+softmax layer ``LMHead`` as ``self.head``; its ``spec`` says what the tables need to know.
 """
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig
+from crt_repro.model_specs import ModelSpec
 from crt_repro.models.layers import LMHead
 
 
 class GRULanguageModel(nn.Module):
     # Vectors carried from one segment to the next (the tables' memory column): one per layer.
-    @staticmethod
-    def memory_len(cfg: ModelConfig) -> int:
-        return cfg.n_layer
+    spec = ModelSpec(memory_len=lambda m: m.n_layer)
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()

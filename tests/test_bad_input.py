@@ -254,13 +254,13 @@ def test_a_flag_and_a_set_of_its_key_with_another_value_are_refused(capsys, tmp_
 
 def test_a_flag_and_a_set_of_its_key_with_the_same_value_agree():
     from crt_repro.cli import build_parser
-    from crt_repro.commands import train_overrides
+    from crt_repro.commands import FLAG_KEYS, train_config
 
     args = build_parser().parse_args(["train", *TINY, "--dataset", "wikitext2", "--seed", "3", "--rnn", "gru",
                                       "--out", "x", "--set", "model.n_layer=1", "--set", "data.seg_len=8",
                                       "--set", "run.seed=3", "--set", "model.name=transformer",
                                       "--set", "model.rnn=gru", "--set", "data.dataset=wikitext-2"])
-    cfg = build_config(args.profile, args.dataset, train_overrides(args))
+    cfg = train_config(args.profile, args.dataset, args.set, **{f: getattr(args, f) for f in FLAG_KEYS})
     assert (cfg.model.n_layer, cfg.data.seg_len, cfg.run.seed, cfg.data.dataset) == (1, 8, 3, "wikitext-2")
 
 

@@ -315,7 +315,7 @@ def test_a_paper_timesformer_run_without_k400_weights_warns(capsys):
 
 
 def test_a_key_added_later_leaves_committed_run_ids_alone(monkeypatch):
-    """A LATER_KEYS key at its default is not hashed: the id is the one of a config without it."""
+    """A key declared ``later`` is not hashed at its default: the id is the one of a config without it."""
     import hashlib
 
     from crt_repro import config as config_mod
@@ -325,7 +325,8 @@ def test_a_key_added_later_leaves_committed_run_ids_alone(monkeypatch):
     del without["model"]["activation"]
     expected = hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()[:10]
     assert not cfg.run_id().endswith(expected)  # today the key is hashed
-    monkeypatch.setattr(config_mod, "LATER_KEYS", {"model.activation": "gelu"})
+    assert ("model", "xl_attention", "auto") in config_mod.later_keys()
+    monkeypatch.setattr(config_mod, "later_keys", lambda: [("model", "activation", "gelu")])
     assert cfg.run_id().endswith(expected)
     assert smoke("model.activation=relu", model="crt").run_id() != cfg.run_id()
 
@@ -348,6 +349,19 @@ def test_every_committed_cpu_run_keeps_its_id_and_is_planned_by_the_workflow():
     assert len(archived) == 58
     for path in archived:
         assert load_config_file(path).run_id() == path.parent.name, path
+
+
+def test_the_committed_memory_reach_runs_keep_their_ids_and_are_the_planned_benchmark():
+    """The memory-reach benchmark's committed records (results/cpu/runs/memory-reach-*) are the runs
+    the cpu plan wants for it, each under the id its config hashes to: none would be retrained."""
+    from crt_repro.config import load_config_file
+
+    committed = sorted((REPO / "results/cpu/runs").glob("memory-reach-*/config.yaml"))
+    assert len(committed) == 56
+    for path in committed:
+        assert load_config_file(path).run_id() == path.parent.name, path
+    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x")
+    assert {p.parent.name for p in committed} == set(plan.reach_run_ids)
 
 
 def test_every_cell_the_claims_declare_runs_its_declared_seeds_in_every_table():

@@ -11,13 +11,14 @@ from importlib import metadata
 import pytest
 import torch
 
-from crt_repro.config import LM_MODELS, Config, DataConfig, ModelConfig, build_config
+from crt_repro.config import Config, DataConfig, ModelConfig, build_config
 from crt_repro.cost import forward_cost
-from crt_repro.models import ENTRY_POINT_GROUP, build_model
+from crt_repro.model_specs import ENTRY_POINT_GROUP, names
+from crt_repro.models import build_model
 
 V, SEG = 23, 6
 PLUGIN = "plugin_model:GRULanguageModel"
-NAMES = [*LM_MODELS, *sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)), PLUGIN]
+NAMES = [*names("lm"), *sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)), PLUGIN]
 
 
 def tiny(name: str) -> torch.nn.Module:
@@ -90,7 +91,7 @@ def test_fvcore_counts_every_model(name):
                                                         "d_inner": 32, "n_layer": 2}, "data": {"seg_len": SEG}})
     cost = forward_cost(cfg, V)
     assert cost["macs_fwd"] > cost["params"] > 0
-    if name in LM_MODELS:
+    if name in names("lm"):
         assert cost["macs_fwd"] == cost["formula_macs"]
 
 

@@ -276,12 +276,11 @@ def test_plan_profile_changes_every_run_id():
 def test_run_spec_id_is_the_train_cli_config():
     """The planned id must be the id `crt-repro train` gives the same arguments."""
     from crt_repro.cli import build_parser
-    from crt_repro.commands import train_overrides
-    from crt_repro.config import build_config
+    from crt_repro.commands import FLAG_KEYS, train_config
 
     spec = RunSpec("smoke", "ptb", "crt", 3, 35, 1, "gru", ("optim.max_steps=20", "data.batch_size=4"))
     args = build_parser().parse_args(["train", *spec.train_args(), "--out", "x"])
-    cfg = build_config(args.profile, args.dataset, train_overrides(args))
+    cfg = train_config(args.profile, args.dataset, args.set, **{f: getattr(args, f) for f in FLAG_KEYS})
     assert spec.run_id() == cfg.run_id()
     assert spec.run_id().startswith("ptb-crt-gru-L3-n35-s1-")
     assert RunSpec("smoke", "ptb", "crt", 3, 35, 1, "ncgru").run_id() != RunSpec("smoke", "ptb", "crt", 3, 35, 1,

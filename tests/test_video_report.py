@@ -67,12 +67,12 @@ def test_video_plan_one_stage_k400_and_profiles():
 
 def test_video_run_spec_id_is_the_train_cli_config():
     from crt_repro.cli import build_parser
-    from crt_repro.commands import train_overrides
+    from crt_repro.commands import FLAG_KEYS, train_config
 
     spec = RunSpec("smoke", "synthetic-video", "crvit", None, None, 1, "ncgru",
                    ("model.init_from=results/runs/x/checkpoint.pt", "optim.max_steps=30"))
     args = build_parser().parse_args(["train", *spec.train_args(), "--out", "x"])
-    cfg = build_config(args.profile, args.dataset, train_overrides(args))
+    cfg = train_config(args.profile, args.dataset, args.set, **{f: getattr(args, f) for f in FLAG_KEYS})
     assert spec.run_id() == cfg.run_id() and cfg.model.init_from == "results/runs/x/checkpoint.pt"
     assert spec.run_id().startswith("synthetic-video-crvit-ncgru-L2-s1-")
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from crt_repro import models
 from crt_repro.config import build_config
 from crt_repro.tasks.video import VideoTask
 from crt_repro.train import train
@@ -14,8 +13,6 @@ from crt_repro.train import train
 
 @pytest.fixture(autouse=True)
 def setup(monkeypatch):
-    monkeypatch.setitem(models.REGISTRY, "timesformer", "crt_repro.models.vit:build_timesformer")
-    monkeypatch.setitem(models.REGISTRY, "crvit", "crt_repro.models.vit:build_crvit")
     n = torch.get_num_threads()
     torch.set_num_threads(1)   # tiny matrices: a second thread on a shared machine is far slower
     yield

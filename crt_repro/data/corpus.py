@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from crt_repro.paths import default_cache_dir, default_data_dir
+
 from .synthetic import synthetic_corpus
 from .vocab import EOS, SPLITS, UNK, Corpus, frequency_sorted
 
@@ -81,14 +83,6 @@ def canonical_dataset(name: str) -> str:
         return name
     valid = sorted([*DATASETS, *ALIASES, SYNTHETIC])
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(valid)}")
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CRT_REPRO_DATA", "data"))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CRT_REPRO_CACHE", Path.home() / ".cache" / "crt-repro"))
 
 
 def dataset_paths(dataset: str, data_dir: str | Path) -> dict[str, Path]:

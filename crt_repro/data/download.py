@@ -22,7 +22,9 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .corpus import ALIASES, DATASETS, canonical_dataset, default_data_dir, sha256_file
+from crt_repro.paths import default_data_dir
+
+from .corpus import ALIASES, DATASETS, canonical_dataset, sha256_file
 
 _CHUNK = 1 << 20
 

@@ -1,5 +1,9 @@
 """Compact Recurrent Transformer (the paper, section 3) and its Table 8 ablations.
 
+The ablations are this class with ``model.memory`` and ``model.pos_encoding`` fixed by their
+names (``transformer_rnn_memory``, ``transformer_rnn_posenc``: their specs in
+``crt_repro/model_specs.py``).
+
 One segment of n tokens, with the memory vector m carried from the previous segment::
 
     e_1..e_n   = token embeddings
@@ -51,8 +55,6 @@ Our GRU keeps two bias vectors per gate (b_ih, b_hh) as ``torch.nn.GRU`` does, s
 6 d^2 + 4 d each (see ``rnn.py``).
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 from torch import Tensor
@@ -175,20 +177,3 @@ class CRT(LanguageModel):
         if self.cfg.pos_encoding != "relative":
             return {}
         return {"r": self.emb_drop(cache.consts["r"][-(len(kv) + 1):])}
-
-
-class TransformerRNNMemory(CRT):
-    """Table 8, "Transformer + RNN memory": memory token and memory RNN on the baseline's own
-    positions (``model.baseline_positions``: relative attention, or sinusoids)."""
-
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
-        positions = "relative" if cfg.baseline_positions == "relative" else "sinusoidal"
-        super().__init__(dataclasses.replace(cfg, memory=True, pos_encoding=positions), vocab_size)
-
-
-class TransformerRNNPosEnc(CRT):
-    """Table 8, "Transformer + RNN pos enc": the position RNN (rnn_add, h0 = 0 in every segment),
-    no memory; nothing crosses segments."""
-
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
-        super().__init__(dataclasses.replace(cfg, memory=False, pos_encoding="rnn_add"), vocab_size)

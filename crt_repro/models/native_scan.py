@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from crt_repro.data.corpus import default_cache_dir
+from crt_repro.paths import default_cache_dir
 
 _SOURCE = Path(__file__).with_name("_scan.c")
 _X86_LINUX = platform.system() == "Linux" and platform.machine() == "x86_64"

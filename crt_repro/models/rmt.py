@@ -21,7 +21,7 @@ Choices, where Bulatov et al. leave room or build on a pre-trained GPT-2:
   hidden state), as CRT's memory RNN reads it: the raw pre-LN residual stream would grow with
   every segment it is fed back through. The learned initial memory is N(0, 1), that scale.
 * Parameters matched to CRT: RMT has k d parameters of its own where CRT has two RNNs (position
-  and memory, NCGRU: 2 (6 d^2 + 4 d)). ``matched_d_inner`` widens RMT's feed-forward layers by the
+  and memory, NCGRU: 2 (6 d^2 + 4 d)). ``formulas.matched_d_inner`` widens RMT's feed-forward layers by the
   rounded difference over L (2 d + 1) parameters per unit of width, so that the two models have
   the same parameters within one feed-forward unit per layer.
 """
@@ -33,19 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig
+from crt_repro.formulas import matched_d_inner
 from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
-
-
-def crt_rnn_params(d: int) -> int:
-    """CRT-NCGRU's parameters beyond the Transformer's: two NCGRUs of width d (``rnn.py``)."""
-    return 2 * (6 * d * d + 4 * d)
-
-
-def matched_d_inner(cfg: ModelConfig) -> int:
-    """The feed-forward width at which RMT has CRT-NCGRU's parameters (see the module doc)."""
-    d = cfg.d_model
-    extra = crt_rnn_params(d) - cfg.rmt_memory_tokens * d
-    return cfg.d_inner + max(0, round(extra / (cfg.n_layer * (2 * d + 1))))
 
 
 class RMT(LanguageModel):

@@ -269,7 +269,8 @@ def paper_width_costs(layers: tuple[int, ...] = (3, 16), datasets: tuple[str, ..
     nothing is trained."""
     from crt_repro import cost
     from crt_repro.config import build_config
-    from crt_repro.report.cost_tables import PAPER_SEG_LENS, VOCAB_SIZES
+    from crt_repro.corpora import VOCAB_SIZES
+    from crt_repro.report.cost_tables import PAPER_SEG_LENS
 
     rows = []
     for dataset in datasets:

@@ -7,7 +7,7 @@ Widths come from the profile's per-dataset sections (``crt_repro/profiles/<profi
 paper profile uses Transformer-XL's PTB (16 x 380, d_inner 900) and WikiText-103 (16 x 410, d_inner
 2100) widths; the cpu and smoke profiles their own small widths, with WikiText-2 standing in for
 WikiText-103 (as the workflow does; the ``dataset`` column says which). Vocabulary sizes are
-those of the corpora (they only size the softmax layer).
+those of the corpora (``crt_repro.corpora``; they only size the softmax layer).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import pandas as pd
 
 from crt_repro import cost
 from crt_repro.config import build_config
+from crt_repro.corpora import VOCAB_SIZES
 
 PAPER_ORDER = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"))
 PAPER_SEG_LENS = {"ptb": (70, 35, 17), "wt103": (150, 70, 35)}  # Tables 2-5, in their order
-VOCAB_SIZES = {"ptb": 10000, "wt103": 267735, "wikitext-2": 33278}
 STAND_IN = {"paper": {}, "cpu": {"wt103": "wikitext-2"}, "smoke": {"wt103": "wikitext-2"}}
 
 TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model", "rnn", "paper_flops",

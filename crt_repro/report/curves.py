@@ -104,7 +104,7 @@ def plot_run_curves(run_dirs: list[str | Path], title: str):
         cfg = load_config_file(d / "config.yaml")
         m = cfg.model
         points = logged_validations(d / "log.jsonl")
-        label = f"{model_label(m.name, m.rnn if m.name == 'crt' else '')} @ {cfg.data.seg_len}"
+        label = f"{model_label(m.name, cfg.spec.cell(m))} @ {cfg.data.seg_len}"
         if points:
             label += f" (best {min(e['ppl'] for e in points):.1f})"
         ax.plot([e["items"] / 1e6 for e in points], [e["ppl"] for e in points], color=color, marker=".", label=label)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from crt_repro.corpora import VOCAB_SIZES
+from crt_repro.model_specs import spec_of
 from crt_repro.report.reference import load_reference, reference_rows, table_key
 from crt_repro.results import ResultsError, select_runs
 
@@ -71,16 +73,8 @@ PPL_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "ppl")
 COST_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "cost")
 MCA_TABLES = tuple(n for n, t in TABLES.items() if t.kind == "mca")
 
-MODEL_NAMES = {
-    "transformer": "Transformer",
-    "transformer_xl": "Transformer-XL",
-    "crt": "CRT",
-    "transformer_rnn_memory": "Transformer + RNN memory",
-    "transformer_rnn_posenc": "Transformer + RNN pos. enc.",
-    "rmt": "RMT",
-    # Table 7
-    "timesformer": "TimeSformer",
-    "crvit": "CR-ViT",
+# The other methods Table 7 lists (reference rows only); our models' labels are in their specs.
+OTHER_METHODS = {
     "2s_agcn": "2s-AGCN",
     "posec3d": "PoseC3D",
     "hyperformer": "Hyperformer",
@@ -128,10 +122,9 @@ def table_info(name: str) -> TableInfo:
 
 
 def model_label(model: str, rnn: str) -> str:
-    label = MODEL_NAMES.get(model, model)
-    if rnn:
-        label += f"-{rnn.upper()}" if model in ("crt", "crvit") else f" ({rnn.upper()})"
-    return label
+    if model in OTHER_METHODS:
+        return OTHER_METHODS[model]
+    return spec_of(model).display(rnn)
 
 
 def _norm_rnn(v) -> str:
@@ -296,8 +289,8 @@ def build_mca_table(name: str, runs: pd.DataFrame, reference: pd.DataFrame | Non
     require_columns(runs, VIDEO_RUN_COLUMNS, source)
     runs = _numeric(runs, (*VIDEO_NUMERIC_COLUMNS, "steps", "epochs"), what)
     runs["rnn"] = runs["rnn"].map(_norm_rnn)
-    # TimeSformer has no RNN: a run's rnn column may still name the config's (unused) cell.
-    runs.loc[runs["model"] == "timesformer", "rnn"] = ""
+    # A model without an RNN (TimeSformer): a run's rnn column may still name the config's (unused) cell.
+    runs.loc[~runs["model"].map(lambda m: spec_of(m).rnn), "rnn"] = ""
     profile, dataset = (_one(runs, c, what) for c in ("profile", "dataset"))
     used: set[str] = set()
     rows = []
@@ -498,7 +491,7 @@ def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None) -
         if r["dataset"] != "wt103":
             title = f"{title.replace('WikiText-103', dataset)} (the paper's: WikiText-103 at 16 x 410)"
         shape = [f"Widths: {int(r['layers'])} layers x d_model {int(r['d_model'])}, {int(r['seg_len'])}-token "
-                 f"segments, batch {int(r['batch'])}; vocabulary {cost_tables.VOCAB_SIZES[r['dataset']]:,} words "
+                 f"segments, batch {int(r['batch'])}; vocabulary {VOCAB_SIZES[r['dataset']]:,} words "
                  f"({dataset}).", ""]
     md = "\n".join([f"# Table {info.number}: {title}", "", f"Profile: **{profile}**.", "", *shape,
                     PROFILE_NOTES.get(profile, ""), "", *([how, ""] if how else []), frame_markdown(df)])

@@ -10,7 +10,7 @@ sides of the cross-subject split, so they go through the same loader (`Smarthome
 `class_names=SYNTHETIC_CLASSES`) and the same split as the real data. Everything is drawn from
 one numpy generator seeded by `seed`.
 
-`synthetic_video_dir` generates a set once into the data cache (`crt_repro.data.corpus.
+`synthetic_video_dir` generates a set once into the data cache (`crt_repro.paths.
 default_cache_dir()`, env `CRT_REPRO_CACHE`), in a folder named by a hash of its generation
 parameters (and the PyAV version, whose encoder writes the bytes), and hands the same folder to
 every later caller. The folder appears atomically: written under a temporary name beside it,
@@ -91,7 +91,7 @@ def synthetic_video_dir(cache_dir: str | Path | None = None, n_per_class: int = 
     """The folder of the synthetic set with these parameters, generated on first use (see the
     module docstring). `cache_dir` defaults to the package's data cache."""
     if cache_dir is None:
-        from crt_repro.data.corpus import default_cache_dir
+        from crt_repro.paths import default_cache_dir
 
         cache_dir = default_cache_dir()
     params = synthetic_params(n_per_class, seed, size, n_frames, square, fps)

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow, runs_dir
+from crt_repro.paths import runs_dir
+from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
