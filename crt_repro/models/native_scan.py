@@ -1,7 +1,7 @@
 """The inference scan of GRU and NCGRU in C (``_scan.c``), for streaming a few sequences on CPU.
 
-``rnn.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
-the batch is below ``rnn.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
+``scan.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
+the batch is below ``scan.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
 not its arithmetic (``crt-repro bench --modes stream``). Training never comes here, so its
 numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
 ``step`` is one step with its input product, for a decoded token (``rnn._GatedCell.step``).
@@ -100,7 +100,7 @@ def supports(*tensors: Tensor | None) -> bool:
 
 
 def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool) -> Tensor:
-    """States [B,T,H] of the gated recurrence; arguments as ``rnn._scan_forward`` (the candidate is
+    """States [B,T,H] of the gated recurrence; arguments as ``scan._scan_forward`` (the candidate is
     modReLU where ``b_mod`` is given, else tanh). Caller checks ``supports`` first."""
     b, t_len, h3 = xp.shape
     h = h3 // 3
