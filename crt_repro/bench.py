@@ -4,9 +4,10 @@
 name, ``crt-<cell>`` for the RNN cell) at each segment length:
 
 * ``train``: one optimiser step on one segment of ``batch`` streams: forward (state carried from
-  the previous step, detached: XL's full memory, CRT's memory vector), softmax loss, backward,
-  AdamW step and ``post_step`` (NCGRU's inverse refresh). No gradient clipping. CRT's real runs
-  keep the graph across ``optim.bptt_segments`` segments; the per-segment work is the same.
+  the previous step, detached: XL's full memory, CRT's memory vector), softmax loss, then the
+  engine's update (``train.optimizer_step``: backward, the cpu profile's gradient clip, AdamW step,
+  ``post_step``, NCGRU's inverse refresh). CRT's real runs keep the graph across
+  ``optim.bptt_segments`` segments; the per-segment work is the same.
 * ``forward``: inference on one segment of ``batch`` streams (eval mode, no grad, state carried,
   softmax layer included): the paper's Table 6 "inference time".
 * ``stream``: batch 1, one segment at a time with the state carried (eval, no grad); ms per token
@@ -195,7 +196,7 @@ class Runner:
             self.states[mode] = state
 
     def step(self, mode: str) -> None:
-        from crt_repro.train import post_step
+        from crt_repro.train import optimizer_step
 
         model = self.model
         if mode == "train":
@@ -204,10 +205,7 @@ class Runner:
             with self.autocast():
                 hidden, state = model(self.x, state)
                 loss = model.head.loss(hidden, self.y)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            post_step(model, self.step_count)
+            optimizer_step(model, self.opt, loss, self.cfg, self.step_count)
             self.step_count += 1
             self.states["train"] = model.detach_state(state)
             return
