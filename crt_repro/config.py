@@ -82,6 +82,9 @@ class ModelConfig:
     # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
     # form), or before it, (r * h) W (the paper's appendix).
     rnn_reset: Literal["after", "before"] = "after"
+    # How the cells' recurrence runs (models/scan.py): auto (CPU: the eager loop; CUDA: cuDNN's GRU
+    # where it applies, else the loop replayed as CUDA graphs) | eager | cudnn | graph.
+    rnn_scan: Literal["auto", "eager", "cudnn", "graph"] = "auto"
     # NCGRU
     ncgru_neumann_order: int = 2
     ncgru_exact_every: int = 100
@@ -233,7 +236,7 @@ class Config:
         if self.model.name != "rmt":
             m.pop("rmt_memory_tokens")
         if not uses_rnn(self.model):
-            for k in ("rnn", "rnn_reset", *NCGRU_KEYS):
+            for k in ("rnn", "rnn_reset", "rnn_scan", *NCGRU_KEYS):
                 m.pop(k)
         elif self.model.rnn == "gru":
             for k in NCGRU_KEYS:
@@ -297,6 +300,7 @@ LATER_KEYS: dict[str, Any] = {
     "model.baseline_positions": "absolute",
     "data.tokens_per_step": None,
     "run.early_stop_patience": None,
+    "model.rnn_scan": "auto",
 }
 
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
@@ -324,9 +328,10 @@ def uses_rnn(m: ModelConfig) -> bool:
 
 def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
     """The keyword arguments of ``crt_repro.models.rnn.make_rnn`` that ``m`` sets."""
+    cell = {"reset": m.rnn_reset, "scan": m.rnn_scan}
     if m.rnn != "ncgru":
-        return {"reset": m.rnn_reset}
-    return {"reset": m.rnn_reset, "neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
+        return cell
+    return {**cell, "neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
             "n_negative": m.ncgru_n_negative, "candidate_bias": m.ncgru_candidate_bias}
 
 
@@ -562,6 +567,8 @@ def validate(cfg: Config) -> None:
              "must be >= 1 (or null for = mem_len)")
     _require(not (m.xl_attention == "flex" and m.dropout_attn > 0), "model.xl_attention", m.xl_attention,
              f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto or sdpa")
+    _require(m.rnn_scan != "cudnn" or (m.rnn, m.rnn_reset) == ("gru", "after"), "model.rnn_scan", m.rnn_scan,
+             f"is torch's GRU kernel: it needs model.rnn=gru and model.rnn_reset=after, not {m.rnn} and {m.rnn_reset}")
     _require(all(c >= 1 for c in m.adaptive_cutoffs) and m.adaptive_cutoffs == sorted(set(m.adaptive_cutoffs)),
              "model.adaptive_cutoffs", m.adaptive_cutoffs, "must be increasing word counts, each >= 1")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")

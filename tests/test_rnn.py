@@ -183,8 +183,8 @@ class _FrozenGatedScan(torch.autograd.Function):
             return *_frozen_scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors), None
 
 
-def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset):
-    assert reset == "after"
+def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset, graph):
+    assert reset == "after" and not graph
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _FrozenGatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind)
@@ -367,9 +367,9 @@ def test_small_cpu_batches_step_in_fp32_under_autocast(kind, reset, monkeypatch)
     seen = []
     real = scan_module.gated_scan
 
-    def spy(xp, h0, r_cat, *args):
+    def spy(xp, h0, r_cat, *args, **kwargs):
         seen.append(r_cat.dtype)
-        return real(xp, h0, r_cat, *args)
+        return real(xp, h0, r_cat, *args, **kwargs)
 
     monkeypatch.setattr(scan_module, "gated_scan", spy)
     m = make_rnn(kind, 8, 16, reset=reset)

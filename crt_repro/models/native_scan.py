@@ -85,13 +85,18 @@ def available() -> bool:
     return _library() is not None
 
 
+def unobserved() -> bool:
+    """Plain eager execution: no JIT trace (fvcore's MAC count), dispatch mode (``FlopCounterMode``,
+    fake tensors), ``torch.export`` or ``torch.compile`` is looking at the ops, which must see the
+    Python scan's (a C call or a replayed graph would hide them)."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+                or torch._C._is_torch_function_mode_enabled())
+
+
 def supports(*tensors: Tensor | None) -> bool:
     """True where ``scan`` can run these tensors: all on the CPU, of one dtype it has a loop for,
-    and plain eager: a JIT trace (fvcore's MAC count), a dispatch mode (``FlopCounterMode``, fake
-    tensors), ``torch.export`` or ``torch.compile`` must see the Python scan's ops, which ctypes
-    would hide from them."""
-    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-            or torch._C._is_torch_function_mode_enabled()):
+    and ``unobserved``."""
+    if not unobserved():
         return False
     present = [t for t in tensors if t is not None]
     dt = present[0].dtype

@@ -2,7 +2,7 @@
 
 Interface (every cell; ``batch_first``)::
 
-    rnn = make_rnn("gru" | "ncgru", input_size, hidden_size, reset="after" | "before")
+    rnn = make_rnn("gru" | "ncgru", input_size, hidden_size, reset="after" | "before", scan="auto")
     outputs, h_last = rnn(x, h0)     # x [B, T, I], h0 [B, H] -> outputs [B, T, H], h_last [B, H]
 
 ``h_last`` equals ``outputs[:, -1]`` (``h0`` when T == 0). Outputs come back in the dtype of ``x``;
@@ -12,6 +12,8 @@ hand-written backward (``scan.gated_scan``); they differ in the candidate activa
 in how the recurrent matrix is made (free, orthogonal by the Cayley transform). ``reset`` places the
 reset gate r of the candidate: ``"after"`` the recurrent product, r * (h W) (cuDNN's and PyTorch's
 GRU), or ``"before"`` it, (r * h) W (the CRT paper's appendix B and NC-GRU's TensorFlow cells).
+``scan`` chooses how the recurrence runs (``scan.choose``: the eager loop on the CPU; on CUDA torch's
+GRU kernel or the loop replayed as CUDA graphs).
 
 Modules that define ``post_step(step)`` (NCGRU does) must have it called by the training loop after
 every ``optimizer.step()``::
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crt_repro.models import native_scan, scan
-from crt_repro.models.scan import RESETS, SMALL_CPU_BATCH, check_reset, gated_scan
+from crt_repro.models.scan import RESETS, SMALL_CPU_BATCH, check_reset, check_scan, gated_scan
 
 __all__ = ["RNN_KINDS", "RESETS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "gated_scan"]
 
@@ -60,6 +62,7 @@ def make_rnn(
     hidden_size: int,
     *,
     reset: str = "after",
+    scan: str = "auto",
     candidate_bias: bool = True,
     neumann_order: int = 2,
     exact_every: int = 100,
@@ -67,17 +70,18 @@ def make_rnn(
 ) -> nn.Module:
     """Build one recurrent cell with the common interface ``forward(x, h0) -> (outputs, h_last)``.
 
-    ``reset`` ("after" | "before", see the module docstring) configures both cells.
+    ``reset`` ("after" | "before") and ``scan`` (see the module docstring) configure both cells.
     ``candidate_bias``, ``neumann_order``, ``exact_every`` and ``n_negative`` configure NCGRU and
     are ignored by GRU (whose candidate keeps torch's two biases).
     """
     if kind == "gru":
-        return GRU(input_size, hidden_size, reset=reset)
+        return GRU(input_size, hidden_size, reset=reset, scan=scan)
     if kind == "ncgru":
         return NCGRU(
             input_size,
             hidden_size,
             reset=reset,
+            scan=scan,
             candidate_bias=candidate_bias,
             neumann_order=neumann_order,
             exact_every=exact_every,
@@ -148,19 +152,25 @@ class _GatedCell(nn.Module):
 
     Under autocast the products run in the autocast dtype (except the per-step products of a
     small CPU batch, see ``SMALL_CPU_BATCH``) and the gate arithmetic and the carried state in the
-    parameters' dtype (fp32); outputs come back in the dtype of x.
+    parameters' dtype (fp32); outputs come back in the dtype of x. Torch's GRU kernel (``scan``
+    "cudnn") runs all of it in the parameters' dtype.
     """
 
     def _scan(self, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor, recurrent: Tensor,
               b_hh: Tensor | None, b_mod: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
         sdt = weight_ih.dtype
+        path = scan.choose(self.scan, x, kind, self.reset)
+        if path == "cudnn":
+            out = scan.torch_gru(x, h0, weight_ih, bias_ih, recurrent, b_hh).to(x.dtype)
+            return out, out[:, -1]
         autocast = scan.autocast_dtype(x.device.type)
         # One product for the whole segment; under autocast F.linear runs it in the autocast dtype.
         xp = F.linear(x if autocast else x.to(sdt), weight_ih, bias_ih)
         small_cpu = x.device.type == "cpu" and x.shape[0] < SMALL_CPU_BATCH
         cdt = autocast if autocast and not small_cpu else sdt
         b_hh = None if b_hh is None else b_hh.to(cdt)
-        out = scan.gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset).to(x.dtype)
+        out = scan.gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset,
+                              graph=path == "graph").to(x.dtype)
         return out, out[:, -1]
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -218,14 +228,17 @@ class GRU(_GatedCell):
     on CPU it decomposes into per-step ops and records about fifteen autograd nodes per step
     (ours: thirteen per call, whatever the length). With it, CRT-GRU's train step was 1.21 / 1.18 / 1.16x the Transformer's at seg 17 / 35 /
     70, against 1.16 / 1.14 / 1.12x on the fused scan, in one back-to-back pair of runs
-    (``crt-repro bench --d-model 256 --layers 3 --batch 32 --bf16 --modes train``).
+    (``crt-repro bench --d-model 256 --layers 3 --batch 32 --bf16 --modes train``). On CUDA with
+    reset after its kernel is ours to use (``scan`` "cudnn", the default there): cuDNN's loop
+    launches from C++, not one Python op at a time.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, *, reset: str = "after"):
+    def __init__(self, input_size: int, hidden_size: int, *, reset: str = "after", scan: str = "auto"):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.reset = check_reset(reset)
+        self.scan = check_scan(scan, "tanh", reset)
         h = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))
         self.bias_ih = nn.Parameter(torch.empty(3 * h))
@@ -324,6 +337,7 @@ class NCGRU(_GatedCell):
         hidden_size: int,
         *,
         reset: str = "after",
+        scan: str = "auto",
         candidate_bias: bool = True,
         neumann_order: int = 2,
         exact_every: int = 100,
@@ -332,6 +346,7 @@ class NCGRU(_GatedCell):
     ):
         super().__init__()
         self.reset = check_reset(reset)
+        self.scan = check_scan(scan, "modrelu", reset)
         if neumann_order < 0:
             raise ValueError(f"neumann_order must be >= 0, got {neumann_order}")
         if exact_every < 1:

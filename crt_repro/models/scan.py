@@ -10,17 +10,30 @@ GRU, modReLU: NCGRU) and ``reset`` places the reset gate after or before the can
 recurrent product. With gradient the scan is one autograd node with a hand-written backward
 through time (``_GatedScan``); without, the same loop without its saved buffers, the C loop of
 ``native_scan`` for a small CPU batch, or a functional loop a graph can capture (``_scan_graph``).
+
+That loop is a few small kernels per position: on a GPU their launches, not their arithmetic,
+set its time (issue 25). ``choose`` picks the path of a cell's scan (``model.rnn_scan``):
+
+* ``eager``: the loop above, launch by launch: the CPU's path, and what a JIT trace (the MAC
+  count), a dispatch mode, ``torch.export`` or ``torch.compile`` sees whatever was asked.
+* ``cudnn``: torch's own GRU kernel (``torch_gru``: cuDNN on CUDA), where our equations are its
+  equations: the GRU with the reset gate after the recurrent product.
+* ``graph``: the same loop, forward and backward, each replayed as one CUDA graph
+  (``cuda_graph``): the eager kernels, so the eager numbers, at one launch a segment.
+* ``auto``: eager on the CPU; on CUDA cudnn where it applies, else graph.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 from torch import Tensor
 
-from crt_repro.models import native_scan
+from crt_repro.models import cuda_graph, native_scan
 
 RESETS = ("after", "before")
+SCANS = ("auto", "eager", "cudnn", "graph")
 
 # Below this many streams a CPU step product runs in fp32 even under autocast, and inference runs
 # the C scan (``native_scan``). Timed on the 2-core
@@ -34,6 +47,48 @@ def check_reset(reset: str) -> str:
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {', '.join(repr(r) for r in RESETS)}, got {reset!r}")
     return reset
+
+
+def check_scan(path: str, kind: str, reset: str) -> str:
+    """``path`` if it is a scan path that can run a cell with candidate ``kind`` and ``reset``."""
+    if path not in SCANS:
+        raise ValueError(f"rnn scan must be one of {', '.join(repr(s) for s in SCANS)}, got {path!r}")
+    if path == "cudnn" and (kind != "tanh" or reset != "after"):
+        raise ValueError("rnn scan 'cudnn' is torch's GRU kernel: it computes the GRU with the reset gate 'after' "
+                         f"only, not a {'GRU' if kind == 'tanh' else 'NCGRU'} with reset {reset!r}")
+    return path
+
+
+def choose(path: str, x: Tensor, kind: str, reset: str) -> str:
+    """The path a scan over ``x`` takes: "eager", "cudnn" or "graph" (see the module docstring)."""
+    if path == "eager" or not native_scan.unobserved():
+        return "eager"
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()  # inside someone else's graph
+    if path == "auto":
+        if not x.is_cuda:
+            return "eager"
+        path = "cudnn" if kind == "tanh" and reset == "after" else "graph"
+    return "eager" if path == "graph" and capturing else path
+
+
+def torch_gru(x: Tensor, h0: Tensor, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """States [B,T,H] of ``rnn.GRU`` with reset after, from its parameters, by torch's GRU kernel
+    (cuDNN's on CUDA, ATen's loop on the CPU). torch orders the gates r | z | n, ours are z | r | n,
+    and it multiplies h by W_hh^T where ours is h @ W_hh: the reordered weights are a cat of
+    slices, so the gradients reach ours. Runs in the parameters' dtype, autocast off (cuDNN may
+    use TF32)."""
+    h = h0.shape[-1]
+
+    def torch_order(t: Tensor) -> Tensor:
+        return torch.cat([t[h : 2 * h], t[:h], t[2 * h :]])
+
+    params = [torch_order(w_ih), torch_order(w_hh.t()), torch_order(b_ih), torch_order(b_hh)]
+    dt = w_ih.dtype
+    with _autocast_off(x.device.type), warnings.catch_warnings():
+        # Not one flattened buffer: cuDNN packs the weights into one every call (a copy), and says so.
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        out, _ = torch.gru(x.to(dt), h0.to(dt)[None], params, True, 1, 0.0, torch.is_grad_enabled(), False, True)
+    return out
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -161,21 +216,27 @@ class _GatedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind, before):
+    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind, before, graph):
         with _autocast_off(xp.device.type):
-            out, saved = _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=True)
-        ctx.kind, ctx.before = kind, before
+            out, saved = _run(graph, _scan_forward, xp, h0, r_cat, b_hh, b_mod, kind=kind, before=before, save=True)
+        ctx.kind, ctx.before, ctx.graph = kind, before, graph
         ctx.save_for_backward(r_cat, *saved)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         with _autocast_off(d_out.device.type):
-            grads = _scan_backward(ctx.needs_input_grad, ctx.kind, ctx.before, d_out, *ctx.saved_tensors)
-        return *grads, None, None
+            grads = _run(ctx.graph, _scan_backward, d_out, *ctx.saved_tensors, needs=tuple(ctx.needs_input_grad[:5]),
+                         kind=ctx.kind, before=ctx.before)
+        return *grads, None, None, None
 
 
-def _scan_backward(needs, kind, before, d_out, r_cat, states, g_all, pre_all):
+def _run(graph: bool, fn, *tensors, **static):
+    """``fn(*tensors, **static)``, replayed as a CUDA graph when ``graph``."""
+    return cuda_graph.replay(fn, *tensors, **static) if graph else fn(*tensors, **static)
+
+
+def _scan_backward(d_out, r_cat, states, g_all, pre_all, *, needs, kind, before):
     t_len, b, h3 = pre_all.shape
     h = h3 // 3
     sdt, cdt, dev = states.dtype, r_cat.dtype, states.device
@@ -246,21 +307,22 @@ def _scan_backward(needs, kind, before, d_out, r_cat, states, g_all, pre_all):
 
 
 def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
-               kind: str, reset: str = "after") -> Tensor:
+               kind: str, reset: str = "after", graph: bool = False) -> Tensor:
     """States [B,T,H] of the gated recurrence (see ``_scan_forward``) for candidate ``kind``
     ("tanh": GRU, with the recurrent bias b_hh; "modrelu": NCGRU, with its bias b_mod), with the
-    reset gate ``reset`` ("after" | "before") the candidate's recurrent product."""
+    reset gate ``reset`` ("after" | "before") the candidate's recurrent product; the loop replayed
+    as CUDA graphs when ``graph`` (``choose``'s "graph")."""
     if kind not in CANDIDATES:
         raise ValueError(f"unknown candidate activation {kind!r}; valid: {CANDIDATES}")
     before = check_reset(reset) == "before"
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before)
+        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before, graph)
     if torch.compiler.is_compiling():
         return _scan_graph(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod, kind, before)
     if xp.shape[0] < SMALL_CPU_BATCH and native_scan.supports(h0, r_cat, b_hh, b_mod):
         # Streaming inference: the time loop in C, not one Python dispatch per op and step.
         return native_scan.scan(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod if kind == "modrelu" else None, before)
     with _autocast_off(xp.device.type):
-        return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
+        return _run(graph, _scan_forward, xp, h0, r_cat, b_hh, b_mod, kind=kind, before=before, save=False)[0]
 
