@@ -67,8 +67,9 @@ class ModelConfig:
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
-    # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
-    xl_attention: Literal["auto", "sdpa", "flex"] = "auto"
+    # XL's attention kernel (models/transformer_xl.py): auto (CPU: sdpa; CUDA: sdpa_bool) | sdpa (float
+    # mask) | sdpa_bool (positions as key columns, a causal mask) | flex (FlexAttention, compiled on CUDA).
+    xl_attention: Literal["auto", "sdpa", "sdpa_bool", "flex"] = "auto"
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: Literal["rnn_add", "rnn_replace", "sinusoidal", "relative"] = "rnn_add"
@@ -566,7 +567,7 @@ def validate(cfg: Config) -> None:
     _require(m.eval_mem_len is None or m.eval_mem_len >= 1, "model.eval_mem_len", m.eval_mem_len,
              "must be >= 1 (or null for = mem_len)")
     _require(not (m.xl_attention == "flex" and m.dropout_attn > 0), "model.xl_attention", m.xl_attention,
-             f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto or sdpa")
+             f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto, sdpa or sdpa_bool")
     _require(m.rnn_scan != "cudnn" or (m.rnn, m.rnn_reset) == ("gru", "after"), "model.rnn_scan", m.rnn_scan,
              f"is torch's GRU kernel: it needs model.rnn=gru and model.rnn_reset=after, not {m.rnn} and {m.rnn_reset}")
     _require(all(c >= 1 for c in m.adaptive_cutoffs) and m.adaptive_cutoffs == sorted(set(m.adaptive_cutoffs)),
