@@ -578,7 +578,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = bench(args.models, args.seg_lens, batch=args.batch, device=args.device, bf16=args.bf16,
                  modes=args.modes, warmup=args.warmup, repeats=args.repeats, memory=not args.no_mem,
                  clock=args.clock, progress=progress, **widths)
-    macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
+    macs = {} if args.no_macs else forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
     peak = matmul_peak_gflops(args.d_model, bf16=args.bf16, device=args.device)
     add_throughput(rows, macs, peak)
     print(f"# matmul peak at d_model {args.d_model} ({'bf16' if args.bf16 else 'fp32'}, [4096, d] x [d, 4d]): "
@@ -618,6 +618,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-mem", action="store_true", help="skip the per-configuration memory subprocesses (CPU)")
+    p.add_argument("--no-macs", action="store_true",
+                   help="skip fvcore's MAC count (a minute or more at 16 layers; MACs x TR, GFLOP/s and %%peak stay empty)")
     p.add_argument("--csv", help="write the rows to this CSV (atomic)")
     p.set_defaults(func=cmd_bench)
 

@@ -209,3 +209,14 @@ def test_kernels_per_step_column_counts_every_mode_but_onnx():
     assert "kernels" in header
     crt_train = next(line for line in lines if line.startswith("crt-gru") and " train " in line).split()
     assert f"{kernels['crt', 5, 'train'] / kernels['transformer', 5, 'train']:.2f}" in crt_train
+
+
+def test_cli_without_macs_leaves_the_throughput_columns_empty(tmp_path):
+    out = tmp_path / "bench.csv"
+    rc = cli_main(["bench", "--models", "transformer", "crt-ncgru", "--seg-lens", "4", "--d-model", "8", "--layers", "1",
+                   "--n-head", "2", "--batch", "2", "--vocab", "10", "--warmup", "0", "--repeats", "1", "--modes", "train",
+                   "--no-mem", "--no-macs", "--csv", str(out)])
+    assert rc == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["gflop_s"] for r in rows] == ["", ""] and all(int(r["kernels"]) > 0 for r in rows)

@@ -62,10 +62,18 @@ def test_gpu_check_says_no_gpu_and_succeeds_without_one(tmp_path):
     assert "no GPU" in done.stdout and "no GPU" in (tmp_path / "out" / "summary.txt").read_text()
 
 
+def test_gpu_check_parses_and_refuses_an_unknown_option_in_one_line(tmp_path):
+    """The script's own syntax (its stages run on a CPU with --cpu, minutes here: see docs/performance.md)."""
+    script = str(REPO_ROOT / "scripts" / "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    done = subprocess.run(["bash", script, str(tmp_path / "out"), "--gpus"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "gpu_check: unknown option --gpus (usage: scripts/gpu_check.sh [OUT_DIR] [--cpu])")
+
+
 @needs_cuda
-@pytest.mark.parametrize("mlen", [0, 7])
-@pytest.mark.parametrize("d_head", [16, 38, 41])
-def test_xl_attention_kernels_on_cuda_equal_sdpa_in_value_and_gradient(mlen, d_head):
+@pytest.mark.parametrize("d_head, mlen", [(16, 0), (38, 7), (41, 7)])  # each width compiles FlexAttention anew
+def test_xl_attention_kernels_on_cuda_equal_sdpa_in_value_and_gradient(d_head, mlen):
     """FlexAttention (compiled) and the boolean-mask SDPA against the float mask, at the paper's
     head sizes (38: PTB, 41: WikiText-103) and FlexAttention's least (16)."""
     from crt_repro.config import ModelConfig
