@@ -259,6 +259,23 @@ def test_xl_boolean_mask_attention_has_the_float_masks_values_and_gradients(mlen
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mlen", [0, 5])
+def test_xl_boolean_mask_attention_runs_under_bf16_autocast_with_attention_dropout(mlen):
+    """Autocast leaves the query in fp32 (q + u) and the keys in bf16: the path gives SDPA one dtype."""
+    outs = {}
+    for kernel, dropout in (("sdpa", 0.0), ("sdpa_bool", 0.0), ("sdpa_bool", 0.1)):
+        torch.manual_seed(0)
+        att = RelativeAttention(ModelConfig(d_model=76, n_head=2, dropout=0.0, dropout_attn=dropout, xl_attention=kernel))
+        x = torch.randn(3, 7, 76, requires_grad=True)
+        r = sinusoid_table(torch.arange(mlen + 6, -1, -1, dtype=torch.float32), 76)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = att.train()(x, torch.randn(3, mlen, 76) if mlen else None, r)
+        y.float().square().sum().backward()
+        assert y.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+        outs[kernel, dropout] = y.float()
+    torch.testing.assert_close(outs["sdpa_bool", 0.0], outs["sdpa", 0.0], rtol=0.05, atol=0.05)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameter counts (paper Table 1), embeddings and the softmax layer excluded
 #

@@ -89,8 +89,9 @@ def bool_relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale:
     b, h, n, dh = q.shape
     klen = k.shape[-2]
     width = -(-(dh + n) // 8) * 8  # the memory-efficient kernel's alignment
-    one_hot = torch.eye(n, width - dh, dtype=q.dtype, device=q.device).expand(b, h, n, width - dh)
-    q = torch.cat([q, one_hot], dim=-1)
+    # One dtype for all three: SDPA's causal bias checks it before autocast would cast them.
+    one_hot = torch.eye(n, width - dh, dtype=k.dtype, device=q.device).expand(b, h, n, width - dh)
+    q = torch.cat([q.to(k.dtype), one_hot], dim=-1)
     k = torch.cat([k, pos.transpose(-1, -2).to(k.dtype), k.new_zeros(b, h, klen, width - dh - n)], dim=-1)
     v = F.pad(v, (0, -dh % 8))
     causal = {"is_causal": True} if klen == n else {"attn_mask": causal_lower_right(n, klen)}
