@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(" ".join(f"{row[c]!s:>9}" for c in COLUMNS))
     for shape in args.shape:
-        mine = [row for row in rows if (row["d_model"], row["seg_len"], row["mem_len"]) == (shape[0], shape[2], shape[3])]
+        mine = [row for row in rows
+                if (row["d_model"], row["seg_len"], row["mem_len"]) == (shape[0], shape[2], shape[3])]
         best = min(mine, key=lambda row: row["ms"])
         others = ", ".join(f"{row['kernel']} {row['ms']:.3f}" for row in mine if row is not best)
         print(f"fastest at d_head {best['d_head']}, seg {best['seg_len']}, mem {best['mem_len']}: "

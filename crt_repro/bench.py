@@ -91,8 +91,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # a decoded token
 STREAMING = ("stream", "decode", "onnx")  # batch 1
 DEFAULT_MODES = MODES[:3]
 CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "tokens_per_s", "peak_mem_mb",
-               "state_bytes", "ms_token_p50", "ms_token_p99", "ms_token_burst", "cache_peak_bytes", "file_bytes", "gflop_s",
-               "peak_share", "kernels")
+               "state_bytes", "ms_token_p50", "ms_token_p99", "ms_token_burst", "cache_peak_bytes", "file_bytes",
+               "gflop_s", "peak_share", "kernels")
 
 
 def parse_model(spec: str) -> tuple[str, str]:

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-_CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch", "cudaLaunchCooperativeKernel")
+_CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch",
+                  "cudaLaunchCooperativeKernel")
 _NO_WORK = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resolve_conj", "resolve_neg",
             "result_type", "lift_fresh"}
 

@@ -50,7 +50,8 @@ def capture(fn: Callable, inputs: list[Tensor | None]) -> tuple[object, Callable
     """``fn(*inputs)`` captured: its outputs (in the graph's memory) and the replay."""
     devices = {t.device for t in inputs if t is not None}
     if any(d.type != "cuda" for d in devices):
-        raise ValueError(f"model.rnn_scan=graph replays CUDA graphs: it needs CUDA tensors, got {sorted(map(str, devices))}")
+        raise ValueError(f"model.rnn_scan=graph replays CUDA graphs: it needs CUDA tensors, "
+                         f"got {sorted(map(str, devices))}")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
