@@ -4,9 +4,10 @@
 name, ``crt-<cell>`` for the RNN cell) at each segment length:
 
 * ``train``: one optimiser step on one segment of ``batch`` streams: forward (state carried from
-  the previous step, detached: XL's full memory, CRT's memory vector), softmax loss, backward,
-  AdamW step and ``post_step`` (NCGRU's inverse refresh). No gradient clipping. CRT's real runs
-  keep the graph across ``optim.bptt_segments`` segments; the per-segment work is the same.
+  the previous step, detached: XL's full memory, CRT's memory vector), softmax loss, then the
+  engine's update (``train.optimizer_step``: backward, the cpu profile's gradient clip, AdamW step,
+  ``post_step``, NCGRU's inverse refresh). CRT's real runs keep the graph across
+  ``optim.bptt_segments`` segments; the per-segment work is the same.
 * ``forward``: inference on one segment of ``batch`` streams (eval mode, no grad, state carried,
   softmax layer included): the paper's Table 6 "inference time".
 * ``stream``: batch 1, one segment at a time with the state carried (eval, no grad); ms per token
@@ -35,6 +36,12 @@ batch (x 3 for train: backward costs about twice the forward) over its time, and
 that over this machine's matrix-product rate at the same width and precision, timed in the same
 run (``matmul_peak_gflops``).
 
+Kernels: every row but ``onnx`` has ``kernels``, the kernels one more iteration of its mode runs
+(train: one optimiser step), counted with the torch profiler after the timing
+(``crt_repro.kernel_count``: on CUDA the launches the host issues, on the CPU the aten ops that
+compute). A step whose time ratio follows its kernel ratio rather than its MAC ratio is bound
+by launches, not arithmetic (issue 25's goal: CRT within 1.5x the Transformer's kernels).
+
 Timing: models are built once per segment length and measured round-robin (repeat r of every
 model before repeat r+1 of any), after ``warmup`` untimed iterations each, so that load from other
 processes on a shared machine falls on all models alike; the median of ``repeats`` is reported.
@@ -59,6 +66,7 @@ else ``ru_maxrss``). ``--no-mem`` skips the subprocesses.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -74,6 +82,7 @@ import torch
 from torch import Tensor
 
 from crt_repro.config import Config, build_config
+from crt_repro.kernel_count import count_kernels
 from crt_repro.models.decode import Cache
 
 DEFAULT_MODELS = ("transformer", "transformer_xl", "crt-gru", "crt-ncgru")
@@ -82,7 +91,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # a decoded token
 STREAMING = ("stream", "decode", "onnx")  # batch 1
 DEFAULT_MODES = MODES[:3]
 CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "tokens_per_s", "peak_mem_mb",
-               "state_bytes", "ms_token_p50", "ms_token_p99", "ms_token_burst", "cache_peak_bytes", "file_bytes", "gflop_s", "peak_share")
+               "state_bytes", "ms_token_p50", "ms_token_p99", "ms_token_burst", "cache_peak_bytes", "file_bytes",
+               "gflop_s", "peak_share", "kernels")
 
 
 def parse_model(spec: str) -> tuple[str, str]:
@@ -195,7 +205,7 @@ class Runner:
             self.states[mode] = state
 
     def step(self, mode: str) -> None:
-        from crt_repro.train import post_step
+        from crt_repro.train import optimizer_step
 
         model = self.model
         if mode == "train":
@@ -204,10 +214,7 @@ class Runner:
             with self.autocast():
                 hidden, state = model(self.x, state)
                 loss = model.head.loss(hidden, self.y)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            post_step(model, self.step_count)
+            optimizer_step(model, self.opt, loss, self.cfg, self.step_count)
             self.step_count += 1
             self.states["train"] = model.detach_state(state)
             return
@@ -418,7 +425,8 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                        "batch": b, "mode": mode, "ms_per_batch": round(ms, 4),
                        "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
                        "state_bytes": state_bytes(r.states[mode]), "ms_token_p50": "", "ms_token_p99": "",
-                       "ms_token_burst": "", "cache_peak_bytes": "", "file_bytes": "", "gflop_s": "", "peak_share": ""}
+                       "ms_token_burst": "", "cache_peak_bytes": "", "file_bytes": "", "gflop_s": "", "peak_share": "",
+                       "kernels": ""}
                 if mode in ("decode", "onnx"):
                     timed = r.token_ms[-repeats * n :]
                     first, last = statistics.median(timed[0::n]), statistics.median(timed[n - 1 :: n])
@@ -428,6 +436,11 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                                cache_peak_bytes=r.cache_peak,
                                file_bytes=r.onnx.file_bytes if mode == "onnx" else params_bytes(r.model))
                 rows.append(row)
+            for (_, _, r), row in zip(runners, rows[-len(runners):]):
+                # After the timing (first calls may build caches) and the rows' latencies; ONNX
+                # Runtime's kernels are not torch's to count.
+                if mode != "onnx":
+                    row["kernels"] = count_kernels(functools.partial(r.step, mode), r.device)
                 if progress:
                     progress(row)
         del runners
@@ -512,11 +525,13 @@ def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], in
     """Readable table: one line per row, ratios to the Transformer at the same seg_len and mode,
     and ms per token for the streaming rows. With ``macs`` (see ``forward_macs``) a "MACs x TR"
     column sets each time ratio beside the ratio of arithmetic: where the two are equal, a model's
-    extra time is all extra work, not overhead."""
+    extra time is all extra work, not overhead. The kernels and their ratio follow it."""
     base = {(r["seg_len"], r["mode"]): r["ms_per_batch"] for r in rows if r["model"] == "transformer"}
     macs = macs or {}
+    kernels = {(r["seg_len"], r["mode"]): r["kernels"] for r in rows if r["model"] == "transformer"}
     head = (f"{'model':<16} {'seg':>4} {'batch':>5} {'mode':<8} {'ms/batch':>10} {'x TR':>6} {'MACs x TR':>9} "
-            f"{'tokens/s':>10} {'ms/token':>9} {'GFLOP/s':>8} {'%peak':>6} {'peak MB':>8} {'state B':>10}")
+            f"{'kernels':>8} {'x TR':>6} {'tokens/s':>10} {'ms/token':>9} {'GFLOP/s':>8} {'%peak':>6} {'peak MB':>8} "
+            f"{'state B':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         name = r["model"] + (f"-{r['rnn']}" if r["rnn"] else "")
@@ -528,9 +543,11 @@ def format_table(rows: list[dict[str, Any]], macs: dict[tuple[str, int, int], in
         per_tok = f"{1000.0 / r['tokens_per_s']:.3f}" if r["tokens_per_s"] else ""
         gflops = f"{r['gflop_s']:.1f}" if r.get("gflop_s") != "" else ""
         share = f"{100 * r['peak_share']:.0f}%" if r.get("peak_share") != "" else ""
+        ref_kernels = kernels.get((r["seg_len"], r["mode"]))
+        kernel_ratio = f"{r['kernels'] / ref_kernels:.2f}" if r["kernels"] != "" and ref_kernels else ""
         lines.append(f"{name:<16} {r['seg_len']:>4} {r['batch']:>5} {r['mode']:<8} {r['ms_per_batch']:>10.2f} "
-                     f"{ratio:>6} {macs_ratio:>9} {r['tokens_per_s']:>10.0f} {per_tok:>9} {gflops:>8} {share:>6} {r['peak_mem_mb']:>8} "
-                     f"{r['state_bytes']:>10}")
+                     f"{ratio:>6} {macs_ratio:>9} {r['kernels']:>8} {kernel_ratio:>6} {r['tokens_per_s']:>10.0f} "
+                     f"{per_tok:>9} {gflops:>8} {share:>6} {r['peak_mem_mb']:>8} {r['state_bytes']:>10}")
     return "\n".join(lines)
 
 
@@ -561,7 +578,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = bench(args.models, args.seg_lens, batch=args.batch, device=args.device, bf16=args.bf16,
                  modes=args.modes, warmup=args.warmup, repeats=args.repeats, memory=not args.no_mem,
                  clock=args.clock, progress=progress, **widths)
-    macs = forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
+    macs = {} if args.no_macs else forward_macs(args.models, args.seg_lens, sorted({r["batch"] for r in rows}), **widths)
     peak = matmul_peak_gflops(args.d_model, bf16=args.bf16, device=args.device)
     add_throughput(rows, macs, peak)
     print(f"# matmul peak at d_model {args.d_model} ({'bf16' if args.bf16 else 'fp32'}, [4096, d] x [d, 4d]): "
@@ -601,6 +618,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-mem", action="store_true", help="skip the per-configuration memory subprocesses (CPU)")
+    p.add_argument("--no-macs", action="store_true",
+                   help="skip fvcore's MAC count (a minute or more at 16 layers; MACs x TR, GFLOP/s and %%peak stay empty)")
     p.add_argument("--csv", help="write the rows to this CSV (atomic)")
     p.set_defaults(func=cmd_bench)
 

@@ -75,8 +75,9 @@ class ModelConfig:
     mem_len: int | None = None
     # Memory kept in evaluation; None: mem_len. Dai et al. evaluate WT103 with 640 (their 24.0).
     eval_mem_len: int | None = None
-    # XL's attention kernel: auto (FlexAttention on CUDA without attention dropout, else SDPA) | sdpa | flex.
-    xl_attention: Literal["auto", "sdpa", "flex"] = later("auto")
+    # XL's attention kernel (models/transformer_xl.py): auto (CPU: sdpa; CUDA: sdpa_bool) | sdpa (float
+    # mask) | sdpa_bool (positions as key columns, a causal mask) | flex (FlexAttention, compiled on CUDA).
+    xl_attention: Literal["auto", "sdpa", "sdpa_bool", "flex"] = later("auto")
     # CRT switches (Table 8 ablations are model names that set these).
     memory: bool = True
     pos_encoding: Literal["rnn_add", "rnn_replace", "sinusoidal", "relative"] = "rnn_add"
@@ -90,6 +91,9 @@ class ModelConfig:
     # RNN cells (GRU and NCGRU): the reset gate after the recurrent product, r * (h W) (cuDNN's
     # form), or before it, (r * h) W (the paper's appendix).
     rnn_reset: Literal["after", "before"] = "after"
+    # How the cells' recurrence runs (models/scan.py): auto (CPU: the eager loop; CUDA: cuDNN's GRU
+    # where it applies, else the loop replayed as CUDA graphs) | eager | cudnn | graph.
+    rnn_scan: Literal["auto", "eager", "cudnn", "graph"] = later("auto")
     # NCGRU
     ncgru_neumann_order: int = 2
     ncgru_exact_every: int = 100
@@ -269,9 +273,10 @@ def later_keys() -> list[tuple[str, str, Any]]:
 
 def rnn_kwargs(m: ModelConfig) -> dict[str, Any]:
     """The keyword arguments of ``crt_repro.models.rnn.make_rnn`` that ``m`` sets."""
+    cell = {"reset": m.rnn_reset, "scan": m.rnn_scan}
     if m.rnn != "ncgru":
-        return {"reset": m.rnn_reset}
-    return {"reset": m.rnn_reset, "neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
+        return cell
+    return {**cell, "neumann_order": m.ncgru_neumann_order, "exact_every": m.ncgru_exact_every,
             "n_negative": m.ncgru_n_negative, "candidate_bias": m.ncgru_candidate_bias}
 
 
@@ -511,7 +516,9 @@ def validate(cfg: Config) -> None:
     _require(m.eval_mem_len is None or m.eval_mem_len >= 1, "model.eval_mem_len", m.eval_mem_len,
              "must be >= 1 (or null for = mem_len)")
     _require(not (m.xl_attention == "flex" and m.dropout_attn > 0), "model.xl_attention", m.xl_attention,
-             f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto or sdpa")
+             f"FlexAttention has no attention dropout (model.dropout_attn={m.dropout_attn}); use auto, sdpa or sdpa_bool")
+    _require(m.rnn_scan != "cudnn" or (m.rnn, m.rnn_reset) == ("gru", "after"), "model.rnn_scan", m.rnn_scan,
+             f"is torch's GRU kernel: it needs model.rnn=gru and model.rnn_reset=after, not {m.rnn} and {m.rnn_reset}")
     _require(all(c >= 1 for c in m.adaptive_cutoffs) and m.adaptive_cutoffs == sorted(set(m.adaptive_cutoffs)),
              "model.adaptive_cutoffs", m.adaptive_cutoffs, "must be increasing word counts, each >= 1")
     _require(d.seg_len >= 1, "data.seg_len", d.seg_len, "must be >= 1")

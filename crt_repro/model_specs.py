@@ -36,7 +36,7 @@ VIDEO_KEYS = ("n_layer", "d_model", "n_head", "d_inner", "dropout", "dropout_att
               "image_size", "patch_size", "n_frames", "vit_iterations", "vit_drop_path", "vit_iteration_frames",
               "vit_memory_scope", "vit_loss_iterations", "init_from")
 # The keys of a model with an RNN: its cell, and the NCGRU's options where the cell is one.
-RNN_KEYS = ("rnn", "rnn_reset")
+RNN_KEYS = ("rnn", "rnn_reset", "rnn_scan")
 NCGRU_KEYS = ("ncgru_neumann_order", "ncgru_exact_every", "ncgru_n_negative", "ncgru_candidate_bias")
 CRT_KEYS = ("pos_rnn_init", "memory_input")  # CRT's and its ablations' memory and position RNN choices
 

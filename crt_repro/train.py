@@ -251,6 +251,17 @@ def post_step(model: nn.Module, step: int) -> None:
             m.post_step(step)
 
 
+def optimizer_step(model: nn.Module, opt: Optimizers, loss: torch.Tensor, cfg: Config, step: int) -> None:
+    """The update of training step ``step`` from its loss: backward, the gradient clip, the
+    optimisers' step and the modules' invariants. ``crt-repro bench`` times this same update."""
+    opt.zero_grad()
+    loss.backward()
+    if cfg.optim.clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+    opt.step()
+    post_step(model, step)
+
+
 # ---------------------------------------------------------------------------------------------
 # Run directory
 
@@ -494,12 +505,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
             if not torch.isfinite(shown):
                 raise TrainingDiverged(f"loss is {shown.item()} at step {step + 1} of run {out}; no metrics written "
                                        "(lower optim.lr or raise optim.warmup_steps)")
-            opt.zero_grad()
-            loss.backward()
-            if cfg.optim.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
-            opt.step()
-            post_step(model, step)
+            optimizer_step(model, opt, loss, cfg, step)
             step += 1
             dt = time.perf_counter() - t0
             clock["train_s"] += dt

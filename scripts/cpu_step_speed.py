@@ -3,15 +3,17 @@
     python scripts/cpu_step_speed.py transformer 17 [ROUNDS]
     python scripts/cpu_step_speed.py crt 17 ncgru [ROUNDS]
 
-One optimiser step (2 segments, the cpu profile's streams for the segment length, AdamW) of the
-same model, alternated round by round so that a shared machine's load falls on every variant
-alike: eager at 1 thread, eager at 2 threads, and torch.compile'd at 1 thread (compiled once
-before the rounds). Prints the median step time of each and the ratios; the numbers are the
-product's models and settings (crt_repro.config.build_config("cpu", "ptb", ...)), on random
-tokens of PTB's vocabulary.
+One optimiser step (the cpu profile's ``optim.bptt_segments`` segments and streams for the
+segment length, then the engine's update, ``train.optimizer_step``: AdamW, the gradient clip and
+NCGRU's inverse refresh) of the same model, alternated round by round so that a shared machine's
+load falls on every variant alike: eager at 1 thread, eager at 2 threads, and torch.compile'd at 1
+thread (compiled once before the rounds). Prints the median step time of each and the ratios; the
+numbers are the product's models and settings (crt_repro.config.build_config("cpu", "ptb", ...)),
+on random tokens of PTB's vocabulary.
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import time
@@ -20,6 +22,7 @@ import torch
 
 from crt_repro.config import build_config
 from crt_repro.models import build_model
+from crt_repro.train import make_optimizer, optimizer_step
 
 
 def main(argv: list[str]) -> None:
@@ -35,16 +38,15 @@ def main(argv: list[str]) -> None:
         model = build_model(cfg, 10000)
         if compiled:
             model.compile()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = make_optimizer(model, cfg)
+        steps = itertools.count()
 
         def step() -> None:
             state, loss = model.init_state(b, torch.device("cpu")), 0.0
-            for s in range(segs):
+            for s in range(segs):  # equal segments: the task's token-weighted mean
                 hidden, state = model(idx[:, s * n:(s + 1) * n], state)
-                loss = loss + model.head.loss(hidden, idx[:, s * n + 1:(s + 1) * n + 1])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+                loss = loss + model.head.loss(hidden, idx[:, s * n + 1:(s + 1) * n + 1]) / segs
+            optimizer_step(model, opt, loss, cfg, next(steps))
         return step
 
     eager, compiled = variant(False), variant(True)

@@ -194,3 +194,29 @@ def test_paired_ratio_follows_each_rounds_pair_not_the_medians():
     assert bench.paired_ratio(base, base) == (1.0, 1.0, 1.0)
     r2 = bench.paired_ratio(crt[:2], base[:2])
     assert r2[0] == pytest.approx(1.05) and math.isnan(r2[1]) and math.isnan(r2[2])
+
+
+def test_kernels_per_step_column_counts_every_mode_but_onnx():
+    rows = bench.bench(["transformer", "crt-gru"], [5, 9], modes=["train", "forward"], **TINY)
+    kernels = {(r["model"], r["seg_len"], r["mode"]): r["kernels"] for r in rows}
+    assert all(k > 0 for k in kernels.values())
+    # The Transformer's kernels do not depend on the segment's length; CRT's eager GRU scan runs
+    # a loop over positions: 6 kernels a position forward, 4 backward, in the position RNN, and
+    # the forward alone in the memory RNN (its output only crosses, detached, into the next step)
+    assert kernels["transformer", 9, "train"] == kernels["transformer", 5, "train"]
+    assert kernels["crt", 9, "train"] - kernels["crt", 5, "train"] == (9 - 5) * (6 + 4 + 6)
+    header, *lines = bench.format_table(rows).splitlines()
+    assert "kernels" in header
+    crt_train = next(line for line in lines if line.startswith("crt-gru") and " train " in line).split()
+    assert f"{kernels['crt', 5, 'train'] / kernels['transformer', 5, 'train']:.2f}" in crt_train
+
+
+def test_cli_without_macs_leaves_the_throughput_columns_empty(tmp_path):
+    out = tmp_path / "bench.csv"
+    rc = cli_main(["bench", "--models", "transformer", "crt-ncgru", "--seg-lens", "4", "--d-model", "8", "--layers", "1",
+                   "--n-head", "2", "--batch", "2", "--vocab", "10", "--warmup", "0", "--repeats", "1", "--modes", "train",
+                   "--no-mem", "--no-macs", "--csv", str(out)])
+    assert rc == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["gflop_s"] for r in rows] == ["", ""] and all(int(r["kernels"]) > 0 for r in rows)

@@ -18,7 +18,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def tiny(model: str, device: str, *sets: str):
-    # Heads 16 wide: XL's attention goes through FlexAttention on CUDA (its least width), SDPA on CPU.
+    # XL's attention: the boolean-mask SDPA on CUDA, the float mask on the CPU (model.xl_attention auto).
     return build_config("smoke", "synthetic", parse_overrides([
         f"model.name={model}", "model.rnn=ncgru", "model.n_layer=2", "model.d_model=64", "model.d_inner=128",
         "data.seg_len=9", "optim.max_steps=20",
@@ -62,26 +62,39 @@ def test_gpu_check_says_no_gpu_and_succeeds_without_one(tmp_path):
     assert "no GPU" in done.stdout and "no GPU" in (tmp_path / "out" / "summary.txt").read_text()
 
 
+def test_gpu_check_parses_and_refuses_an_unknown_option_in_one_line(tmp_path):
+    """The script's own syntax (its stages run on a CPU with --cpu, minutes here: see docs/performance.md)."""
+    script = str(REPO_ROOT / "scripts" / "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    done = subprocess.run(["bash", script, str(tmp_path / "out"), "--gpus"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "gpu_check: unknown option --gpus (usage: scripts/gpu_check.sh [OUT_DIR] [--cpu])")
+
+
 @needs_cuda
-@pytest.mark.parametrize("mlen", [0, 7])
-def test_xl_flex_attention_on_cuda_equals_sdpa_in_value_and_gradient(mlen):
+@pytest.mark.parametrize("d_head, mlen", [(16, 0), (38, 7), (41, 7)])  # each width compiles FlexAttention anew
+def test_xl_attention_kernels_on_cuda_equal_sdpa_in_value_and_gradient(d_head, mlen):
+    """FlexAttention (compiled) and the boolean-mask SDPA against the float mask, at the paper's
+    head sizes (38: PTB, 41: WikiText-103) and FlexAttention's least (16)."""
     from crt_repro.config import ModelConfig
     from crt_repro.models.layers import sinusoid_table
     from crt_repro.models.transformer_xl import RelativeAttention
 
+    d = 4 * d_head
     outs = {}
-    for kernel in ("sdpa", "flex"):
+    for kernel in ("sdpa", "sdpa_bool", "flex"):
         torch.manual_seed(0)
-        att = RelativeAttention(ModelConfig(d_model=64, n_head=4, dropout=0.0, xl_attention=kernel)).cuda()
+        att = RelativeAttention(ModelConfig(d_model=d, n_head=4, dropout=0.0, xl_attention=kernel)).cuda()
         g = torch.Generator(device="cuda").manual_seed(1)
-        x = torch.randn(3, 20, 64, device="cuda", generator=g, requires_grad=True)
-        ctx = torch.randn(3, mlen, 64, device="cuda", generator=g) if mlen else None
-        r = sinusoid_table(torch.arange(mlen + 19, -1, -1, dtype=torch.float32, device="cuda"), 64)
+        x = torch.randn(3, 20, d, device="cuda", generator=g, requires_grad=True)
+        ctx = torch.randn(3, mlen, d, device="cuda", generator=g) if mlen else None
+        r = sinusoid_table(torch.arange(mlen + 19, -1, -1, dtype=torch.float32, device="cuda"), d)
         y = att(x, ctx, r)
         y.square().sum().backward()
         outs[kernel] = (y.detach(), x.grad, att.u.grad, att.v.grad, att.r.weight.grad)
-    for a, b in zip(outs["sdpa"], outs["flex"]):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    for kernel in ("sdpa_bool", "flex"):
+        for a, b in zip(outs["sdpa"], outs[kernel]):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
 @needs_cuda

@@ -206,11 +206,11 @@ def test_rel_shift_indexes_distances():
             assert out[i, j] == 100 * i + (m + i - j)
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+@pytest.mark.parametrize("kernel", ["sdpa", "sdpa_bool", "flex"])
 @pytest.mark.parametrize("mlen, dh", [(0, 4), (4, 4), (4, 38), (3, 41)])
 def test_xl_attention_equals_naive_relative_attention(mlen, dh, kernel):
     """Dai et al.'s score (q_i + u).k_j + (q_i + v).W_r R[i - j] with R indexed explicitly at the
-    distance of every (i, j) pair, softmax over j <= i, in loops; by both kernels (FlexAttention
+    distance of every (i, j) pair, softmax over j <= i, in loops; by every kernel (FlexAttention
     runs its reference implementation here, forward only: it has no CPU backward). Heads of 38 and
     41 are the paper's widths' (PTB 380 and WikiText-103 410, 10 heads): not powers of two."""
     torch.manual_seed(0)
@@ -238,6 +238,42 @@ def test_xl_attention_equals_naive_relative_attention(mlen, dh, kernel):
                     y[bb, i, h] = p @ v[bb, : mlen + i + 1, h]
         want = att.proj(y.reshape(b, n, d))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mlen, dh", [(0, 38), (6, 38), (0, 41), (5, 41)])
+def test_xl_boolean_mask_attention_has_the_float_masks_values_and_gradients(mlen, dh):
+    """``sdpa_bool`` (positions as key columns, a causal mask) against ``sdpa`` (the float mask),
+    float64, in the output and the gradients of the input, the memory and every parameter."""
+    results = []
+    for kernel in ("sdpa", "sdpa_bool"):
+        torch.manual_seed(0)
+        att = RelativeAttention(ModelConfig(d_model=2 * dh, n_head=2, dropout=0.0, xl_attention=kernel)).double()
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(3, 7, 2 * dh, generator=g, dtype=torch.float64, requires_grad=True)
+        ctx = torch.randn(3, mlen, 2 * dh, generator=g, dtype=torch.float64, requires_grad=True)
+        r = sinusoid_table(torch.arange(mlen + 6, -1, -1, dtype=torch.float32), 2 * dh).double()
+        y = att(x, ctx if mlen else None, r)
+        inputs = [x, *([ctx] if mlen else []), *att.parameters()]
+        results.append([y, *torch.autograd.grad((y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum(), inputs)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mlen", [0, 5])
+def test_xl_boolean_mask_attention_runs_under_bf16_autocast_with_attention_dropout(mlen):
+    """Autocast leaves the query in fp32 (q + u) and the keys in bf16: the path gives SDPA one dtype."""
+    outs = {}
+    for kernel, dropout in (("sdpa", 0.0), ("sdpa_bool", 0.0), ("sdpa_bool", 0.1)):
+        torch.manual_seed(0)
+        att = RelativeAttention(ModelConfig(d_model=76, n_head=2, dropout=0.0, dropout_attn=dropout, xl_attention=kernel))
+        x = torch.randn(3, 7, 76, requires_grad=True)
+        r = sinusoid_table(torch.arange(mlen + 6, -1, -1, dtype=torch.float32), 76)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = att.train()(x, torch.randn(3, mlen, 76) if mlen else None, r)
+        y.float().square().sum().backward()
+        assert y.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+        outs[kernel, dropout] = y.float()
+    torch.testing.assert_close(outs["sdpa_bool", 0.0], outs["sdpa", 0.0], rtol=0.05, atol=0.05)
 
 
 # ---------------------------------------------------------------------------------------------

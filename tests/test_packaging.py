@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The newest torch APIs the package calls -> the first torch release that has them.
 NEWEST_APIS = {
     "torch.nn.attention.flex_attention": "2.5",  # Transformer-XL's attention on CUDA
-    "torch.compiler.is_exporting": "2.5",  # every NCGRU step
+    "torch.compiler.is_exporting": "2.6",  # every NCGRU step
     "torch.get_autocast_dtype": "2.4",  # the RNN cells under autocast
     "torch.amp.is_autocast_available": "2.4",
     "torch.compiler.is_compiling": "2.3",

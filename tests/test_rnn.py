@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from crt_repro.models import native_scan
-from crt_repro.models import rnn as rnn_module
+from crt_repro.models import scan as scan_module
 from crt_repro.models.rnn import (
     GRU,
     NCGRU,
@@ -171,7 +171,7 @@ def _frozen_scan_backward(needs, kind, d_out, r_cat, states, g_all, pre_all):
 class _FrozenGatedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind):
-        with rnn_module._autocast_off(xp.device.type):
+        with scan_module._autocast_off(xp.device.type):
             out, saved = _frozen_scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=True)
         ctx.kind = kind
         ctx.save_for_backward(r_cat, *saved)
@@ -179,16 +179,16 @@ class _FrozenGatedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
-        with rnn_module._autocast_off(d_out.device.type):
+        with scan_module._autocast_off(d_out.device.type):
             return *_frozen_scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors), None
 
 
-def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset):
-    assert reset == "after"
+def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset, graph):
+    assert reset == "after" and not graph
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _FrozenGatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind)
-    with rnn_module._autocast_off(xp.device.type):
+    with scan_module._autocast_off(xp.device.type):
         return _frozen_scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, save=False)[0]
 
 
@@ -365,13 +365,13 @@ def test_bf16_autocast_forward_backward(kind, opts):
 @pytest.mark.parametrize("reset", RESETS)
 def test_small_cpu_batches_step_in_fp32_under_autocast(kind, reset, monkeypatch):
     seen = []
-    real = rnn_module.gated_scan
+    real = scan_module.gated_scan
 
-    def spy(xp, h0, r_cat, *args):
+    def spy(xp, h0, r_cat, *args, **kwargs):
         seen.append(r_cat.dtype)
-        return real(xp, h0, r_cat, *args)
+        return real(xp, h0, r_cat, *args, **kwargs)
 
-    monkeypatch.setattr(rnn_module, "gated_scan", spy)
+    monkeypatch.setattr(scan_module, "gated_scan", spy)
     m = make_rnn(kind, 8, 16, reset=reset)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for b in (1, SMALL_CPU_BATCH - 1, SMALL_CPU_BATCH):
@@ -518,7 +518,7 @@ def test_reset_after_is_bitwise_unchanged(kind, setting, monkeypatch):
         return [out, out_ng, *grads]
 
     new = run()
-    monkeypatch.setattr(rnn_module, "gated_scan", _frozen_gated_scan)
+    monkeypatch.setattr(scan_module, "gated_scan", _frozen_gated_scan)
     old = run()
     names = ["out", "out (no grad)", "x", "h0"] + [n for n, _ in m.named_parameters()]
     for name, a, b_ in zip(names, new, old):
@@ -599,8 +599,8 @@ def test_graph_scan_equals_python_scan(kind, before):
     xp, h0 = torch.randn(2, 7, 48, dtype=dt), torch.randn(2, 16, dtype=dt)
     r_cat, b_hh, b_mod = torch.randn(16, 48, dtype=dt) / 4, torch.randn(48, dtype=dt), torch.randn(16, dtype=dt) / 10
     b_hh = b_hh if kind == "tanh" else None
-    ref = rnn_module._scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
-    out = rnn_module._scan_graph(xp, h0, r_cat, b_hh, b_mod, kind, before)
+    ref = scan_module._scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
+    out = scan_module._scan_graph(xp, h0, r_cat, b_hh, b_mod, kind, before)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 

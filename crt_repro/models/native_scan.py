@@ -1,7 +1,7 @@
 """The inference scan of GRU and NCGRU in C (``_scan.c``), for streaming a few sequences on CPU.
 
-``rnn.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
-the batch is below ``rnn.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
+``scan.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
+the batch is below ``scan.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
 not its arithmetic (``crt-repro bench --modes stream``). Training never comes here, so its
 numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
 ``step`` is one step with its input product, for a decoded token (``rnn._GatedCell.step``).
@@ -85,13 +85,18 @@ def available() -> bool:
     return _library() is not None
 
 
+def unobserved() -> bool:
+    """Plain eager execution: no JIT trace (fvcore's MAC count), dispatch mode (``FlopCounterMode``,
+    fake tensors), ``torch.export`` or ``torch.compile`` is looking at the ops, which must see the
+    Python scan's (a C call or a replayed graph would hide them)."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+                or torch._C._is_torch_function_mode_enabled())
+
+
 def supports(*tensors: Tensor | None) -> bool:
     """True where ``scan`` can run these tensors: all on the CPU, of one dtype it has a loop for,
-    and plain eager: a JIT trace (fvcore's MAC count), a dispatch mode (``FlopCounterMode``, fake
-    tensors), ``torch.export`` or ``torch.compile`` must see the Python scan's ops, which ctypes
-    would hide from them."""
-    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-            or torch._C._is_torch_function_mode_enabled()):
+    and ``unobserved``."""
+    if not unobserved():
         return False
     present = [t for t in tensors if t is not None]
     dt = present[0].dtype
@@ -100,7 +105,7 @@ def supports(*tensors: Tensor | None) -> bool:
 
 
 def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool) -> Tensor:
-    """States [B,T,H] of the gated recurrence; arguments as ``rnn._scan_forward`` (the candidate is
+    """States [B,T,H] of the gated recurrence; arguments as ``scan._scan_forward`` (the candidate is
     modReLU where ``b_mod`` is given, else tanh). Caller checks ``supports`` first."""
     b, t_len, h3 = xp.shape
     h = h3 // 3

@@ -2,16 +2,18 @@
 
 Interface (every cell; ``batch_first``)::
 
-    rnn = make_rnn("gru" | "ncgru", input_size, hidden_size, reset="after" | "before")
+    rnn = make_rnn("gru" | "ncgru", input_size, hidden_size, reset="after" | "before", scan="auto")
     outputs, h_last = rnn(x, h0)     # x [B, T, I], h0 [B, H] -> outputs [B, T, H], h_last [B, H]
 
 ``h_last`` equals ``outputs[:, -1]`` (``h0`` when T == 0). Outputs come back in the dtype of ``x``;
 both cells run under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (matrix products in bf16,
 gate arithmetic and the carried hidden state in fp32). Both run on one gated recurrence with a
-hand-written backward (``gated_scan``); they differ in the candidate activation (tanh, modReLU) and
+hand-written backward (``scan.gated_scan``); they differ in the candidate activation (tanh, modReLU) and
 in how the recurrent matrix is made (free, orthogonal by the Cayley transform). ``reset`` places the
 reset gate r of the candidate: ``"after"`` the recurrent product, r * (h W) (cuDNN's and PyTorch's
 GRU), or ``"before"`` it, (r * h) W (the CRT paper's appendix B and NC-GRU's TensorFlow cells).
+``scan`` chooses how the recurrence runs (``scan.choose``: the eager loop on the CPU; on CUDA torch's
+GRU kernel or the loop replayed as CUDA graphs).
 
 Modules that define ``post_step(step)`` (NCGRU does) must have it called by the training loop after
 every ``optimizer.step()``::
@@ -39,7 +41,6 @@ Parameter counts (trainable entries, i.e. ``sum(p.numel())``; I = input size, H 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
@@ -47,12 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crt_repro.models import native_scan
+from crt_repro.models import native_scan, scan
+from crt_repro.models.scan import RESETS, SMALL_CPU_BATCH, check_reset, check_scan, gated_scan
 
 __all__ = ["RNN_KINDS", "RESETS", "make_rnn", "GRU", "NCGRU", "cayley_weight", "gated_scan"]
 
 RNN_KINDS = ("gru", "ncgru")
-RESETS = ("after", "before")
 
 
 def make_rnn(
@@ -61,6 +62,7 @@ def make_rnn(
     hidden_size: int,
     *,
     reset: str = "after",
+    scan: str = "auto",
     candidate_bias: bool = True,
     neumann_order: int = 2,
     exact_every: int = 100,
@@ -68,29 +70,24 @@ def make_rnn(
 ) -> nn.Module:
     """Build one recurrent cell with the common interface ``forward(x, h0) -> (outputs, h_last)``.
 
-    ``reset`` ("after" | "before", see the module docstring) configures both cells.
+    ``reset`` ("after" | "before") and ``scan`` (see the module docstring) configure both cells.
     ``candidate_bias``, ``neumann_order``, ``exact_every`` and ``n_negative`` configure NCGRU and
     are ignored by GRU (whose candidate keeps torch's two biases).
     """
     if kind == "gru":
-        return GRU(input_size, hidden_size, reset=reset)
+        return GRU(input_size, hidden_size, reset=reset, scan=scan)
     if kind == "ncgru":
         return NCGRU(
             input_size,
             hidden_size,
             reset=reset,
+            scan=scan,
             candidate_bias=candidate_bias,
             neumann_order=neumann_order,
             exact_every=exact_every,
             n_negative=n_negative,
         )
     raise ValueError(f"unknown rnn kind {kind!r}; valid kinds: {', '.join(repr(k) for k in RNN_KINDS)}")
-
-
-def _check_reset(reset: str) -> str:
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {', '.join(repr(r) for r in RESETS)}, got {reset!r}")
-    return reset
 
 
 def _check_inputs(x: Tensor, h0: Tensor | None, input_size: int, hidden_size: int) -> Tensor:
@@ -104,20 +101,6 @@ def _check_inputs(x: Tensor, h0: Tensor | None, input_size: int, hidden_size: in
     if h0.shape != (b, hidden_size):
         raise ValueError(f"h0 must be [B={b}, H={hidden_size}], got {list(h0.shape)}")
     return h0
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype in effect for ``device_type``, or None when autocast is off."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _autocast_off(device_type: str):
-    # The meta device (cost counting) has no autocast at all, and torch.autocast rejects it.
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,247 +146,31 @@ def cayley_weight(a: Tensor, inv: Tensor, d: Tensor) -> Tensor:
 # The gated recurrence both cells share, with a hand-written backward through time
 # --------------------------------------------------------------------------------------------------
 
-CANDIDATES = ("tanh", "modrelu")
-
-
-def _candidate_(v: Tensor, kind: str, b_mod: Tensor | None) -> Tensor:
-    """The candidate activation, in place on ``v``: tanh (GRU) or modReLU(v) = sign(v) relu(|v| + b_mod)."""
-    if kind == "tanh":
-        return v.tanh_()
-    s = torch.sign(v)
-    return v.abs_().add_(b_mod).relu_().mul_(s)
-
-
-def _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind: str, before: bool, save: bool):
-    """The sequential part. xp [B,T,3H] (input projections + input biases, gates z | r | candidate),
-    h0 [B,H] (state dtype), r_cat [H,3H] and b_hh [3H] or None (compute dtype).
-
-    Per step, reset after the product (``before`` false): g = h @ r_cat (+ b_hh),
-    z | r = sigmoid(x + g), c = act(x_c + r * g_c). Reset before it: g_zr = h @ r_cat_zr (+ b_zr),
-    z | r = sigmoid(x_zr + g_zr), g_c = (r * h) @ r_cat_c (+ b_c), c = act(x_c + g_c). Then
-    h' = z h + (1 - z) c. Everything is written in place into time-major buffers, which are what
-    backward needs when ``save``: states [T+1,B,H] (h0 first), pre [T,B,3H] holding z | r | c and,
-    reset after, g [T,B,3H] (compute dtype). Otherwise the g and pre buffers hold one step.
-
-    Why this shape: a step is one small matrix product plus a few tiny elementwise ops, each with a
-    fixed cost of several microseconds. One product per step (the three recurrent matrices side by
-    side), one add for all three gates, in-place activations and no per-step Python slicing beyond
-    what ``unbind`` prepared keep a GRU step at seven ops. Reset before, the candidate's product
-    needs the step's r, so a step takes two products and one more elementwise op (and, under
-    autocast, one more cast).
-    """
-    b, t_len, h3 = xp.shape
-    h = h3 // 3
-    sdt, cdt, dev = h0.dtype, r_cat.dtype, h0.device
-    xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev).copy_(xp.transpose(0, 1))  # time-major
-    keep_g = save and not before  # reset before, backward needs r * h (from states, pre), not g
-    states = torch.empty(t_len + 1, b, h, dtype=sdt, device=dev)
-    states[0] = h0
-    g_buf = torch.empty(t_len if keep_g else 1, b, h3, dtype=cdt, device=dev)
-    pre_buf = torch.empty(t_len if save else 1, b, h3, dtype=sdt, device=dev)
-    xs, hs = xt.unbind(0), states.unbind(0)
-    gs, pres = g_buf.unbind(0), pre_buf.unbind(0)
-    cast = cdt != sdt
-    if before:
-        r_zr, r_c = r_cat[:, : 2 * h], r_cat[:, 2 * h :]
-        b_zr, b_c = (None, None) if b_hh is None else (b_hh[: 2 * h], b_hh[2 * h :])
-    state = h0
-    for t in range(t_len):
-        g, pre = gs[t if keep_g else 0], pres[t if save else 0]
-        hm = state.to(cdt) if cast else state
-        if before:
-            g_zr = _mm(hm, r_zr, b_zr, g[:, : 2 * h])
-            zr = torch.add(xs[t][:, : 2 * h], g_zr, out=pre[:, : 2 * h]).sigmoid_()
-            rh = zr[:, h:] * state
-            g_c = _mm(rh.to(cdt) if cast else rh, r_c, b_c, g[:, 2 * h :])
-            v = torch.add(xs[t][:, 2 * h :], g_c, out=pre[:, 2 * h :])
-        else:
-            _mm(hm, r_cat, b_hh, g)
-            torch.add(xs[t], g, out=pre)  # the candidate third is overwritten below
-            zr = pre[:, : 2 * h].sigmoid_()
-            v = torch.addcmul(xs[t][:, 2 * h :], zr[:, h:], g[:, 2 * h :], out=pre[:, 2 * h :])
-        state = torch.lerp(_candidate_(v, kind, b_mod), state, zr[:, :h], out=hs[t + 1])
-    out = states[1:].transpose(0, 1).contiguous()
-    return out, ((states, g_buf if keep_g else None, pre_buf) if save else None)
-
-
-def _scan_graph(xp, h0, r_cat, b_hh, b_mod, kind: str, before: bool) -> Tensor:
-    """The recurrence of ``_scan_forward`` without its buffers and ``out=`` writes, for a captured
-    graph (``torch.export``: the decoding step as ONNX). Those writes are what make the eager loop
-    cheap, but a graph turns each into scatters and slices; here a step is about 14 ONNX nodes
-    (one split per operand instead of a slice per gate, lerp as ``c + z (h - c)`` like the C scan:
-    torch.lerp exports as two branches and a select). The same equations; tests/test_export.py
-    holds the graph equal to eager."""
-    h = h0.shape[-1]
-    state, out = h0, []
-    for x in xp.unbind(1):
-        hm = state.to(r_cat.dtype)
-        x_zr, x_c = x.split([2 * h, h], dim=-1)
-        if before:
-            r_zr, r_c = r_cat.split([2 * h, h], dim=-1)
-            b_zr, b_c = (None, None) if b_hh is None else b_hh.split([2 * h, h])
-            z, r = (x_zr + _graph_mm(hm, r_zr, b_zr)).sigmoid().split(h, dim=-1)
-            v = x_c + _graph_mm((r * state).to(r_cat.dtype), r_c, b_c)
-        else:
-            g_zr, g_c = _graph_mm(hm, r_cat, b_hh).split([2 * h, h], dim=-1)
-            z, r = (x_zr + g_zr).sigmoid().split(h, dim=-1)
-            v = x_c + r * g_c
-        c = _candidate_(v, kind, b_mod)
-        state = c + z * (state - c)
-        out.append(state)
-    return torch.stack(out, dim=1)
-
-
-def _graph_mm(a: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    return a @ w if bias is None else torch.addmm(bias, a, w)
-
-
-def _mm(a: Tensor, w: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
-    return torch.mm(a, w, out=out) if bias is None else torch.addmm(bias, a, w, out=out)
-
-
-class _GatedScan(torch.autograd.Function):
-    """The recurrence as one autograd node.
-
-    Forward runs the time loop without recording a graph and keeps its buffers for backward (no
-    recomputation). Backward forms every per-step coefficient for all time steps at once, runs the
-    sequential part of BPTT (reset after: one small matrix product and three elementwise ops per
-    step; reset before: two products and five) and the recurrent weight gradient as [3H, T*B] x
-    [T*B, H] products. Autocast is off inside; the caller chooses the dtypes (r_cat and b_hh in the
-    compute dtype, the rest in the state dtype).
-    """
-
-    @staticmethod
-    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind, before):
-        with _autocast_off(xp.device.type):
-            out, saved = _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=True)
-        ctx.kind, ctx.before = kind, before
-        ctx.save_for_backward(r_cat, *saved)
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out):
-        with _autocast_off(d_out.device.type):
-            grads = _scan_backward(ctx.needs_input_grad, ctx.kind, ctx.before, d_out, *ctx.saved_tensors)
-        return *grads, None, None
-
-
-def _scan_backward(needs, kind, before, d_out, r_cat, states, g_all, pre_all):
-    t_len, b, h3 = pre_all.shape
-    h = h3 // 3
-    sdt, cdt, dev = states.dtype, r_cat.dtype, states.device
-    h_prev = states[:-1]  # [T,B,H]
-    z, r, c = pre_all[..., :h], pre_all[..., h : 2 * h], pre_all[..., 2 * h :]
-    one_m_z = torch.rsub(z, 1.0)
-    if kind == "tanh":
-        dc_dv = torch.addcmul(torch.ones_like(c), c, c, value=-1.0)  # 1 - c^2
-    else:  # modReLU: dc/dv = 1 and dc/db_mod = sign(v) = sign(c) where c != 0, else 0
-        sign_c = torch.sign(c)
-        dc_dv = sign_c.abs()
-    k_v = one_m_z.mul(dc_dv)  # dh_t -> dv_t
-    # dh_t -> d(pre-activation of z), d(pre-activation of r), d(g_c), laid out [T,B,3,H] like the
-    # columns of r_cat; filled in place. Reset before, the r slot holds instead the coefficient from
-    # d(r * h) to d(pre-activation of r): d(r * h) is known only once the step's candidate
-    # gradient has gone through r_cat_c^T.
-    k = torch.empty(t_len, b, 3, h, dtype=sdt, device=dev)
-    k_z, k_r, k_c = k.unbind(2)
-    if before:
-        k_c.copy_(k_v)  # (1-z) act'
-        torch.mul(h_prev, r, out=k_r)
-    else:
-        torch.mul(k_v, r, out=k_c)  # (1-z) act' r
-        torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
-    k_r.addcmul_(k_r, r, value=-1.0)  # before: h r (1-r); after: (1-z) act' r (1-r) g_c
-    torch.sub(h_prev, c, out=k_z).mul_(z).mul_(one_m_z)  # (h - c) z (1-z)
-    # The gradient on g_t = h_{t-1} @ r_cat goes straight into the compute dtype: it only feeds
-    # products in that dtype (the step's BPTT product, the weight gradient, the input projection's
-    # backward under autocast).
-    d_h = torch.empty(t_len, b, h, dtype=sdt, device=dev)  # total gradient on h_t
-    d_g = torch.empty(t_len, b, 3, h, dtype=cdt, device=dev)
-    d_outs, d_hs, d_gs = d_out.to(sdt).transpose(0, 1).unbind(0), d_h.unbind(0), d_g.unbind(0)
-    ks, zs = k.unbind(0), z.unbind(0)
-    if before:
-        k_rs, rs = k_r.unbind(0), r.unbind(0)
-        r_zr_t, r_c_t = r_cat[:, : 2 * h].t(), r_cat[:, 2 * h :].t()
-    else:
-        r_t = r_cat.t()
-    carry = torch.zeros(b, h, dtype=sdt, device=dev)
-    for t in range(t_len - 1, -1, -1):
-        dh = torch.add(d_outs[t], carry, out=d_hs[t])
-        dg = torch.mul(ks[t], dh.unsqueeze(1), out=d_gs[t]).view(b, h3)
-        if before:  # the r third of dg, written above from dh, is replaced by its true value
-            d_rh = torch.mm(dg[:, 2 * h :], r_c_t)
-            torch.mul(d_rh, k_rs[t], out=dg[:, h : 2 * h])
-            carry = torch.addcmul(torch.mm(dg[:, : 2 * h], r_zr_t), dh, zs[t]).addcmul_(d_rh, rs[t])
-        else:
-            carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
-    d_g = d_g.view(t_len, b, h3)
-    d_xp = d_r = d_b_hh = d_b_mod = None
-    if needs[2]:
-        if before:
-            rh = (r * h_prev).reshape(-1, h).to(cdt)  # what the forward multiplied r_cat_c by
-            d_r = torch.cat([h_prev.reshape(-1, h).to(cdt).t() @ d_g[..., : 2 * h].reshape(-1, 2 * h),
-                             rh.t() @ d_g[..., 2 * h :].reshape(-1, h)], dim=1)
-        else:
-            d_r = h_prev.reshape(-1, h).to(cdt).t() @ d_g.reshape(-1, h3)
-    if needs[3]:
-        d_b_hh = d_g.sum(dim=(0, 1), dtype=sdt)
-    if needs[4]:
-        d_b_mod = one_m_z.mul_(d_h).mul_(sign_c).sum(dim=(0, 1))
-    if needs[0]:
-        d_xt = torch.empty(t_len, b, h3, dtype=sdt, device=dev)
-        d_xt[..., : 2 * h] = d_g[..., : 2 * h]
-        torch.mul(d_h, k_v, out=d_xt[..., 2 * h :])  # candidate input: dv, not dv * r
-        d_xp = d_xt.transpose(0, 1)
-    return d_xp, carry if needs[1] else None, d_r, d_b_hh, d_b_mod
-
-
-def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
-               kind: str, reset: str = "after") -> Tensor:
-    """States [B,T,H] of the gated recurrence (see ``_scan_forward``) for candidate ``kind``
-    ("tanh": GRU, with the recurrent bias b_hh; "modrelu": NCGRU, with its bias b_mod), with the
-    reset gate ``reset`` ("after" | "before") the candidate's recurrent product."""
-    if kind not in CANDIDATES:
-        raise ValueError(f"unknown candidate activation {kind!r}; valid: {CANDIDATES}")
-    before = _check_reset(reset) == "before"
-    tensors = (xp, h0, r_cat, b_hh, b_mod)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before)
-    if torch.compiler.is_compiling():
-        return _scan_graph(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod, kind, before)
-    if xp.shape[0] < SMALL_CPU_BATCH and native_scan.supports(h0, r_cat, b_hh, b_mod):
-        # Streaming inference: the time loop in C, not one Python dispatch per op and step.
-        return native_scan.scan(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod if kind == "modrelu" else None, before)
-    with _autocast_off(xp.device.type):
-        return _scan_forward(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
-
-
-# Below this many streams a CPU step product runs in fp32 even under autocast, and inference runs
-# the C scan (``native_scan``). Timed on the 2-core
-# AMD EPYC this was developed on, torch.mm of [B,256] x [256,768] with operands already cast (as
-# the scan runs its steps): fp32 15 us at B=1 and 32-44 us at B=2..8; bf16 23-30 us at B=1..8.
-# So only a single stream (batch-1 streaming) is faster in fp32.
-SMALL_CPU_BATCH = 2
-
 
 class _GatedCell(nn.Module):
     """What GRU and NCGRU share: the dtype policy and the input projection of the whole segment.
 
     Under autocast the products run in the autocast dtype (except the per-step products of a
     small CPU batch, see ``SMALL_CPU_BATCH``) and the gate arithmetic and the carried state in the
-    parameters' dtype (fp32); outputs come back in the dtype of x.
+    parameters' dtype (fp32); outputs come back in the dtype of x. Torch's GRU kernel (``scan``
+    "cudnn") runs all of it in the parameters' dtype.
     """
 
     def _scan(self, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor, recurrent: Tensor,
               b_hh: Tensor | None, b_mod: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
         sdt = weight_ih.dtype
-        autocast = _autocast_dtype(x.device.type)
+        path = scan.choose(self.scan, x, kind, self.reset)
+        if path == "cudnn":
+            out = scan.torch_gru(x, h0, weight_ih, bias_ih, recurrent, b_hh).to(x.dtype)
+            return out, out[:, -1]
+        autocast = scan.autocast_dtype(x.device.type)
         # One product for the whole segment; under autocast F.linear runs it in the autocast dtype.
         xp = F.linear(x if autocast else x.to(sdt), weight_ih, bias_ih)
         small_cpu = x.device.type == "cpu" and x.shape[0] < SMALL_CPU_BATCH
         cdt = autocast if autocast and not small_cpu else sdt
         b_hh = None if b_hh is None else b_hh.to(cdt)
-        out = gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset).to(x.dtype)
+        out = scan.gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset,
+                              graph=path == "graph").to(x.dtype)
         return out, out[:, -1]
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -433,7 +200,7 @@ class _GatedCell(nn.Module):
         if h is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
         if (weights is not None and x.shape[0] < SMALL_CPU_BATCH and not torch.is_grad_enabled()
-                and _autocast_dtype(x.device.type) is None and native_scan.supports(x, h, *weights)):
+                and scan.autocast_dtype(x.device.type) is None and native_scan.supports(x, h, *weights)):
             return native_scan.step(x, h, *weights, self.reset == "before")
         return self(x[:, None], h)[1]
 
@@ -461,14 +228,17 @@ class GRU(_GatedCell):
     on CPU it decomposes into per-step ops and records about fifteen autograd nodes per step
     (ours: thirteen per call, whatever the length). With it, CRT-GRU's train step was 1.21 / 1.18 / 1.16x the Transformer's at seg 17 / 35 /
     70, against 1.16 / 1.14 / 1.12x on the fused scan, in one back-to-back pair of runs
-    (``crt-repro bench --d-model 256 --layers 3 --batch 32 --bf16 --modes train``).
+    (``crt-repro bench --d-model 256 --layers 3 --batch 32 --bf16 --modes train``). On CUDA with
+    reset after its kernel is ours to use (``scan`` "cudnn", the default there): cuDNN's loop
+    launches from C++, not one Python op at a time.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, *, reset: str = "after"):
+    def __init__(self, input_size: int, hidden_size: int, *, reset: str = "after", scan: str = "auto"):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.reset = _check_reset(reset)
+        self.reset = check_reset(reset)
+        self.scan = check_scan(scan, "tanh", reset)
         h = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))
         self.bias_ih = nn.Parameter(torch.empty(3 * h))
@@ -510,7 +280,7 @@ class NCGRU(_GatedCell):
     Implementation: the input projections of the whole segment are one matmul before the loop;
     reset after, the three recurrent products are one matmul per step, ``h @ [Z_h | R_h | W]``
     (reset before, ``h @ [Z_h | R_h]`` then ``(r * h) @ W``); the recurrence is a single autograd
-    node with a hand-written BPTT (see ``_GatedScan``, shared with GRU).
+    node with a hand-written BPTT (see ``scan._GatedScan``, shared with GRU).
 
     Choices (and why):
 
@@ -567,6 +337,7 @@ class NCGRU(_GatedCell):
         hidden_size: int,
         *,
         reset: str = "after",
+        scan: str = "auto",
         candidate_bias: bool = True,
         neumann_order: int = 2,
         exact_every: int = 100,
@@ -574,7 +345,8 @@ class NCGRU(_GatedCell):
         a_init: str = "rotation",
     ):
         super().__init__()
-        self.reset = _check_reset(reset)
+        self.reset = check_reset(reset)
+        self.scan = check_scan(scan, "modrelu", reset)
         if neumann_order < 0:
             raise ValueError(f"neumann_order must be >= 0, got {neumann_order}")
         if exact_every < 1:

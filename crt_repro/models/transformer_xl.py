@@ -33,18 +33,31 @@ segment so far, and at the segment's end the last ``eval_mem_len`` of them.
 Parameters per layer beyond the Transformer baseline: W_r (d^2) and u, v (2d). Paper Table 1
 gives XL the same count as the Transformer, i.e. it leaves these out.
 
-Kernels (``model.xl_attention``): SDPA takes the position term as a float mask, which on CUDA
-leaves it only its slowest kernels. FlexAttention instead adds the term inside its fused kernel,
-reading it from the unshifted scores (the rel-shift is an index) and skipping the masked future
-blocks; "auto" uses it on CUDA where no attention dropout applies (FlexAttention has none) and
-heads are at least 16 wide (its CUDA kernel's least), SDPA everywhere else, so CPU runs compute exactly what they always did. Both give the same function
-(tests/test_models.py and tests/test_cuda.py hold them equal).
+Kernels (``model.xl_attention``), one function (tests/test_models.py and tests/test_cuda.py hold
+them equal to the naive attention and to each other):
+
+* ``sdpa``: SDPA with the position term as a float mask. On CUDA a float mask leaves SDPA its
+  slowest kernel (the math one: the memory-efficient kernel takes a mask but not heads of 38 or
+  41, the paper's, whose width is no multiple of 8). The CPU's, so CPU runs compute what they
+  always did.
+* ``sdpa_bool``: the position term moved into the keys, so the mask is only the causal
+  structure: key j gains column j of the rel-shifted position scores, query i the one-hot e_i,
+  and (q_i + u) . k_j + P[i, j] is one dot product (``bool_relative_attention``). The widths,
+  padded to multiples of 8, fit the memory-efficient kernel, with the causal mask as SDPA's
+  bottom-right causal bias (no mask tensor); attention dropout as SDPA's. No compiler.
+* ``flex``: FlexAttention, which adds the term inside its fused kernel, reading it from the
+  unshifted scores (the rel-shift is an index) and skipping the masked future blocks; compiled on
+  CUDA (Triton and a C compiler on the node), no attention dropout.
+* ``auto``: ``sdpa`` on the CPU, ``sdpa_bool`` on CUDA: nothing is compiled unless asked.
+  ``scripts/gpu_check.sh`` times ``sdpa_bool`` against ``flex`` at the paper's head sizes (its
+  ``attention`` stage); ``auto`` changes only on such a measurement.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
 
 from crt_repro.config import ModelConfig
 from crt_repro.models.decode import KV, Cache, check_token
@@ -66,6 +79,24 @@ def rel_shift(x: Tensor) -> Tensor:
     *lead, q, k = x.shape
     x = F.pad(x, (1, 0)).view(*lead, k + 1, q)
     return x[..., 1:, :].reshape(*lead, q, k)
+
+
+def bool_relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, scale: float, dropout_p: float) -> Tensor:
+    """Causal attention over [memory; segment] with the position term added to the scores, by
+    SDPA with no float mask: ``pos`` [B, H, n, klen] (``rel_shift``ed, unscaled; its future entries
+    are finite garbage the causal mask drops) becomes n more key columns, the one-hot of the query
+    n more query columns, so that the dot product of query i and key j carries pos[i, j]."""
+    b, h, n, dh = q.shape
+    klen = k.shape[-2]
+    width = -(-(dh + n) // 8) * 8  # the memory-efficient kernel's alignment
+    # One dtype for all three: SDPA's causal bias checks it before autocast would cast them.
+    one_hot = torch.eye(n, width - dh, dtype=k.dtype, device=q.device).expand(b, h, n, width - dh)
+    q = torch.cat([q.to(k.dtype), one_hot], dim=-1)
+    k = torch.cat([k, pos.transpose(-1, -2).to(k.dtype), k.new_zeros(b, h, klen, width - dh - n)], dim=-1)
+    v = F.pad(v, (0, -dh % 8))
+    causal = {"is_causal": True} if klen == n else {"attn_mask": causal_lower_right(n, klen)}
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale, **causal)
+    return y[..., :dh]
 
 
 def flex_relative_attention(q: Tensor, k: Tensor, v: Tensor, bd: Tensor) -> Tensor:
@@ -113,12 +144,10 @@ class RelativeAttention(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.kernel = cfg.xl_attention
 
-    def _flex(self, x: Tensor) -> bool:
+    def _kernel(self, x: Tensor) -> str:
         if self.kernel == "auto":
-            # The CUDA kernel needs heads of 16 or more (the paper's are 38 and 41 wide).
-            wide = x.shape[-1] // self.n_head >= 16
-            return x.is_cuda and wide and not (self.training and self.dropout_attn > 0)
-        return self.kernel == "flex"
+            return "sdpa_bool" if x.is_cuda else "sdpa"
+        return self.kernel
 
     def _heads(self, t: Tensor) -> Tensor:
         *lead, n, d = t.shape
@@ -132,8 +161,14 @@ class RelativeAttention(nn.Module):
         k, v = self.kv(kv_in).chunk(2, dim=-1)
         q, k, v = self._heads(self.q(x)), self._heads(k), self._heads(v)  # [B, H, len, d_head]
         r_k = self._heads(self.r(r))  # [H, klen, d_head]
-        if self._flex(x):
+        kernel = self._kernel(x)
+        if kernel == "flex":
             y = flex_relative_attention(q + self.u, k, v, (q + self.v) @ r_k.transpose(-1, -2))
+            return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
+        if kernel == "sdpa_bool":
+            p = self.dropout_attn if self.training else 0.0
+            y = bool_relative_attention(q + self.u, k, v, rel_shift((q + self.v) @ r_k.transpose(-1, -2)),
+                                        q.shape[-1] ** -0.5, p)
             return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
         # Terms (b)+(d) as an additive bias to the content scores (a)+(c), which SDPA computes
         # from the query q + u; both are scaled by 1/sqrt(d_head) like the content scores.
