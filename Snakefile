@@ -2,7 +2,7 @@
 # (arXiv 2505.00929) as Snakemake targets. See workflow/README.md.
 #
 #   snakemake --cores 2 all_tables all_figures --config profile=smoke data_dir=../shared/data
-#   snakemake --cores 8 all                      # paper profile (default), GPU or cluster
+#   snakemake --cores 8 all                      # paper scale (default), GPU or cluster
 #   snakemake -n fig5_ptb_3layer                 # only the 9 runs of Table 2's grid
 #   snakemake gradient_reach_ptb                 # Table 9's GRU/NCGRU gradient reach, init vs trained
 #   snakemake --cores 8 all --config smarthome_dir=/data/smarthome   # Tables 7/13 need the clips
@@ -74,13 +74,13 @@ rule all:
 
 # `snakemake --report report.html report_contents --config profile=P`: one page of what the profile
 # has. Snakemake's report needs every file its DAG marks for the report to exist, so this target's
-# DAG is the profile's tables, figures, claims and runs.csv that exist; it names the others.
+# DAG is the scale's tables, figures, claims and runs.csv that exist; it names the others.
 REPORTABLE = [*ALL_TABLE_FILES, *ALL_FIGURE_FILES, *GRADIENT_REACH_FILES, f"{RESULTS}/runs.csv",
               f"{RESULTS}/claims.csv", f"{RESULTS}/tables/memory_reach.csv", f"{FIGURES}/memory_reach.png"]
 REPORT_FILES = [f for f in REPORTABLE if Path(f).exists()]
 if "report_contents" in sys.argv:
     _missing = [f for f in REPORTABLE if not Path(f).exists()]
-    print(f"crt-repro workflow: the report holds {len(REPORT_FILES)} files of profile {PROFILE}"
+    print(f"crt-repro workflow: the report holds {len(REPORT_FILES)} files of the {PROFILE} scale"
           + (f"; not built yet, so not in it: {', '.join(_missing)}" if _missing else ""), file=sys.stderr)
 
 
@@ -102,7 +102,7 @@ rule all_figures:
 
 # One target rule per table and figure of the paper (`snakemake table2_ptb_3layer`): its .csv and
 # .md, or its .png and .pdf. Tables 7 and 13 (Toyota Smarthome, workflow/rules/video.smk) need
-# --config smarthome_dir=DIR under the cpu and paper profiles (the dataset is licensed, not
+# --config smarthome_dir=DIR under the cpu and paper scales (the dataset is licensed, not
 # downloadable); smoke runs them on generated synthetic videos. CI checks the files of every
 # target listed here (`crt-repro targets`, .ci/run).
 PAPER_TABLES = [
@@ -147,7 +147,7 @@ rule claims_3layer:
         f"{RESULTS}/claims.md",
 
 
-# Beyond the paper (README, "What the memory carries"); neither is part of `all`.
+# Beyond the paper (docs/memory-diagnostics.md); neither is part of `all`.
 rule memory_reach:
     input:
         [f"{RESULTS}/tables/memory_reach.{ext}" for ext in ("csv", "md")],
@@ -169,7 +169,7 @@ onstart:
 # on the console (a plain `snakemake` does not find workflow/profiles/default, whose
 # show-failed-logs prints whole logs; with it, the tails would only repeat them).
 onsuccess:
-    summary = [f"Outputs of the {PROFILE} profile:"]
+    summary = [f"Outputs of the {PROFILE} scale:"]
     if Path(f"{RESULTS}/runs").is_dir():
         n_runs = sum(1 for p in Path(f"{RESULTS}/runs").iterdir() if p.is_dir())
         summary.append(f"  runs: {RESULTS}/runs/ ({n_runs} run directories)")

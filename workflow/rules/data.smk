@@ -1,4 +1,4 @@
-# Corpora, downloaded only when no data_dir is given (the cpu and paper profiles; smoke without a
+# Corpora, downloaded only when no data_dir is given (the cpu and paper scales; smoke without a
 # data_dir uses the package's generated corpus). sha256-checked by `crt-repro download`.
 #
 # One rule per corpus, from one definition: {rule name: (its files in DOWNLOAD_FILES and its log's
