@@ -1,5 +1,4 @@
-"""An outside model, written as a user of the harness would write one (README, "How to add your
-own model"): a GRU language model, not part of the package, run as
+"""An outside model, written as a user of the harness would write one (docs/adding-a-model.md): a GRU language model, not part of the package, run as
 ``--model plugin_model:GRULanguageModel`` with this folder on PYTHONPATH.
 
 It meets the contract of ``crt_repro.models.layers``: ``forward(idx, state) -> (hidden, state)``
