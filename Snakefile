@@ -103,8 +103,8 @@ rule all_figures:
 # One target rule per table and figure of the paper (`snakemake table2_ptb_3layer`): its .csv and
 # .md, or its .png and .pdf. Tables 7 and 13 (Toyota Smarthome, workflow/rules/video.smk) need
 # --config smarthome_dir=DIR under the cpu and paper scales (the dataset is licensed, not
-# downloadable); smoke runs them on generated synthetic videos. CI checks the files of every
-# target listed here (`crt-repro targets`, .ci/run).
+# downloadable); smoke runs them on generated synthetic videos. CI checks every output file of
+# these targets through `crt-repro outputs` (.ci/run), which reads them from the workflow.
 PAPER_TABLES = [
     "table1_complexity",
     "table2_ptb_3layer",
