@@ -2,7 +2,7 @@
 # (arXiv 2505.00929) as Snakemake targets. See workflow/README.md.
 #
 #   snakemake --cores 2 all_tables all_figures --config profile=smoke data_dir=../shared/data
-#   snakemake --cores 8 all                      # paper profile (default), GPU or cluster
+#   snakemake --cores 8 all                      # paper scale (default), GPU or cluster
 #   snakemake -n fig5_ptb_3layer                 # only the 9 runs of Table 2's grid
 #   snakemake gradient_reach_ptb                 # Table 9's GRU/NCGRU gradient reach, init vs trained
 #   snakemake --cores 8 all --config smarthome_dir=/data/smarthome   # Tables 7/13 need the clips
@@ -37,28 +37,15 @@ include: "workflow/rules/memory_reach.smk"
 
 # Jobs that run where snakemake runs, never submitted to a cluster: the targets, downloads (compute
 # nodes may have no network), and collecting runs into tables and figures (seconds each). The
-# train jobs, Table 6's timing (cost_table) and gradient reach are submitted.
+# train jobs, Table 6's timing (cost_table) and gradient reach are submitted. The paper's table and
+# figure targets (below) and the downloads (data.smk) are generated in loops and say `localrule`
+# themselves.
 localrules:
     all,
     report_contents,
     paper_width_costs,
     all_tables,
     all_figures,
-    table1_complexity,
-    table2_ptb_3layer,
-    table3_ptb_16layer,
-    table4_wt103_3layer,
-    table5_wt103_16layer,
-    table6_cost,
-    table7_smarthome,
-    table8_ablation,
-    table9_ptb_3layer_rnn,
-    table10_ptb_16layer_rnn,
-    table11_wt103_3layer_rnn,
-    table12_wt103_16layer_rnn,
-    table13_smarthome_rnn,
-    fig5_ptb_3layer,
-    fig6_ptb_16layer,
     memory_reach,
     memory_reach_report,
     beyond_paper,
@@ -66,9 +53,6 @@ localrules:
     gradient_reach_ptb,
     curves_ptb_3layer,
     runs_csv,
-    download_ptb,
-    download_wikitext2,
-    download_wt103,
     collect_table_runs,
     ppl_table,
     claims,
@@ -76,7 +60,6 @@ localrules:
     valid_curves,
     collect_video_table_runs,
     mca_table,
-    memory_reach_report,
 
 
 rule all:
@@ -91,13 +74,13 @@ rule all:
 
 # `snakemake --report report.html report_contents --config profile=P`: one page of what the profile
 # has. Snakemake's report needs every file its DAG marks for the report to exist, so this target's
-# DAG is the profile's tables, figures, claims and runs.csv that exist; it names the others.
+# DAG is the scale's tables, figures, claims and runs.csv that exist; it names the others.
 REPORTABLE = [*ALL_TABLE_FILES, *ALL_FIGURE_FILES, *GRADIENT_REACH_FILES, f"{RESULTS}/runs.csv",
               f"{RESULTS}/claims.csv", f"{RESULTS}/tables/memory_reach.csv", f"{FIGURES}/memory_reach.png"]
 REPORT_FILES = [f for f in REPORTABLE if Path(f).exists()]
 if "report_contents" in sys.argv:
     _missing = [f for f in REPORTABLE if not Path(f).exists()]
-    print(f"crt-repro workflow: the report holds {len(REPORT_FILES)} files of profile {PROFILE}"
+    print(f"crt-repro workflow: the report holds {len(REPORT_FILES)} files of the {PROFILE} scale"
           + (f"; not built yet, so not in it: {', '.join(_missing)}" if _missing else ""), file=sys.stderr)
 
 
@@ -117,72 +100,36 @@ rule all_figures:
         ALL_FIGURE_FILES,
 
 
-rule table1_complexity:
-    input:
-        table_files("table1_complexity"),
+# One target rule per table and figure of the paper (`snakemake table2_ptb_3layer`): its .csv and
+# .md, or its .png and .pdf. Tables 7 and 13 (Toyota Smarthome, workflow/rules/video.smk) need
+# --config smarthome_dir=DIR under the cpu and paper scales (the dataset is licensed, not
+# downloadable); smoke runs them on generated synthetic videos. CI checks every output file of
+# these targets through `crt-repro outputs` (.ci/run), which reads them from the workflow.
+PAPER_TABLES = [
+    "table1_complexity",
+    "table2_ptb_3layer",
+    "table3_ptb_16layer",
+    "table4_wt103_3layer",
+    "table5_wt103_16layer",
+    "table6_cost",
+    "table7_smarthome",
+    "table8_ablation",
+    "table9_ptb_3layer_rnn",
+    "table10_ptb_16layer_rnn",
+    "table11_wt103_3layer_rnn",
+    "table12_wt103_16layer_rnn",
+    "table13_smarthome_rnn",
+]
+PAPER_FIGURES = ["fig5_ptb_3layer", "fig6_ptb_16layer"]
+PAPER_TARGETS = {**{t: table_files(t) for t in PAPER_TABLES}, **{f: figure_files(f) for f in PAPER_FIGURES}}
 
+for _target, _files in PAPER_TARGETS.items():
 
-rule table2_ptb_3layer:
-    input:
-        table_files("table2_ptb_3layer"),
-
-
-rule table3_ptb_16layer:
-    input:
-        table_files("table3_ptb_16layer"),
-
-
-rule table4_wt103_3layer:
-    input:
-        table_files("table4_wt103_3layer"),
-
-
-rule table5_wt103_16layer:
-    input:
-        table_files("table5_wt103_16layer"),
-
-
-rule table6_cost:
-    input:
-        table_files("table6_cost"),
-
-
-# Toyota Smarthome (workflow/rules/video.smk). Under the cpu and paper profiles they need
-# --config smarthome_dir=DIR (the dataset is licensed, not downloadable); smoke runs on
-# generated synthetic videos.
-rule table7_smarthome:
-    input:
-        table_files("table7_smarthome"),
-
-
-rule table8_ablation:
-    input:
-        table_files("table8_ablation"),
-
-
-rule table9_ptb_3layer_rnn:
-    input:
-        table_files("table9_ptb_3layer_rnn"),
-
-
-rule table10_ptb_16layer_rnn:
-    input:
-        table_files("table10_ptb_16layer_rnn"),
-
-
-rule table11_wt103_3layer_rnn:
-    input:
-        table_files("table11_wt103_3layer_rnn"),
-
-
-rule table12_wt103_16layer_rnn:
-    input:
-        table_files("table12_wt103_16layer_rnn"),
-
-
-rule table13_smarthome_rnn:
-    input:
-        table_files("table13_smarthome_rnn"),
+    rule:
+        name: _target
+        localrule: True
+        input:
+            _files,
 
 
 rule curves_ptb_3layer:
@@ -200,17 +147,7 @@ rule claims_3layer:
         f"{RESULTS}/claims.md",
 
 
-rule fig5_ptb_3layer:
-    input:
-        figure_files("fig5_ptb_3layer"),
-
-
-rule fig6_ptb_16layer:
-    input:
-        figure_files("fig6_ptb_16layer"),
-
-
-# Beyond the paper (README, "What the memory carries"); neither is part of `all`.
+# Beyond the paper (docs/memory-diagnostics.md); neither is part of `all`.
 rule memory_reach:
     input:
         [f"{RESULTS}/tables/memory_reach.{ext}" for ext in ("csv", "md")],
@@ -232,7 +169,7 @@ onstart:
 # on the console (a plain `snakemake` does not find workflow/profiles/default, whose
 # show-failed-logs prints whole logs; with it, the tails would only repeat them).
 onsuccess:
-    summary = [f"Outputs of the {PROFILE} profile:"]
+    summary = [f"Outputs of the {PROFILE} scale:"]
     if Path(f"{RESULTS}/runs").is_dir():
         n_runs = sum(1 for p in Path(f"{RESULTS}/runs").iterdir() if p.is_dir())
         summary.append(f"  runs: {RESULTS}/runs/ ({n_runs} run directories)")

@@ -100,10 +100,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model and evaluate it; rerun to resume")
-    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--profile", choices=PROFILES, required=True, metavar="SCALE",
+                   help="the scale, smoke | cpu | paper: its training preset crt_repro/profiles/SCALE.yaml")
     p.add_argument("--dataset", required=True, help=" | ".join(LM_DATASETS + VIDEO_DATASETS))
     p.add_argument("--model", type=model_name, required=True,
-                   help=f"{' | '.join(names())} | package.module:Class (docs/adding-a-model.md)")
+                   help=f"{' | '.join(names())} | package.module:Class (your own: docs/adding-a-model.md)")
     p.add_argument("--layers", type=int)
     p.add_argument("--seg-len", type=int)
     p.add_argument("--rnn", choices=choices(RnnKind))

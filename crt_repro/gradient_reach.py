@@ -296,7 +296,8 @@ def cmd_gradient_reach(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradient-reach", help="||d loss(segment k) / d embeddings(segment 1)||, GRU vs NCGRU memory")
-    p.add_argument("--profile", choices=PROFILES, default="smoke")
+    p.add_argument("--profile", choices=PROFILES, default="smoke", metavar="SCALE",
+                   help="the scale whose training preset builds the models (default: smoke)")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--model", choices=names("lm"), default="crt")
     p.add_argument("--rnn", nargs="+", choices=choices(RnnKind), default=list(choices(RnnKind)),

@@ -31,8 +31,8 @@ def test_gradient_matches_central_differences_float64(rnn):
     losses = segment_losses(model, segments, leaf)
     h = 1e-5
     with torch.no_grad():
-        plus = [l.item() for l in segment_losses(model, segments, e1 + h * v)]
-        minus = [l.item() for l in segment_losses(model, segments, e1 - h * v)]
+        plus = [loss.item() for loss in segment_losses(model, segments, e1 + h * v)]
+        minus = [loss.item() for loss in segment_losses(model, segments, e1 - h * v)]
     for k, loss in enumerate(losses):
         (g,) = torch.autograd.grad(loss, leaf, retain_graph=True)
         fd = (plus[k] - minus[k]) / (2 * h)

@@ -17,6 +17,7 @@ from crt_repro.cli import main
 pytest_plugins = ["pytester"]
 
 README = (REPO / "README.md").read_text()
+DOCS = {p.name: p.read_text() for p in (REPO / "docs").glob("*.md")}
 VIDEO_RULES = {"train_video", "collect_video_table_runs", "mca_table", "table7_smarthome", "table13_smarthome_rnn"}
 
 
@@ -24,8 +25,14 @@ def code_blocks(text: str) -> str:
     return "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
 
 
-def readme_section(title: str) -> str:
-    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+def readme_section(title: str, text: str = README) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def smoke_row() -> str:
+    """The smoke scale's row of the scales table (docs/reproduction-choices.md)."""
+    table = readme_section("Scales", DOCS["reproduction-choices.md"])
+    return next(line for line in table.splitlines() if line.startswith("| `smoke`"))
 
 
 # --- item 2: data from a fresh clone; CRT_REPRO_DATA -----------------------------------------
@@ -88,10 +95,10 @@ def test_missing_ptb_says_how_to_download_and_that_synthetic_needs_none(capsys, 
     assert main(["train", *TINY, "--dataset", "synthetic", "--out", str(tmp_path / "run")]) == 0
 
 
-def test_readme_says_which_smoke_runs_use_the_generated_corpus():
-    smoke_row = next(line for line in readme_section("Scale profiles").splitlines() if line.startswith("| `smoke`"))
-    assert "datasets_without_data_dir" in smoke_row and "--dataset synthetic" in smoke_row
-    assert "generated corpus when no data dir is given" not in README  # the CLI does not do that
+def test_the_docs_say_which_smoke_runs_use_the_generated_corpus():
+    assert "datasets_without_data_dir" in smoke_row() and "--dataset synthetic" in smoke_row()
+    for text in (README, *DOCS.values()):
+        assert "generated corpus when no data dir is given" not in text  # the CLI does not do that
     workflow_smoke = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())
     assert set(workflow_smoke["datasets_without_data_dir"].values()) == {"synthetic"}
 
@@ -103,8 +110,8 @@ def test_readme_says_which_smoke_runs_use_the_generated_corpus():
 @pytest.mark.parametrize("command", [["all_tables"], ["all", "--config", "profile=cpu"]],
                          ids=["paper all_tables", "cpu all"])
 def test_headline_targets_plan_without_the_video_data(tmp_path, command):
-    assert "snakemake --cores 8 all_tables " in readme_section("What you can type")
-    assert "snakemake --cores 2 all --config profile=cpu " in readme_section("What you can type")
+    assert "snakemake --cores 8 all_tables " in code_blocks(README)
+    assert "snakemake --cores 2 all --config profile=cpu " in code_blocks(DOCS["running.md"])
     out = snakemake(copy_workflow(tmp_path), "-n", *command)
     counts = job_counts(out)
     assert counts["ppl_table"] == 9 and counts["cost_table"] == 2 and not VIDEO_RULES & set(counts), counts
@@ -124,11 +131,11 @@ def test_smarthome_dir_brings_the_video_tables_back(tmp_path):
 # --- item 5: the smoke step counts in the README ---------------------------------------------
 
 
-def test_readme_smoke_budget_is_the_workflows_and_the_profiles():
-    smoke_row = next(line for line in readme_section("Scale profiles").splitlines() if line.startswith("| `smoke`"))
+def test_the_smoke_budget_in_the_docs_is_the_workflows_and_the_training_presets():
+    row = smoke_row()
     workflow_tokens = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())["set"]["optim.max_tokens"]
     package_steps = yaml.safe_load((REPO / "crt_repro/profiles/smoke.yaml").read_text())["optim"]["max_steps"]
-    assert f"{workflow_tokens:,} tokens each" in smoke_row and f"trains {package_steps} steps" in smoke_row
+    assert f"{workflow_tokens:,} tokens each" in row and f"trains {package_steps} steps" in row
 
 
 @needs_snakemake
@@ -173,7 +180,7 @@ def test_a_finished_dag_lists_its_outputs(tmp_path):
         (wf / path).write_text("made earlier\n")
     # --touch runs the DAG (and its onsuccess handler) without running the jobs' commands
     out = snakemake(wf, "--cores", "1", "--touch", "--forceall", "table1_complexity", "--config", "profile=cpu")
-    summary = out[out.index("Outputs of the cpu profile:"):]
+    summary = out[out.index("Outputs of the cpu scale:"):]
     assert "results/cpu/tables/ (.csv and .md): table1_complexity" in summary
     assert "figures/cpu/ (.png and .pdf): fig5_ptb_3layer" in summary and "  results/cpu/runs.csv" in summary
     assert "not built: table7_smarthome, table13_smarthome_rnn (smarthome_dir is not set)" in summary
@@ -249,9 +256,9 @@ def test_a_started_dag_says_how_many_runs_and_hours_each_target_needs(tmp_path):
     # --touch starts the DAG (onstart) without running the jobs' commands
     out = snakemake(wf, "--cores", "1", "--touch", "all", "table3_ptb_16layer", "table1_complexity",
                     "--config", "profile=cpu", "data_dir=corpora")
-    lines = [line for line in out.splitlines() if " training runs under the cpu profile" in line]
+    lines = [line for line in out.splitlines() if " training runs under the cpu scale" in line]
     assert len(lines) == 2, out[-3000:]  # table1_complexity trains nothing
-    assert re.fullmatch(r"crt-repro workflow: all needs 122 of its 122 training runs under the cpu profile, "
+    assert re.fullmatch(r"crt-repro workflow: all needs 122 of its 122 training runs under the cpu scale, "
                         r"about [0-9,]+ core-hours", lines[0]), lines
     assert lines[1].startswith("crt-repro workflow: table3_ptb_16layer needs 18 of its 18 training runs")
     assert "hours are an estimate from ~4,500 tokens/s per core at 3 x 128" in out
@@ -265,8 +272,7 @@ def test_a_started_dag_says_how_many_runs_and_hours_each_target_needs(tmp_path):
 def test_readme_installs_the_cpu_wheel_and_names_no_path_beside_the_repository():
     setup = code_blocks(readme_section("Set up"))
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in setup
-    assert "all_figures" in readme_section("Set up") and "about 10 minutes on 2 cores" in setup
-    for text in (README, (REPO / "REPRODUCTION.md").read_text()):
+    for text in (README, (REPO / "REPRODUCTION.md").read_text(), *DOCS.values()):
         assert "../shared/data" not in text and "the issue" not in text
 
 

@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="a paper table (CSV + markdown): paper value, ours, delta")
     p.add_argument("name", help="table rule name, e.g. table2_ptb_3layer or table1_complexity")
     p.add_argument("--runs", help="runs CSV (rows tagged with the table are used)")
-    p.add_argument("--profile", help="only runs of this profile; required for table1/table6")
+    p.add_argument("--profile", help="only runs of this scale (smoke, cpu, paper); required for table1/table6")
     p.add_argument("--dataset", help="only runs on this dataset")
     p.add_argument("--reference", help="paper reference CSV (default: the package's copy)")
     p.add_argument("--csv", required=True, help="table CSV to write")
@@ -142,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curves", help="validation perplexity vs training tokens of a table's runs (log.jsonl)")
     p.add_argument("table", help="e.g. table2_ptb_3layer")
     p.add_argument("--runs", required=True, help="runs CSV holding the table's runs")
-    p.add_argument("--runs-dir", required=True, help="folder of the run directories (results/<profile>/runs)")
+    p.add_argument("--runs-dir", required=True, help="folder of the run directories (results/<scale>/runs)")
     p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
     p.set_defaults(func=cmd_curves)
 

@@ -12,6 +12,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the annotations only; pandas is imported where it is used
+    import pandas as pd
 
 REACH_COLUMNS = ("model", "rnn", "label", "layers", "seg_len", "memory_len", "bptt_segments", "gap", "keys", "n_seeds",
                  "recall_acc", "recall_acc_std", "recall_acc_reset", "recall_acc_swap", "recall_chance", "test_ppl",

@@ -99,7 +99,7 @@ PROFILE_NOTES = {
     "cpu": "CPU profile: small models (3 x 128) trained to a plateau on one machine (REPRODUCTION.md). Compare "
            "trends (model ranking, effect of segment length), not values, with the paper's.",
     "paper": "Paper profile: Transformer-XL's published widths and optimiser settings (the paper gives no "
-             "hyperparameters; see the README's reproduction choices).",
+             "hyperparameters; see docs/reproduction-choices.md).",
 }
 
 

@@ -2,8 +2,8 @@
 # table needs, by run id). All logic lives in the package (crt_repro.plan.plan_workflow); this
 # file only wires it to Snakemake. Functions only: the rules are in the other .smk files.
 #
-# Every output lies under its profile: results/<profile>/{runs,tables,logs,benchmarks}/,
-# results/<profile>/runs.csv, figures/<profile>/. Inputs that a clone may hold committed (the
+# Every output lies under its scale: results/<scale>/{runs,tables,logs,benchmarks}/,
+# results/<scale>/runs.csv, figures/<scale>/. Inputs that a clone may hold committed (the
 # runs' metrics.json, collected runs CSVs, downloaded corpora) are marked ancient(): git gives
 # checked-out files arbitrary relative mtimes, and a table must not be rebuilt, nor a run
 # retrained, only because of that order. A job that reruns still reruns everything downstream.
@@ -70,7 +70,7 @@ def _coerce_cli_types(cfg):
         cfg["train_gpus"] = {str(k): _int_or_keep(v) for k, v in cfg["train_gpus"].items()}
 
 
-# Profile settings (workflow/config/<profile>.yaml) under the user's --config keys.
+# The workflow settings of the scale (workflow/config/<scale>.yaml) under the user's --config keys.
 if config.get("profile") in PROFILES:
     for _key, _value in _read_yaml(WORKFLOW_DIR / "config" / f"{config['profile']}.yaml").items():
         config.setdefault(_key, _value)
@@ -94,7 +94,7 @@ def _validated(data, schema, what):
 
 _validated(config, "../schemas/config.schema.yaml", "workflow config")
 
-# A user's own experiments file (rows for their own models, README "How to add your own model"):
+# A user's own experiments file (rows for their own models, docs/adding-a-model.md):
 # --config experiments=my_experiments.yaml
 EXPERIMENTS = _read_yaml(config.get("experiments") or WORKFLOW_DIR / "config" / "experiments.yaml")
 _validated(EXPERIMENTS, "../schemas/experiments.schema.yaml", config.get("experiments") or "experiments.yaml")
@@ -170,7 +170,7 @@ def train_mem_mb(wildcards):
     return job_mem_mb(PLAN.runs[wildcards.run_id].config())
 
 
-# Where a cluster profile submits the jobs that are not local rules (null: the cluster's default
+# Where a cluster execution profile submits the jobs that are not local rules (null: the cluster's default
 # partition, and the account Slurm's plugin finds for the user).
 SLURM_PLACE = {key: config[key] for key in ("slurm_partition", "slurm_account") if config.get(key)}
 
@@ -223,7 +223,7 @@ def figure_runs_csv(wildcards):
 
 
 def table_gpu(wildcards):
-    """Table 6 times the models: a GPU job under the paper profile."""
+    """Table 6 times the models: a GPU job under the paper scale."""
     return GPU if wildcards.table == "table6_cost" else 0
 
 
@@ -318,12 +318,12 @@ def compute_needed(target):
     hours = f", about {estimate_hours(PROFILE, language):,.0f} {unit}-hours" if todo else ""
     video = f" ({len(todo) - len(language)} video runs not estimated)" if len(language) < len(todo) else ""
     return (f"crt-repro workflow: {target} needs {len(todo)} of its {len(runs)} training runs under the "
-            f"{PROFILE} profile{hours}{video}")
+            f"{PROFILE} scale{hours}{video}")
 
 
 def print_compute_needed():
-    """When a DAG starts (onstart), what it will cost (README, "What you can type"). The hours are
-    an estimate: the profile's guessed speed, scaled by each run's layers and vocabulary."""
+    """When a DAG starts (onstart), what it will cost (docs/running.md). The hours are
+    an estimate: the scale's guessed speed, scaled by each run's layers and vocabulary."""
     headline = sorted(t for t in targets() if t in ("all", "all_tables") or target_run_ids(t))
     for target in headline:
         print(compute_needed(target), file=sys.stderr)
@@ -344,7 +344,7 @@ RUNS_CSV_TABLES = [*PLAN.tables, *BUILT_VIDEO_TABLES]
 
 
 def runs_csv_metrics(wildcards):
-    """The runs results/<profile>/runs.csv holds: under all or all_tables every run of their tables
+    """The runs results/<scale>/runs.csv holds: under all or all_tables every run of their tables
     (it is built after them); asked for alone (target runs_csv), the runs that have finished, so
     that it is the one file to send while the others train."""
     complete = targets() & {"all", "all_tables"}

@@ -1,5 +1,5 @@
 # Tables: collect each table's runs into a runs CSV (with fvcore FLOPs), build the table from it
-# (paper value, ours, delta), and merge every table's runs into results/<profile>/runs.csv.
+# (paper value, ours, delta), and merge every table's runs into results/<scale>/runs.csv.
 
 
 rule collect_table_runs:
@@ -73,7 +73,7 @@ rule cost_table:
         " --csv {output.csv} --md {output.md} > {log} 2>&1"
 
 
-# Every run of the profile's tables once, tagged with the tables that use it. Under all and
+# Every run of the scale's tables once, tagged with the tables that use it. Under all and
 # all_tables it waits for all of them; `snakemake --cores 1 runs_csv` alone collects the runs that
 # have finished (common.smk, runs_csv_metrics).
 rule runs_csv:

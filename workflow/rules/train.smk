@@ -1,4 +1,4 @@
-# One job per run. The run id (results/<profile>/runs/<run_id>/) is Config.run_id() of the config that
+# One job per run. The run id (results/<scale>/runs/<run_id>/) is Config.run_id() of the config that
 # `crt-repro train` builds from these very arguments, so tables asking for the same config share
 # one run. Rerunning a killed job resumes from the run's checkpoint.
 
@@ -33,7 +33,7 @@ rule train:
 
 # A run on several GPUs (config train_gpus: dataset -> N) is still one job: `crt-repro train
 # --nproc N` starts torchrun's N data-parallel processes inside it (crt_repro.distributed). It has
-# a rule of its own so that a cluster profile gives it its own resources, and so that a job array
+# a rule of its own so that a cluster execution profile gives it its own resources, and so that a job array
 # of one rule holds jobs of one size (the Slurm plugin sizes an array by its first job).
 use rule train as train_multi_gpu with:
     wildcard_constraints:

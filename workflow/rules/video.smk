@@ -1,6 +1,6 @@
 # Tables 7 and 13 (Toyota Smarthome, cross-subject mCA): their runs, collected runs and tables.
 # Kept apart from the language rules: the runs come from PLAN.video_runs (experiments.yaml's
-# video_tables), take the clips from smarthome_dir (or, under the smoke profile, the generated
+# video_tables), take the clips from smarthome_dir (or, under the smoke scale, the generated
 # synthetic-video set), and a CR-ViT run waits for the TimeSformer run it starts from (the
 # paper's two stages). Rerunning a killed job resumes from the run's checkpoint. Helpers:
 # workflow/rules/video_common.smk.
