@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from crt_repro import atomic, distributed
 from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file
+from crt_repro.cost import recorded_cost
 from crt_repro.models import build_model
 from crt_repro.tasks import data_fingerprint, make_task
 
@@ -452,6 +453,9 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     seed_everything(cfg.run.seed)
     task = make_task(cfg, device, distributed.shard(cfg, world))
     data = data_fingerprint(cfg)
+    # Counted before the run directory is written: a model fvcore cannot count fails here, not
+    # after its training.
+    costs = recorded_cost(cfg, task.n_out, device) if world.is_main and not cfg.is_video else {}
     if world.is_main:
         write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
     world.barrier()
@@ -564,7 +568,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     metrics.update(steps=step, planned_steps=schedule.total, stopped_early=stopped_early(cfg, clock),
                    reported_step=reported, precision=precision, data_files=data,
                    train_epochs=clock["items"] / task.epoch_items,
-                   valid_gain_last_epoch=valid_gain_last_epoch(read_log(out, step), task.epoch_items),
+                   valid_gain_last_epoch=valid_gain_last_epoch(read_log(out, step), task.epoch_items), **costs,
                    **({} if cfg.is_video else {"streams": cfg.data.batch_size, "tokens_per_step":
                                                    cfg.data.batch_size * cfg.data.seg_len * cfg.optim.bptt_segments}))
     atomic.write_json(out / METRICS, metrics)

@@ -6,6 +6,7 @@ the repository's results/ (or a workflow someone runs there).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -112,6 +113,16 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
 
     again = snakemake(wf, "-n", "table8_ablation", "--config", *TINY)
     assert "Nothing to be done" in again, again[-2000:]
+
+    # A run that older code trained records no forward cost: rule record_cost counts it into its
+    # cost.json, and the table is what it was (issue 27, step 3).
+    metrics = sorted((wf / "results/smoke/runs").iterdir())[0] / "metrics.json"
+    recorded = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({k: v for k, v in recorded.items() if k != "flops_fwd"}))
+    out = snakemake(wf, "--cores", "1", "table8_ablation", "--config", *TINY)
+    assert job_counts(out)["record_cost"] == 1 and "train" not in job_counts(out)
+    assert json.loads((metrics.parent / "cost.json").read_text())["flops_fwd"] == recorded["flops_fwd"]
+    assert pd.read_csv(wf / "results/smoke/tables/table8_ablation.csv", keep_default_na=False).equals(table)
 
     # the report holds the table (report() flag, category Tables)
     snakemake(wf, "--report", "report.html", "table8_ablation", "--config", *TINY)

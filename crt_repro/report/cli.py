@@ -1,5 +1,5 @@
-"""``crt-repro collect | merge | table | figure``: run records, CSVs from several machines, paper
-tables and figures. The workflow's rules call these; they work by hand on any runs CSV too."""
+"""``crt-repro collect | record-costs | merge | table | figure``: run records, CSVs from several
+machines, paper tables and figures. The workflow's rules call these; they work by hand on any runs CSV too."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,18 @@ from pathlib import Path
 def cmd_collect(args: argparse.Namespace) -> int:
     from crt_repro.results import collect, write_runs_csv
 
-    df = collect(args.runs, tags=args.tag or [], cost=not args.no_cost, check_dir_names=args.check_dir_names)
+    df = collect(args.runs, tags=args.tag or [], check_dir_names=args.check_dir_names)
     write_runs_csv(df, args.output)
     print(f"wrote {len(df)} run(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_record_costs(args: argparse.Namespace) -> int:
+    from crt_repro.results import record_cost
+
+    for run in args.runs:
+        path = record_cost(run)
+        print(f"wrote {path}" if path else f"{run}: cost already recorded (or a video run)", file=sys.stderr)
     return 0
 
 
@@ -112,15 +121,19 @@ def cmd_run_curves(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with fvcore FLOPs)")
+    p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with the FLOPs it recorded)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory or its metrics.json")
     p.add_argument("--tag", action="append", metavar="TABLE", help="table that uses these runs (repeatable)")
-    p.add_argument("--no-cost", action="store_true", help="leave flops_fwd empty (no fvcore count)")
     p.add_argument("--check-dir-names", action="store_true",
                    help="require the workflow's layout: each run directory named by the run id of its config.yaml "
                    "and metrics.json, and metrics.json complete")
     p.add_argument("-o", "--output", required=True, help="runs CSV to write")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("record-costs", help="count the forward FLOPs of runs trained before runs recorded them "
+                                           "into their cost.json, which collect reads")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_record_costs)
 
     p = sub.add_parser("merge", help="combine runs CSVs from several machines: a run's result columns must agree "
                                        "(else an error); its machine columns (timing, memory, device, date) "

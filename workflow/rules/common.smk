@@ -17,6 +17,7 @@ from snakemake.utils import validate
 
 from crt_repro.paths import runs_dir
 from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow
+from crt_repro.results import COST_FILE, needs_cost_file
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
@@ -210,6 +211,16 @@ def table_metrics(wildcards):
     return [ancient(f"{run_dir(r)}/metrics.json") for r in [*plan.run_ids, *optional]]
 
 
+def table_costs(wildcards):
+    """The cost files of the table's finished runs that recorded no forward cost (rule record_cost)."""
+    plan = PLAN.tables[wildcards.table]
+    return cost_files([*plan.run_ids, *plan.optional_run_ids])
+
+
+def cost_files(run_ids):
+    return [f"{run_dir(r)}/{COST_FILE}" for r in run_ids if needs_cost_file(run_dir(r))]
+
+
 def reach_metrics(wildcards):
     return [ancient(f"{run_dir(r)}/metrics.json") for r in PLAN.reach_run_ids]
 
@@ -350,6 +361,10 @@ def runs_csv_metrics(wildcards):
     complete = targets() & {"all", "all_tables"}
     runs = dict.fromkeys(r for t in RUNS_CSV_TABLES for r in collected_run_ids(t))
     return [ancient(f"{run_dir(r)}/metrics.json") for r in runs if complete or is_finished(r)]
+
+
+def runs_csv_costs(wildcards):
+    return cost_files(dict.fromkeys(r for t in RUNS_CSV_TABLES for r in collected_run_ids(t)))
 
 
 def runs_csv_collect(wildcards, input):
