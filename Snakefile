@@ -36,8 +36,9 @@ include: "workflow/rules/memory_reach.smk"
 
 
 # Jobs that run where snakemake runs, never submitted to a cluster: the targets, downloads (compute
-# nodes may have no network), and collecting runs into tables and figures (seconds each). The
-# train jobs, Table 6's timing (cost_table) and gradient reach are submitted.
+# nodes may have no network), counting an old run's FLOPs (record_cost), and collecting runs into
+# tables and figures (seconds each). The train jobs, Table 6's timing (cost_table) and gradient
+# reach are submitted.
 localrules:
     all,
     report_contents,
@@ -69,6 +70,7 @@ localrules:
     download_ptb,
     download_wikitext2,
     download_wt103,
+    record_cost,
     collect_table_runs,
     ppl_table,
     claims,
