@@ -168,6 +168,14 @@ def test_every_paper_target_is_a_rule(wf):
             "fig6_ptb_16layer"} <= targets
 
 
+def test_the_cost_tables_are_told_the_profiles_stand_in_datasets(wf):
+    # One declaration of the stand-ins, the profile's `datasets` (issue 27, step 3).
+    for profile, stand_in in (("cpu", "--stand-in wt103=wikitext-2"), ("paper", "")):
+        out = snakemake(wf, "-n", "-p", "table1_complexity", "--forcerun", "cost_table", "--config", f"profile={profile}")
+        command = next(line for line in out.splitlines() if "crt-repro table table1_complexity" in line)
+        assert (stand_in in command) if stand_in else ("--stand-in" not in command), command
+
+
 @pytest.mark.slow
 def test_one_command_finishes_a_target_after_a_killed_snakemake(wf):
     """SIGKILL to Snakemake's process group as soon as a run has written its metrics.json (before

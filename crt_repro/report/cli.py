@@ -44,7 +44,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if info.kind == "cost":
         if not args.profile:
             raise ValueError(f"{args.name} needs --profile (it is computed, not read from runs)")
-        df, md = cost_table(args.name, args.profile, reference)
+        df, md = cost_table(args.name, args.profile, reference, stand_in_of(args.stand_in or []))
     else:
         if not args.runs:
             raise ValueError(f"{args.name} needs --runs (a runs CSV from `crt-repro collect` or `merge`)")
@@ -55,6 +55,14 @@ def cmd_table(args: argparse.Namespace) -> int:
         atomic.write_text(args.md, md)
     print(md)
     return 0
+
+
+def stand_in_of(pairs: list[str]) -> dict[str, str]:
+    """``--stand-in PAPER=OURS`` arguments as a mapping."""
+    bad = [p for p in pairs if p.count("=") != 1 or "" in p.split("=")]
+    if bad:
+        raise ValueError(f"--stand-in {bad[0]!r}: expected PAPER=OURS, e.g. wt103=wikitext-2")
+    return dict(p.split("=") for p in pairs)
 
 
 def cmd_paper_costs(args: argparse.Namespace) -> int:
@@ -148,6 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="only runs of this profile; required for table1/table6")
     p.add_argument("--dataset", help="only runs on this dataset")
     p.add_argument("--reference", help="paper reference CSV (default: the package's copy)")
+    p.add_argument("--stand-in", action="append", metavar="PAPER=OURS",
+                   help="table1/table6: the dataset the runs use for a paper dataset, e.g. wt103=wikitext-2 "
+                   "(repeatable; the workflow passes its profile's `datasets`)")
     p.add_argument("--csv", required=True, help="table CSV to write")
     p.add_argument("--md", help="markdown to write (also printed)")
     p.set_defaults(func=cmd_table)

@@ -5,14 +5,16 @@ DataFrame with the paper's value beside ours, rows in the paper's order (TR, TR-
 
 Widths come from the profile's per-dataset sections (``crt_repro/profiles/<profile>.yaml``): the
 paper profile uses Transformer-XL's PTB (16 x 380, d_inner 900) and WikiText-103 (16 x 410, d_inner
-2100) widths; the cpu and smoke profiles their own small widths, with WikiText-2 standing in for
-WikiText-103 (as the workflow does; the ``dataset`` column says which). Vocabulary sizes are
-those of the corpora (``crt_repro.corpora``; they only size the softmax layer).
+2100) widths; the cpu and smoke profiles their own small widths. ``stand_in`` maps a paper dataset
+to the one the runs use instead (the workflow passes its profile's ``datasets``: WikiText-2 for
+WikiText-103 under cpu and smoke; the ``dataset`` column says which). Vocabulary sizes are those of
+the corpora (``crt_repro.corpora``; they only size the softmax layer).
 """
 from __future__ import annotations
 
 import math
 import statistics
+from typing import Mapping
 
 import pandas as pd
 
@@ -22,7 +24,6 @@ from crt_repro.corpora import VOCAB_SIZES
 
 PAPER_ORDER = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"))
 PAPER_SEG_LENS = {"ptb": (70, 35, 17), "wt103": (150, 70, 35)}  # Tables 2-5, in their order
-STAND_IN = {"paper": {}, "cpu": {"wt103": "wikitext-2"}, "smoke": {"wt103": "wikitext-2"}}
 
 TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model", "rnn", "paper_flops",
                   "flops_no_softmax", "flops", "fvcore_flops", "fvcore_over_formula", "flops_no_softmax_over_paper",
@@ -37,10 +38,6 @@ COLUMN_NOTES = {
                    "Transformer's in that round (a round runs the models back to back), with its bootstrap 95% "
                    "interval (`ratio_ci95_low`, `ratio_ci95_high`); `inference_ms`: the median time.",
 }
-
-
-def _dataset(profile: str, paper_name: str) -> str:
-    return STAND_IN.get(profile, {}).get(paper_name, paper_name)
 
 
 def _cfg(profile: str, dataset: str, model: str, rnn: str, layers: int, seg_len: int):
@@ -58,8 +55,8 @@ def params_without_embeddings(cfg, vocab: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in skip)
 
 
-def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, datasets=("ptb", "wt103"),
-                      layers=(3, 16)) -> pd.DataFrame:
+def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, stand_in: Mapping[str, str] = {},
+                      datasets=("ptb", "wt103"), layers=(3, 16)) -> pd.DataFrame:
     """Table 1 at the paper's settings: FLOPs of one segment's forward pass (batch 1) and params.
 
     For PTB and WikiText-103 widths, 3 and 16 layers and the paper's segment lengths, one row
@@ -80,7 +77,7 @@ def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, da
     """
     rows = []
     for paper_ds in datasets:
-        ds = _dataset(profile, paper_ds)
+        ds = stand_in.get(paper_ds, paper_ds)
         vocab = VOCAB_SIZES[ds]
         for L in layers:
             for n in PAPER_SEG_LENS[paper_ds]:
@@ -115,13 +112,13 @@ def _paper_table6(reference: pd.DataFrame | None) -> dict[tuple[str, str, str], 
     return {(r.model, r.rnn if isinstance(r.rnn, str) else "", r.metric): float(r.value) for r in rows.itertuples()}
 
 
-def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len: int = 150, layers: int = 16,
-                batch: int | None = None, device: str | None = None, warmup: int = 2,
-                repeats: int = 15) -> pd.DataFrame:
+def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, stand_in: Mapping[str, str] = {},
+                seg_len: int = 150, layers: int = 16, batch: int | None = None, device: str | None = None,
+                warmup: int = 2, repeats: int = 15) -> pd.DataFrame:
     """Table 6: parameters and inference time (ms per batch) of 16-layer WikiText-103 models.
 
     Widths and precision from the profile (the paper profile: 16 x 410, bf16 autocast; smoke and
-    cpu: their small widths, WikiText-2 standing in for WikiText-103; ``note`` says so). Segment
+    cpu: their small widths), on WikiText-103's vocabulary or its ``stand_in``'s (``note`` says so). Segment
     length and memory 150 (the paper's WikiText-103 setting). Inference = one forward of one
     segment of ``batch`` streams with the carried state at full size (XL: 150 states per layer)
     and the softmax layer, eval mode, no grad: ``crt_repro.bench`` "forward", models timed
@@ -137,7 +134,7 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
     """
     from crt_repro.bench import Runner, paired_ratio, round_robin_times, time_round_robin
 
-    ds = _dataset(profile, "wt103")
+    ds = stand_in.get("wt103", "wt103")
     vocab = VOCAB_SIZES[ds]
     paper = _paper_table6(reference)
     runners, cfgs = [], []

@@ -101,6 +101,8 @@ EXPERIMENTS = _read_yaml(config.get("experiments") or WORKFLOW_DIR / "config" / 
 _validated(EXPERIMENTS, "../schemas/experiments.schema.yaml", config.get("experiments") or "experiments.yaml")
 
 PROFILE = config["profile"]
+# The datasets the profile's runs use for the paper's; the cost tables size their vocabularies by them.
+STAND_IN_ARGS = " ".join(f"--stand-in {shlex.quote(f'{k}={v}')}" for k, v in config["datasets"].items())
 RESULTS = f"results/{PROFILE}"
 FIGURES = f"figures/{PROFILE}"
 DATA_DIR = config["data_dir"]

@@ -85,13 +85,14 @@ rule cost_table:
     params:
         profile=PROFILE,
         gpus=with_gpus,
+        stand_in=STAND_IN_ARGS,
     wildcard_constraints:
         table=regex_of(PLAN.cost_tables),
     resources:
         gpu=table_gpu,
         **SLURM_PLACE,
     shell:
-        "{params.gpus}crt-repro table {wildcards.table} --profile {params.profile}"
+        "{params.gpus}crt-repro table {wildcards.table} --profile {params.profile} {params.stand_in}"
         " --csv {output.csv} --md {output.md} > {log} 2>&1"
 
 
