@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Iterator, Mapping
 
 import pandas as pd
 
 from crt_repro import cost
-from crt_repro.config import build_config
+from crt_repro.config import Config, build_config
 from crt_repro.corpora import VOCAB_SIZES
 
 PAPER_ORDER = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"))
@@ -45,6 +46,32 @@ def _cfg(profile: str, dataset: str, model: str, rnn: str, layers: int, seg_len:
     if rnn:
         overrides["model"]["rnn"] = rnn
     return build_config(profile, dataset, overrides)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One model at one setting of the paper's cost grid, with its config under a profile."""
+
+    dataset: str
+    vocab: int
+    layers: int
+    seg_len: int
+    model: str
+    rnn: str
+    cfg: Config
+
+
+def paper_grid(profile: str, models, *, stand_in: Mapping[str, str] = {}, datasets=("ptb", "wt103"),
+               layers=(3, 16), seg_lens: tuple[int, ...] | None = None) -> Iterator[GridCell]:
+    """The settings Tables 1-5 cost models at, in the paper's order: each dataset (or the one that
+    stands in for it), number of layers and segment length of Tables 2-5 (or ``seg_lens``), then
+    each of ``models`` ((name, rnn) pairs)."""
+    for paper_ds in datasets:
+        ds = stand_in.get(paper_ds, paper_ds)
+        for n_layer in layers:
+            for n in seg_lens or PAPER_SEG_LENS[paper_ds]:
+                for model, rnn in models:
+                    yield GridCell(ds, VOCAB_SIZES[ds], n_layer, n, model, rnn, _cfg(profile, ds, model, rnn, n_layer, n))
 
 
 def params_without_embeddings(cfg, vocab: int) -> int:
@@ -76,27 +103,22 @@ def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, st
     the reference CSV (its entries are the formulas, evaluated here).
     """
     rows = []
-    for paper_ds in datasets:
-        ds = stand_in.get(paper_ds, paper_ds)
-        vocab = VOCAB_SIZES[ds]
-        for L in layers:
-            for n in PAPER_SEG_LENS[paper_ds]:
-                for model, rnn in PAPER_ORDER:
-                    cfg = _cfg(profile, ds, model, rnn, L, n)
-                    c = cost.forward_cost(cfg, vocab)
-                    terms = cost.formula_breakdown(cfg, vocab)
-                    body = sum(terms.values()) - terms["softmax_layer"] - terms["layernorm"]
-                    paper = cost.paper_formula_flops(model, L, n, cfg.model.d_model)
-                    rows.append({
-                        "dataset": ds, "layers": L, "d_model": cfg.model.d_model, "d_inner": cfg.model.d_inner,
-                        "seg_len": n, "model": model, "rnn": rnn, "paper_flops": paper,
-                        "flops_no_softmax": 2 * body, "flops": 2 * c["formula_macs"], "fvcore_flops": c["flops_fwd"],
-                        "fvcore_over_formula": c["macs_fwd"] / c["formula_macs"],
-                        "flops_no_softmax_over_paper": 2 * body / paper,
-                        "paper_params": cost.paper_formula_params(model, L, cfg.model.d_model),
-                        "params_no_embedding": params_without_embeddings(cfg, vocab), "params": c["params"],
-                        "vocab": vocab, "profile": profile,
-                    })
+    for g in paper_grid(profile, PAPER_ORDER, stand_in=stand_in, datasets=datasets, layers=layers):
+        cfg, vocab = g.cfg, g.vocab
+        c = cost.forward_cost(cfg, vocab)
+        terms = cost.formula_breakdown(cfg, vocab)
+        body = sum(terms.values()) - terms["softmax_layer"] - terms["layernorm"]
+        paper = cost.paper_formula_flops(g.model, g.layers, g.seg_len, cfg.model.d_model)
+        rows.append({
+            "dataset": g.dataset, "layers": g.layers, "d_model": cfg.model.d_model, "d_inner": cfg.model.d_inner,
+            "seg_len": g.seg_len, "model": g.model, "rnn": g.rnn, "paper_flops": paper,
+            "flops_no_softmax": 2 * body, "flops": 2 * c["formula_macs"], "fvcore_flops": c["flops_fwd"],
+            "fvcore_over_formula": c["macs_fwd"] / c["formula_macs"],
+            "flops_no_softmax_over_paper": 2 * body / paper,
+            "paper_params": cost.paper_formula_params(g.model, g.layers, cfg.model.d_model),
+            "params_no_embedding": params_without_embeddings(cfg, vocab), "params": c["params"],
+            "vocab": vocab, "profile": profile,
+        })
     return pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
 
 
