@@ -1,7 +1,7 @@
 """Run records, the ``runs.csv`` schema and merging CSVs from several machines.
 
 A run is one ``crt-repro train`` invocation; its directory ``results/<profile>/runs/<run_id>/`` holds
-``config.yaml`` and, once finished, ``metrics.json`` (see ``crt_repro.train``). ``run_id`` is
+``config.yaml`` and, once finished, ``metrics.json`` (``crt_repro.run_directory``). ``run_id`` is
 ``Config.run_id()``: a readable prefix and a hash of every setting that changes the result, so two
 tables that need the same run (Table 8's Transformer and CRT-NCGRU at 70 tokens are Table 2's)
 name the same directory and the run is trained once.
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from crt_repro.model_specs import spec_of
+from crt_repro.run_directory import CONFIG, COST, METRICS
 
 if TYPE_CHECKING:  # pandas is imported lazily: the Snakefile imports this module to plan runs
     import pandas as pd
@@ -48,8 +49,6 @@ MACHINE_COLUMNS = ("train_tokens_per_s", "wall_s", "peak_mem_mb", "git_sha", "to
 VIDEO_RUN_COLUMNS = ("frames", "image_size", "test_mca", "test_top1", "init_from")
 VIDEO_NUMERIC_COLUMNS = ("frames", "image_size", "test_mca", "test_top1")
 TAG_SEP = ";"
-# The forward cost of a run trained before train recorded it in metrics.json (``record_cost``).
-COST_FILE = "cost.json"
 # The fields of a finished run's metrics.json (``crt_repro.train``: ``run_metrics``, then the end of
 # ``train``) that every run committed under results/ has: the fields train wrote only later
 # (planned_steps, stopped_early, streams, tokens_per_step, valid_gain_last_epoch) are not required,
@@ -82,7 +81,7 @@ def require_columns(df: "pd.DataFrame", columns: Iterable[str], path: str | Path
 
 def _metrics_path(path: str | Path) -> Path:
     p = Path(path)
-    return p if p.name == "metrics.json" else p / "metrics.json"
+    return p if p.name == METRICS else p / METRICS
 
 
 def vocab_size_of(cfg) -> int:
@@ -150,7 +149,7 @@ def run_config(run_dir: Path):
     """The Config of a run directory (its config.yaml)."""
     from crt_repro.config import load_config_file
 
-    config = run_dir / "config.yaml"
+    config = run_dir / CONFIG
     if not config.is_file():
         raise ResultsError(f"{config} does not exist: the run in {run_dir} has no config")
     return load_config_file(config)
@@ -193,7 +192,7 @@ def recorded_flops(run_dir: Path, metrics: dict[str, Any]) -> int:
 def _recorded_cost_file(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The cost file of the run ``metrics`` records, if there is one (a file of another run id,
     left by a run directory reused, is none)."""
-    path = run_dir / COST_FILE
+    path = run_dir / COST
     if not path.is_file():
         return None
     cost = _read_json(path)
@@ -203,7 +202,7 @@ def _recorded_cost_file(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any
 def needs_cost_file(run_dir: str | Path) -> bool:
     """Whether a run has finished without recording its forward cost (a language run trained
     before runs recorded it): the workflow then asks rule record_cost for its cost file."""
-    metrics = Path(run_dir) / "metrics.json"
+    metrics = Path(run_dir) / METRICS
     if not metrics.is_file():
         return False
     recorded = _read_json(metrics)
@@ -223,7 +222,7 @@ def record_cost(run_dir: str | Path) -> Path | None:
     if not is_language_run(metrics) or "flops_fwd" in metrics or _recorded_cost_file(run_dir, metrics):
         return None
     cfg = run_config(run_dir)
-    path = run_dir / COST_FILE
+    path = run_dir / COST
     atomic.write_json(path, {"run_id": metrics["run_id"], **recorded_cost(cfg, vocab_size_of(cfg), torch.device("cpu"))})
     return path
 

@@ -17,7 +17,8 @@ from snakemake.utils import validate
 
 from crt_repro.paths import runs_dir
 from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow
-from crt_repro.results import COST_FILE, needs_cost_file
+from crt_repro.results import needs_cost_file
+from crt_repro.run_directory import COST
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
@@ -220,7 +221,7 @@ def table_costs(wildcards):
 
 
 def cost_files(run_ids):
-    return [f"{run_dir(r)}/{COST_FILE}" for r in run_ids if needs_cost_file(run_dir(r))]
+    return [f"{run_dir(r)}/{COST}" for r in run_ids if needs_cost_file(run_dir(r))]
 
 
 def reach_metrics(wildcards):

@@ -8,7 +8,7 @@ rule record_cost:
     input:
         ancient(f"{RESULTS}/runs/{{run_id}}/metrics.json"),
     output:
-        f"{RESULTS}/runs/{{run_id}}/{COST_FILE}",
+        f"{RESULTS}/runs/{{run_id}}/{COST}",
     log:
         f"{RESULTS}/logs/record_cost/{{run_id}}.log",
     benchmark:
