@@ -36,10 +36,10 @@ include: "workflow/rules/memory_reach.smk"
 
 
 # Jobs that run where snakemake runs, never submitted to a cluster: the targets, downloads (compute
-# nodes may have no network), and collecting runs into tables and figures (seconds each). The
-# train jobs, Table 6's timing (cost_table) and gradient reach are submitted. The paper's table and
-# figure targets (below) and the downloads (data.smk) are generated in loops and say `localrule`
-# themselves.
+# nodes may have no network), counting an old run's FLOPs (record_cost), and collecting runs into
+# tables and figures (seconds each). The train jobs, Table 6's timing (cost_table) and gradient
+# reach are submitted. The paper's table and figure targets (below) and the downloads (data.smk)
+# are generated in loops and say `localrule` themselves.
 localrules:
     all,
     report_contents,
@@ -53,6 +53,7 @@ localrules:
     gradient_reach_ptb,
     curves_ptb_3layer,
     runs_csv,
+    record_cost,
     collect_table_runs,
     ppl_table,
     claims,

@@ -297,6 +297,15 @@ def forward_cost(cfg: Config, vocab_size: int, device: str = "meta") -> dict[str
     }
 
 
+def recorded_cost(cfg: Config, vocab_size: int, device: torch.device) -> dict[str, int]:
+    """What a language-model run records of its cost, for the tables (``flops_fwd``, the x axis of
+    Figures 5-6); the run records its ``params`` itself. Counting seeds the random streams
+    (``build_eval_model``): it runs forked from this process's CPU stream and ``device``'s, so a
+    run trains on the numbers it would without it."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return {"flops_fwd": forward_cost(cfg, vocab_size)["flops_fwd"]}
+
+
 def segment_macs(cfg: Config, vocab_size: int, batch: int = 1, device: str = "meta") -> int:
     """fvcore MACs of one segment's forward for ``batch`` streams. Not batch x the batch-1 count:
     NCGRU builds its recurrent matrix (d^3) once per segment, whatever the batch."""

@@ -1,12 +1,15 @@
 """The decoding step as a graph: ``torch.export``, then ONNX, run by ONNX Runtime.
 
 ``model.step`` (``models/decode.py``) grows its caches and branches in Python at segment ends; an
-exported graph needs fixed shapes. ``stream_step(model, seg_len)`` wraps a language model as
+exported graph needs fixed shapes. ``stream_step(model, seg_len)`` wraps a language model in the
+step its spec names (``export_step``), which lies beside the model (``TransformerStep`` in
+``models/transformer.py``, ``XLStep`` in ``models/transformer_xl.py``, ``CRTStep`` in
+``models/crt.py``):
 
     logits, *state = step(token, pos, *state)      # token [B] int64, pos [] int64 = t mod seg_len
 
-with the same arithmetic on fixed slots: one ``SlotKV`` per layer holds every position the
-segment can need (Transformer n, XL mem_len + n, CRT n + 1 with the memory token in slot 0), the
+with the same arithmetic on fixed slots (``models/decode.py``): one ``SlotKV`` per layer holds
+every position the segment can need (Transformer n, XL mem_len + n, CRT n + 1 with the memory token in slot 0), the
 current token is written into its slot and a mask hides the others. The segment-end work is a
 ``torch.cond`` on ``pos`` (an ONNX ``If``): XL shifts the segment into its memory after the last
 token; CRT runs the memory token through the blocks before the first (both its RNNs step once
@@ -28,139 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.model_specs import load, spec_of
-from crt_repro.models.layers import sinusoid_table
-
-
-class SlotKV:
-    """One layer's keys and values in fixed slots, [B, n_head, slots, d_head] each (the
-    interface of ``decode.KV``): ``append`` writes slot ``slot``, ``mask`` [slots] the visible."""
-
-    def __init__(self, k: Tensor, v: Tensor, slot: Tensor, mask: Tensor):
-        self.k, self.v, self.slot, self.mask = k, v, slot, mask.view(1, -1)  # [1, slots]: one query row
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        hit = (torch.arange(self.k.shape[2], device=k.device) == self.slot).view(1, 1, -1, 1)
-        self.k, self.v = torch.where(hit, k, self.k), torch.where(hit, v, self.v)
-        return self.k, self.v
-
-
-def _blocks(model, x: Tensor, kv: Tensor, slot: Tensor, mask: Tensor, **attn_kwargs) -> tuple[Tensor, Tensor]:
-    """x [B, 1, d] through every block against kv [L, 2, B, H, slots, d_head]; returns x and the new kv."""
-    layers = []
-    for block, (k, v) in zip(model.blocks, kv.unbind(0)):
-        cache = SlotKV(k, v, slot, mask)
-        x = block.step(x, cache, **attn_kwargs)
-        layers.append(torch.stack([cache.k, cache.v]))
-    return x, torch.stack(layers)
-
-
-def _cond(pred: Tensor, true_fn, false_fn, operands: tuple):
-    """``torch.cond`` where a graph is captured; run as a plain module (the eager check of the
-    fixed-slot arithmetic) a Python branch between the same functions. Eager ``torch.cond`` would
-    trace its branches whole at every call."""
-    if torch.compiler.is_compiling():
-        return torch.cond(pred, true_fn, false_fn, operands)
-    return (true_fn if bool(pred) else false_fn)(*operands)
-
-
-def _empty_kv(model, batch: int, slots: int) -> Tensor:
-    cfg = model.cfg
-    return torch.zeros(cfg.n_layer, 2, batch, cfg.n_head, slots, cfg.d_model // cfg.n_head)
-
-
-class TransformerStep(nn.Module):
-    """State: kv [L, 2, B, H, n, d_head]; slots past ``pos`` are hidden, so nothing is reset."""
-
-    def __init__(self, model, seg_len: int):
-        super().__init__()
-        self.model, self.seg_len = model, seg_len
-
-    def init_state(self, batch: int) -> tuple[Tensor, ...]:
-        return (_empty_kv(self.model, batch, self.seg_len),)
-
-    def forward(self, token: Tensor, pos: Tensor, kv: Tensor):
-        m = self.model
-        mask = torch.arange(self.seg_len) <= pos
-        x = m.embed_tokens(token[:, None]) + sinusoid_table(pos.float().view(1), m.cfg.d_model)
-        x, kv = _blocks(m, x, kv, pos, mask)
-        return m.head.logits(x[:, 0]), kv
-
-
-class XLStep(nn.Module):
-    """State: kv [L, 2, B, H, M + n, d_head] (slots [0, M) the memory, right-aligned, then the
-    segment; M = eval_mem_len) and mlen [] (memory positions filled). Key slot j is at distance
-    M + pos - j from the query."""
-
-    def __init__(self, model, seg_len: int):
-        super().__init__()
-        self.model, self.seg_len, self.keep = model, seg_len, model.eval_mem_len
-        n, m = seg_len, self.keep
-        distances = torch.arange(m + n - 1, -n, -1, dtype=torch.float32)  # row i: distance M + n - 1 - i
-        self.register_buffer("table", sinusoid_table(distances, model.cfg.d_model), persistent=False)
-
-    def init_state(self, batch: int) -> tuple[Tensor, ...]:
-        return _empty_kv(self.model, batch, self.keep + self.seg_len), torch.zeros((), dtype=torch.int64)
-
-    def forward(self, token: Tensor, pos: Tensor, kv: Tensor, mlen: Tensor):
-        m, n, keep = self.model, self.seg_len, self.keep
-        j = torch.arange(keep + n)
-        mask = (j >= keep - mlen) & (j <= keep + pos)
-        r = self.table.index_select(0, (n - 1 - pos) + j)
-        x, kv = _blocks(m, m.embed_tokens(token[:, None]), kv, keep + pos, mask, r=r)
-
-        def shift(kv, mlen):  # the last `keep` positions of [memory; segment] become the memory
-            return torch.roll(kv, -n, dims=-2), torch.clamp(mlen + n, max=keep)  # segment slots: stale, hidden
-
-        def stay(kv, mlen):
-            return kv.clone(), mlen.clone()
-
-        kv, mlen = _cond(pos == n - 1, shift, stay, (kv, mlen))
-        return m.head.logits(x[:, 0]), kv, mlen
-
-
-class CRTStep(nn.Module):
-    """State: kv [L, 2, B, H, n + 1, d_head] (slot 0: the memory token), the position RNN's and
-    the memory RNN's states [B, d]. At pos 0 the memory RNN's state is the memory."""
-
-    def __init__(self, model, seg_len: int):
-        super().__init__()
-        if not model.cfg.memory:
-            raise ValueError("export: CRT without memory (transformer_rnn_posenc) is not supported")
-        if model.cfg.pos_encoding == "relative":
-            raise ValueError("export: CRT with relative positions (transformer_rnn_memory on the relative baseline) "
-                             "is not supported")
-        self.model, self.seg_len = model, seg_len
-
-    def init_state(self, batch: int) -> tuple[Tensor, ...]:
-        d = self.model.cfg.d_model
-        return _empty_kv(self.model, batch, self.seg_len + 1), torch.zeros(batch, d), torch.zeros(batch, d)
-
-    def forward(self, token: Tensor, pos: Tensor, kv: Tensor, pos_h: Tensor, mem_h: Tensor):
-        m, cfg = self.model, self.model.cfg
-        slots = torch.arange(self.seg_len + 1)
-
-        def start(kv, pos_h, mem_h):  # the memory token through the blocks; the position RNN from it
-            _, kv = _blocks(m, mem_h[:, None], kv, torch.zeros((), dtype=torch.int64), slots == 0)
-            return kv, mem_h.clone() if cfg.pos_rnn_init == "memory" else torch.zeros_like(mem_h)
-
-        def cont(kv, pos_h, mem_h):
-            return kv.clone(), pos_h.clone()
-
-        kv, pos_h = _cond(pos == 0, start, cont, (kv, pos_h, mem_h))
-        e = m.embed_tokens(token[:, None])
-        if m.pos_rnn is None:
-            x = e + sinusoid_table((pos + 1).float().view(1), cfg.d_model)
-        else:
-            p, pos_h = m.pos_rnn(e, pos_h)
-            x = e + p if cfg.pos_encoding == "rnn_add" else p
-        x, kv = _blocks(m, x, kv, pos + 1, slots <= pos + 1)
-        mem_h = m._next_memory(x, mem_h)  # after pos n - 1: the next memory
-        return m.head.logits(x[:, 0]), kv, pos_h, mem_h
-
-
-def transformer_step(model, seg_len: int) -> nn.Module:
-    """The Transformer's step: XL's with no memory where its positions are relative."""
-    return (XLStep if model.cfg.baseline_positions == "relative" else TransformerStep)(model, seg_len)
 
 
 def stream_step(model, seg_len: int) -> nn.Module:

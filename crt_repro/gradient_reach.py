@@ -166,8 +166,10 @@ def training_segments(cfg: Config, n_segments: int, batch: int | None = None) ->
 
 def load_cell(cell: Cell, n_segments: int, batch: int | None = None,
               dtype: torch.dtype = torch.float32) -> tuple[nn.Module, list]:
+    from crt_repro.checkpoint import load_model_state, read_checkpoint
     from crt_repro.models import build_model
-    from crt_repro.train import CHECKPOINT, load_model_state, read_checkpoint, seed_everything
+    from crt_repro.run_directory import CHECKPOINT
+    from crt_repro.train import seed_everything
 
     seed_everything(cell.cfg.run.seed)
     segments, vocab = training_segments(cell.cfg, n_segments, batch)
@@ -240,7 +242,7 @@ def plot(rows: list[dict], title: str):
 
 def build_cells(args: argparse.Namespace) -> list[Cell]:
     from crt_repro.config import load_config_file
-    from crt_repro.train import CHECKPOINT
+    from crt_repro.run_directory import CHECKPOINT
 
     if args.checkpoint:
         cells, seen = [], set()

@@ -70,7 +70,8 @@ class ModelSpec:
     paper_flops: Callable[[int, int, int], float] | None = None  # Table 1 as printed: f(layers, seg_len, d_model)
     paper_params: Callable[[int, int], float] | None = None  # Table 1: f(layers, d_model)
     rnn_label: str = " ({})"  # how the label names the cell
-    export_step: str | None = None  # "module:Class" of the fixed-shape decoding step (crt_repro.export)
+    # "module:Class" of the fixed-shape decoding step, beside the model (crt_repro.export runs it)
+    export_step: str | None = None
     clip_frames: Callable[[ModelConfig], int] = lambda m: m.n_frames  # video: frames a clip feeds the model
 
     def configure(self, m: ModelConfig, seg_len: int) -> ModelConfig:
@@ -102,27 +103,27 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("transformer", "crt_repro.models.transformer:build_transformer", "Transformer",
               reads=LM_KEYS + ("baseline_positions",), macs=formulas.transformer_macs,
               paper_flops=formulas.paper_transformer_flops, paper_params=formulas.paper_transformer_params,
-              export_step="crt_repro.export:transformer_step"),
+              export_step="crt_repro.models.transformer:transformer_step"),
     ModelSpec("transformer_xl", "crt_repro.models.transformer_xl:TransformerXL", "Transformer-XL",
               reads=LM_KEYS + ("mem_len", "eval_mem_len", "xl_attention"),
               settings=lambda m, n: {"mem_len": m.mem_len or n},  # null: the segment length (the paper's tables)
               memory_len=lambda m: m.mem_len, memory_fills=True, macs=formulas.transformer_xl_macs,
               paper_flops=formulas.paper_transformer_xl_flops, paper_params=formulas.paper_transformer_params,
-              export_step="crt_repro.export:XLStep"),
+              export_step="crt_repro.models.transformer_xl:XLStep"),
     ModelSpec("crt", "crt_repro.models.crt:CRT", "CRT", reads=LM_KEYS + ("memory", "pos_encoding") + CRT_KEYS,
               rnn=True, memory_len=lambda m: int(m.memory), macs=formulas.crt_macs,
               paper_flops=formulas.paper_crt_flops, paper_params=formulas.paper_crt_params, rnn_label="-{}",
-              export_step="crt_repro.export:CRTStep"),
+              export_step="crt_repro.models.crt:CRTStep"),
     # Table 8's ablations: CRT with memory and positions fixed by the name.
     ModelSpec("transformer_rnn_memory", "crt_repro.models.crt:CRT", "Transformer + RNN memory",
               reads=LM_KEYS + ("baseline_positions",) + CRT_KEYS, rnn=True,
               # memory token and memory RNN on the baseline's own positions
               settings=_ablation(True, lambda m: "relative" if m.baseline_positions == "relative" else "sinusoidal"),
-              memory_len=lambda m: 1, macs=formulas.crt_macs, export_step="crt_repro.export:CRTStep"),
+              memory_len=lambda m: 1, macs=formulas.crt_macs, export_step="crt_repro.models.crt:CRTStep"),
     ModelSpec("transformer_rnn_posenc", "crt_repro.models.crt:CRT", "Transformer + RNN pos. enc.",
               reads=LM_KEYS + CRT_KEYS, rnn=True,
               settings=_ablation(False, lambda m: "rnn_add"),  # the position RNN, no memory: nothing crosses segments
-              macs=formulas.crt_macs, export_step="crt_repro.export:CRTStep"),
+              macs=formulas.crt_macs, export_step="crt_repro.models.crt:CRTStep"),
     ModelSpec("rmt", "crt_repro.models.rmt:RMT", "RMT", reads=LM_KEYS + ("rmt_memory_tokens",),
               memory_len=lambda m: m.rmt_memory_tokens, macs=formulas.rmt_macs),
     ModelSpec("timesformer", "crt_repro.models.vit:build_timesformer", "TimeSformer", task="video", reads=VIDEO_KEYS),

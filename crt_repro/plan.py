@@ -296,7 +296,7 @@ def plan_memory_reach(spec: dict[str, Any], settings: dict[str, Any], profile: s
 
 
 def run_checkpoint(run_id: str, profile: str) -> str:
-    """Where the workflow's run ``run_id`` keeps its checkpoint (``crt_repro.train.CHECKPOINT``)."""
+    """Where the workflow's run ``run_id`` keeps its checkpoint (``crt_repro.run_directory.CHECKPOINT``)."""
     return f"{runs_dir(profile)}/{run_id}/checkpoint.pt"
 
 

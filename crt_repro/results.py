@@ -1,14 +1,16 @@
 """Run records, the ``runs.csv`` schema and merging CSVs from several machines.
 
 A run is one ``crt-repro train`` invocation; its directory ``results/<profile>/runs/<run_id>/`` holds
-``config.yaml`` and, once finished, ``metrics.json`` (see ``crt_repro.train``). ``run_id`` is
+``config.yaml`` and, once finished, ``metrics.json`` (``crt_repro.run_directory``). ``run_id`` is
 ``Config.run_id()``: a readable prefix and a hash of every setting that changes the result, so two
 tables that need the same run (Table 8's Transformer and CRT-NCGRU at 70 tokens are Table 2's)
 name the same directory and the run is trained once.
 
 ``runs.csv`` has one row per run, columns ``RUN_COLUMNS``. ``tables`` lists the tables that use
 the run, ';'-separated. ``flops_fwd`` is the forward FLOPs of one segment at batch 1 (fvcore,
-``crt_repro.cost.forward_cost``; one multiply-add = 2 FLOPs). A CSV holding video runs (Tables 7
+``crt_repro.cost.forward_cost``; one multiply-add = 2 FLOPs), as the run recorded it: training
+counts it into metrics.json; a run trained before that has it in a ``cost.json`` beside it, which
+``crt-repro record-costs`` writes (collection counts nothing). A CSV holding video runs (Tables 7
 and 13) has the further columns ``VIDEO_RUN_COLUMNS`` (empty for language runs): frames per clip,
 image size, test mCA and top-1 (fractions, as in metrics.json) and the checkpoint the run started
 from (``model.init_from``).
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from crt_repro.model_specs import spec_of
+from crt_repro.run_directory import CONFIG, COST, METRICS
 
 if TYPE_CHECKING:  # pandas is imported lazily: the Snakefile imports this module to plan runs
     import pandas as pd
@@ -46,7 +49,6 @@ MACHINE_COLUMNS = ("train_tokens_per_s", "wall_s", "peak_mem_mb", "git_sha", "to
 VIDEO_RUN_COLUMNS = ("frames", "image_size", "test_mca", "test_top1", "init_from")
 VIDEO_NUMERIC_COLUMNS = ("frames", "image_size", "test_mca", "test_top1")
 TAG_SEP = ";"
-COST_CACHE = "cost.json"
 # The fields of a finished run's metrics.json (``crt_repro.train``: ``run_metrics``, then the end of
 # ``train``) that every run committed under results/ has: the fields train wrote only later
 # (planned_steps, stopped_early, streams, tokens_per_step, valid_gain_last_epoch) are not required,
@@ -79,7 +81,7 @@ def require_columns(df: "pd.DataFrame", columns: Iterable[str], path: str | Path
 
 def _metrics_path(path: str | Path) -> Path:
     p = Path(path)
-    return p if p.name == "metrics.json" else p / "metrics.json"
+    return p if p.name == METRICS else p / METRICS
 
 
 def vocab_size_of(cfg) -> int:
@@ -88,17 +90,25 @@ def vocab_size_of(cfg) -> int:
     return corpus_for(cfg.data).vocab_size
 
 
-def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
-               check_dir_name: bool = False) -> dict[str, Any]:
-    """One ``runs.csv`` row from a run directory (or its metrics.json)."""
+def read_metrics(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The run directory of ``path`` (a run directory or its metrics.json) and its metrics.json."""
     metrics_path = _metrics_path(path)
     run_dir = metrics_path.parent
     if not metrics_path.is_file():
         raise ResultsError(f"{metrics_path} does not exist: the run in {run_dir} has not finished")
+    return run_dir, _read_json(metrics_path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        metrics = json.loads(metrics_path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ResultsError(f"{metrics_path}: not valid JSON ({e})") from None
+        raise ResultsError(f"{path}: not valid JSON ({e})") from None
+
+
+def run_record(path: str | Path, tags: Sequence[str] = (), check_dir_name: bool = False) -> dict[str, Any]:
+    """One ``runs.csv`` row from a run directory (or its metrics.json)."""
+    run_dir, metrics = read_metrics(path)
     if check_dir_name:
         check_run_dir(run_dir, metrics)
     row: dict[str, Any] = {c: metrics.get(c, "") for c in RUN_COLUMNS}
@@ -106,9 +116,8 @@ def run_record(path: str | Path, tags: Sequence[str] = (), cost: bool = True,
     row["train_tokens"] = metrics.get("train_items", "")
     row["epochs"] = round(metrics["train_epochs"], 4) if "train_epochs" in metrics else ""
     row["data_files"] = data_files_cell(metrics.get("data_files") or {})
-    row["flops_fwd"] = ""
-    if cost and "test_ppl" in metrics:  # language models; the video tables cost their own way
-        row["flops_fwd"] = run_cost(run_dir, metrics.get("run_id", ""))["flops_fwd"]
+    if is_language_run(metrics):  # the video tables cost their own way
+        row["flops_fwd"] = recorded_flops(run_dir, metrics)
     if "test_mca" in metrics:
         row.update(video_record(run_dir, metrics))
     elif metrics.get("model") and "eval_mem_len" in spec_of(metrics["model"]).reads:
@@ -140,7 +149,7 @@ def run_config(run_dir: Path):
     """The Config of a run directory (its config.yaml)."""
     from crt_repro.config import load_config_file
 
-    config = run_dir / "config.yaml"
+    config = run_dir / CONFIG
     if not config.is_file():
         raise ResultsError(f"{config} does not exist: the run in {run_dir} has no config")
     return load_config_file(config)
@@ -165,32 +174,63 @@ def data_files_cell(files: dict[str, dict]) -> str:
     return TAG_SEP.join(f"{name}={entry['sha256'][:16]}" for name, entry in sorted(files.items()))
 
 
-def run_cost(run_dir: Path, run_id: str) -> dict[str, Any]:
-    """``forward_cost`` of a run's config, cached in ``<run_dir>/cost.json`` (keyed by run id)."""
+def is_language_run(metrics: dict[str, Any]) -> bool:
+    return "test_ppl" in metrics
+
+
+def recorded_flops(run_dir: Path, metrics: dict[str, Any]) -> int:
+    """A language run's ``flops_fwd``: what its metrics.json records, else its cost file."""
+    if "flops_fwd" in metrics:
+        return metrics["flops_fwd"]
+    cost = _recorded_cost_file(run_dir, metrics)
+    if cost is None:
+        raise ResultsError(f"{run_dir}: no forward cost recorded (trained before runs recorded flops_fwd); "
+                           f"run `crt-repro record-costs {run_dir}`")
+    return cost["flops_fwd"]
+
+
+def _recorded_cost_file(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The cost file of the run ``metrics`` records, if there is one (a file of another run id,
+    left by a run directory reused, is none)."""
+    path = run_dir / COST
+    if not path.is_file():
+        return None
+    cost = _read_json(path)
+    return cost if cost.get("run_id") == metrics.get("run_id") and "flops_fwd" in cost else None
+
+
+def needs_cost_file(run_dir: str | Path) -> bool:
+    """Whether a run has finished without recording its forward cost (a language run trained
+    before runs recorded it): the workflow then asks rule record_cost for its cost file."""
+    metrics = Path(run_dir) / METRICS
+    if not metrics.is_file():
+        return False
+    recorded = _read_json(metrics)
+    return is_language_run(recorded) and "flops_fwd" not in recorded
+
+
+def record_cost(run_dir: str | Path) -> Path | None:
+    """Count the forward cost of a language run whose metrics.json lacks it (trained before runs
+    recorded it) into its cost file; None where the run needs none (it recorded its own, has a
+    cost file, or is a video run)."""
+    import torch
+
     from crt_repro import atomic
+    from crt_repro.cost import recorded_cost
 
-    cache = run_dir / COST_CACHE
-    if cache.is_file():
-        try:
-            cached = json.loads(cache.read_text())
-            if cached.get("run_id") == run_id:
-                return cached
-        except json.JSONDecodeError:
-            pass
-    from crt_repro.cost import forward_cost
-
+    run_dir, metrics = read_metrics(run_dir)
+    if not is_language_run(metrics) or "flops_fwd" in metrics or _recorded_cost_file(run_dir, metrics):
+        return None
     cfg = run_config(run_dir)
-    cost = {"run_id": run_id, **forward_cost(cfg, vocab_size_of(cfg))}
-    cost = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in cost.items()}
-    atomic.write_json(cache, cost)
-    return cost
+    path = run_dir / COST
+    atomic.write_json(path, {"run_id": metrics["run_id"], **recorded_cost(cfg, vocab_size_of(cfg), torch.device("cpu"))})
+    return path
 
 
-def collect(paths: Sequence[str | Path], tags: Sequence[str] = (), cost: bool = True,
-            check_dir_names: bool = False) -> "pd.DataFrame":
+def collect(paths: Sequence[str | Path], tags: Sequence[str] = (), check_dir_names: bool = False) -> "pd.DataFrame":
     import pandas as pd
 
-    rows = [run_record(p, tags, cost=cost, check_dir_name=check_dir_names) for p in paths]
+    rows = [run_record(p, tags, check_dir_name=check_dir_names) for p in paths]
     video = any("test_mca" in r for r in rows)
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS) + (list(VIDEO_RUN_COLUMNS) if video else [])).fillna("")
 

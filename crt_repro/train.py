@@ -1,15 +1,12 @@
-"""One run = one config -> checkpoints, a metrics log and ``metrics.json`` in a run directory.
-
-The run directory holds ``config.yaml`` (resolved), ``log.jsonl`` (one line per logged step and
-evaluation), ``checkpoint.pt`` (model, optimiser, scheduler, RNG states, carried state, step) and,
-only after a run finished cleanly, ``metrics.json``. Rerunning the same command resumes from the
-checkpoint and, on CPU, reaches bitwise the same final metrics as an uninterrupted run.
+"""Training: one run = one config -> checkpoints, a metrics log and ``metrics.json`` in a run
+directory (its format: ``crt_repro.run_directory``; the checkpoint: ``crt_repro.checkpoint``).
+Rerunning the same command resumes from the checkpoint and, on CPU, reaches bitwise the same final
+metrics as an uninterrupted run.
 Started by torchrun, a run trains data-parallel on all its processes (``crt_repro.distributed``).
 """
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import random
@@ -29,15 +26,24 @@ from torch import nn
 from tqdm import tqdm
 
 from crt_repro import atomic, distributed
-from crt_repro.config import Config, ConfigError, dump_yaml, load_config_file
+from crt_repro.checkpoint import load_checkpoint, load_model_state, read_checkpoint, save_checkpoint
+from crt_repro.config import Config, ConfigError, load_config_file
+from crt_repro.cost import recorded_cost
 from crt_repro.models import build_model
+from crt_repro.run_directory import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    Logger,
+    check_run_dir,
+    check_same_data,
+    read_log,
+    read_record,
+    require_checkpointed_run,
+    write_run_config,
+)
 from crt_repro.tasks import data_fingerprint, make_task
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
-LOG = "log.jsonl"
-CONFIG = "config.yaml"
-BEST = "best.pt"  # model weights of the best validation so far (run.report: best_valid); removed at the end
 
 
 class TrainingDiverged(RuntimeError):
@@ -262,174 +268,6 @@ def optimizer_step(model: nn.Module, opt: Optimizers, loss: torch.Tensor, cfg: C
     post_step(model, step)
 
 
-# ---------------------------------------------------------------------------------------------
-# Run directory
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used: not a directory, not writable, someone else's files,
-    or an unreadable checkpoint; the message names it."""
-
-
-def check_run_dir(cfg: Config, out: Path) -> None:
-    """Refuse a path that is not a directory, a directory whose config.yaml holds another run,
-    and a non-empty directory that is not a run directory (run files must not land among
-    unrelated ones)."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
-    path = out / CONFIG
-    if path.exists():
-        try:
-            old = load_config_file(path)
-        except ConfigError as e:
-            raise RunDirError(f"{e} (delete {out} to start the run over, or choose another --out)") from None
-        if old.relevant_dict() != cfg.relevant_dict():
-            raise ConfigError(
-                f"{out} holds a different run (run id {old.run_id()}, this config is {cfg.run_id()}); "
-                "choose another --out or delete that directory")
-    elif out.is_dir() and any(out.iterdir()):
-        raise RunDirError(f"--out {out} is a non-empty directory without {CONFIG}, so not a run directory; "
-                          "choose a new or empty directory")
-
-
-def write_run_config(cfg: Config, out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / CONFIG, dump_yaml(cfg))
-    except OSError as e:
-        raise RunDirError(f"cannot write the run directory {out}: {e.strerror or e} "
-                          f"({e.filename or out})") from None
-
-
-def read_log(out: Path, up_to_step: int) -> list[dict]:
-    path = out / LOG
-    if not path.exists():
-        return []
-    entries = (read_record(line, f"{path}:{lineno}", out)
-               for lineno, line in enumerate(path.read_text().splitlines(), start=1))
-    return [e for e in entries if e["step"] <= up_to_step]
-
-
-def read_record(text: str, where: str, out: Path):
-    """JSON of a run record (metrics.json, a log.jsonl line); what is not is one line naming it."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{where}: not valid JSON ({e}); delete {out} to start the run over") from None
-
-
-class Logger:
-    """Appends to log.jsonl; on resume, entries past the checkpoint are dropped first."""
-
-    def __init__(self, out: Path, resume_step: int, enabled: bool = True):
-        self.path = out / LOG
-        self.enabled = enabled  # in data-parallel training, rank 0 alone writes
-        if enabled:
-            atomic.write_text(self.path, "".join(json.dumps(e) + "\n" for e in read_log(out, resume_step)))
-
-    def write(self, **entry) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-def rng_state(device: torch.device) -> dict:
-    """This process's RNG streams: the CPU's and Python's, and that of the one GPU it trains on
-    (not every visible GPU's: a run resumed on fewer GPUs would have nowhere to put the rest)."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(rng: dict, device: torch.device, rank: int) -> None:
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    cuda = rng["cuda"]
-    if isinstance(cuda, list):  # an older checkpoint: every GPU rank ``rank`` saw, its own at index rank
-        cuda = cuda[rank]
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def save_checkpoint(out: Path, step: int, model, opt: Optimizers, task, clock: dict, precision: str,
-                    data: dict, device: torch.device, world: distributed.World = distributed.World()) -> None:
-    """In data-parallel training every rank calls it (it gathers their states) and rank 0 writes."""
-    task_state = task.state_dict()
-    rngs = distributed.gather(rng_state(device), world)
-    if not world.is_main:
-        return
-    ck = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "task": task_state,
-        "rng": rngs[0],
-        "clock": clock,
-        "precision": precision,
-        "data": data,
-    }
-    if world.parallel:
-        ck["rng_ranks"] = rngs
-    atomic.torch_save(out / CHECKPOINT, ck)
-
-
-def read_checkpoint(path: Path, map_location) -> dict:
-    """The checkpoint at ``path``; an empty or truncated file (a full disk, a copy cut short) is
-    an error naming it, not a traceback from the unpickler."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises EOFError, RuntimeError or UnpicklingError, by how it is broken
-        cause = " ".join(str(e).split()).split(". ")[0]  # the first sentence: miniz's advice runs on for four more
-        raise RunDirError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {cause}); "
-                          f"delete it to start the run over") from None
-
-
-def load_model_state(model, state: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise RunDirError(f"{path} holds a model of other shapes than this run builds "
-                          f"({' '.join(str(e).split())[:300]}); was it trained on other data? "
-                          "Delete it to start the run over, or train into another --out") from None
-
-
-def load_checkpoint(out: Path, model, opt: Optimizers, task, data: dict, device: torch.device,
-                    world: distributed.World = distributed.World()) -> dict:
-    """Restore a run from its checkpoint; one trained on other data is refused before anything
-    of it is loaded (another vocabulary would otherwise fail as a shape mismatch). A checkpoint
-    of another number of ranks resumes too: rank r takes the RNG states rank r saved, on its
-    own device, and a rank it holds none for seeds its own."""
-    ck = read_checkpoint(out / CHECKPOINT, "cpu")
-    check_same_data(out, ck["data"], data, CHECKPOINT)
-    load_model_state(model, ck["model"], out / CHECKPOINT)
-    opt.load_state_dict(ck["optimizer"])
-    task.load_state_dict(ck["task"])
-    rngs = ck.get("rng_ranks", [ck["rng"]])
-    if world.rank >= len(rngs):
-        distributed.seed_rank(task.cfg, world, ck["step"])
-        return ck
-    set_rng_state(rngs[world.rank], device, world.rank)
-    return ck
-
-
-def check_same_data(out: Path, recorded: dict | None, current: dict, where: str) -> None:
-    """A run resumed or reported on other data than it was trained on is refused, naming the files."""
-    if recorded is None or recorded == current:
-        return
-    changed = sorted(f for f in set(recorded) | set(current) if recorded.get(f) != current.get(f))
-    detail = "; ".join(f"{f}: {_describe(recorded.get(f))} then, {_describe(current.get(f))} now" for f in changed)
-    raise ConfigError(f"{out} was trained on other data than data.data_dir holds now ({where}): {detail}. "
-                      "Point --data-dir at the data the run used, or train into another --out")
-
-
-def _describe(entry: dict | None) -> str:
-    return "absent" if entry is None else f"{entry['bytes']} bytes, sha256 {entry['sha256'][:12]}"
-
-
 def say(message: str) -> None:
     """One line of progress on stderr (the workflow's per-job logs keep it)."""
     print(message, file=sys.stderr, flush=True)
@@ -449,20 +287,14 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
         check_run_dir(cfg, out)
     device = world.device(resolve_device(cfg.run.device, cfg.profile))
     if (out / METRICS).exists():
-        metrics = read_record((out / METRICS).read_text(), str(out / METRICS), out)
-        try:
-            current = data_fingerprint(cfg)
-        except FileNotFoundError:  # a finished run's record stands without its data at hand
-            current = None
-        if current is not None:
-            check_same_data(out, metrics.get("data_files"), current, "metrics.json")
-        if world.is_main:
-            say(f"{cfg.run_id()}: already finished: {out / METRICS} present")
-        return metrics
+        return finished_record(cfg, out, world)
     warn_paper_video_start(cfg)
     seed_everything(cfg.run.seed)
     task = make_task(cfg, device, distributed.shard(cfg, world))
     data = data_fingerprint(cfg)
+    # Counted before the run directory is written: a model fvcore cannot count fails here, not
+    # after its training.
+    costs = recorded_cost(cfg, task.n_out, device) if world.is_main and not cfg.is_video else {}
     if world.is_main:
         write_run_config(cfg, out)  # only once the data loaded: a refused corpus leaves no run directory
     world.barrier()
@@ -521,16 +353,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
                         f"eta {datetime.timedelta(seconds=round(eta))}")
             if step in evals:
                 if world.is_main:
-                    r = evaluate_model(task, model, precision, device, "valid")
-                    log.write(step=step, split="valid", items=clock["items"], **r)
-                    last_valid = (step, r)
-                    if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
-                        if cfg.run.report == "best_valid":
-                            atomic.torch_save(out / BEST, model.state_dict())
-                        clock["best_valid"] = {"step": step, "loss": r["loss"]}
-                        clock["evals_since_best"] = 0
-                    else:
-                        clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
+                    last_valid = (step, validate(cfg, out, task, model, log, clock, step, precision, device))
                 # Every rank stops where rank 0, which alone validates, says so.
                 clock["evals_since_best"] = distributed.gather(clock.get("evals_since_best", 0), world)[0]
             signum = distributed.agree_max(requested[0] if requested else 0, world)  # the ranks stop together
@@ -549,6 +372,58 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
         say(f"{cfg.run_id()}: stopped early at step {step} of {schedule.total}: no better validation in "
             f"{cfg.run.early_stop_patience} validations (best at step {clock['best_valid']['step']})")
 
+    results, reported = evaluate_reported(cfg, out, task, model, log, clock, step, last_valid, precision, device)
+    metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
+    if world.parallel:
+        metrics["device"] = f"{world.size} x {metrics['device']}"
+    metrics["processes"] = world.size
+    metrics.update(steps=step, planned_steps=schedule.total, stopped_early=stopped_early(cfg, clock),
+                   reported_step=reported, precision=precision, data_files=data,
+                   train_epochs=clock["items"] / task.epoch_items,
+                   valid_gain_last_epoch=valid_gain_last_epoch(read_log(out, step), task.epoch_items), **costs,
+                   **({} if cfg.is_video else {"streams": cfg.data.batch_size, "tokens_per_step":
+                                                   cfg.data.batch_size * cfg.data.seg_len * cfg.optim.bptt_segments}))
+    atomic.write_json(out / METRICS, metrics)
+    (out / BEST).unlink(missing_ok=True)
+    say(f"{cfg.run_id()}: finished: valid ppl/loss {_headline(results['valid'])}, test {_headline(results['test'])}")
+    return metrics
+
+
+def finished_record(cfg: Config, out: Path, world: distributed.World) -> dict:
+    """The metrics.json of a run that has finished, unless it was trained on other data than
+    ``cfg``'s files hold now."""
+    metrics = read_record((out / METRICS).read_text(), str(out / METRICS), out)
+    try:
+        current = data_fingerprint(cfg)
+    except FileNotFoundError:  # a finished run's record stands without its data at hand
+        current = None
+    if current is not None:
+        check_same_data(out, metrics.get("data_files"), current, METRICS)
+    if world.is_main:
+        say(f"{cfg.run_id()}: already finished: {out / METRICS} present")
+    return metrics
+
+
+def validate(cfg: Config, out: Path, task, model: nn.Module, log: Logger, clock: dict, step: int, precision: str,
+             device: torch.device) -> dict:
+    """Evaluate the validation split during training, log it, and keep in ``clock`` the best so
+    far and the validations since (early stopping), with its weights where the run reports the best."""
+    r = evaluate_model(task, model, precision, device, "valid")
+    log.write(step=step, split="valid", items=clock["items"], **r)
+    if clock["best_valid"] is None or r["loss"] < clock["best_valid"]["loss"]:
+        if cfg.run.report == "best_valid":
+            atomic.torch_save(out / BEST, model.state_dict())
+        clock["best_valid"] = {"step": step, "loss": r["loss"]}
+        clock["evals_since_best"] = 0
+    else:
+        clock["evals_since_best"] = clock.get("evals_since_best", 0) + 1
+    return r
+
+
+def evaluate_reported(cfg: Config, out: Path, task, model: nn.Module, log: Logger, clock: dict, step: int,
+                      last_valid: tuple[int, dict] | None, precision: str, device: torch.device) -> tuple[dict, int]:
+    """Valid and test results of the model the run reports, and the step it is of: the last
+    step's, or under ``run.report: best_valid`` the best validation's weights where they beat it."""
     if last_valid is not None and last_valid[0] == step:  # stopped right after a validation
         final_valid = last_valid[1]
     else:
@@ -563,20 +438,7 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     results = {"valid": evaluate_model(task, model, precision, device, "valid") if reported != step else final_valid,
                "test": evaluate_model(task, model, precision, device, "test")}
     log.write(step=step, split="test", items=clock["items"], reported_step=reported, **results["test"])
-    metrics = run_metrics(cfg, model, results, clock, wall_at_start + time.perf_counter() - started, device)
-    if world.parallel:
-        metrics["device"] = f"{world.size} x {metrics['device']}"
-    metrics["processes"] = world.size
-    metrics.update(steps=step, planned_steps=schedule.total, stopped_early=stopped_early(cfg, clock),
-                   reported_step=reported, precision=precision, data_files=data,
-                   train_epochs=clock["items"] / task.epoch_items,
-                   valid_gain_last_epoch=valid_gain_last_epoch(read_log(out, step), task.epoch_items),
-                   **({} if cfg.is_video else {"streams": cfg.data.batch_size, "tokens_per_step":
-                                                   cfg.data.batch_size * cfg.data.seg_len * cfg.optim.bptt_segments}))
-    atomic.write_json(out / METRICS, metrics)
-    (out / BEST).unlink(missing_ok=True)
-    say(f"{cfg.run_id()}: finished: valid ppl/loss {_headline(results['valid'])}, test {_headline(results['test'])}")
-    return metrics
+    return results, reported
 
 
 def stopped_early(cfg: Config, clock: dict) -> bool:
@@ -648,13 +510,6 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         for k, v in r.items():
             metrics[f"{split}_{k}"] = v
     return metrics
-
-
-def require_checkpointed_run(run_dir: Path) -> None:
-    """A run directory with its config and checkpoint, or an error naming the file missing."""
-    for name in (CONFIG, CHECKPOINT):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir / name} does not exist: is {run_dir} a run directory of `crt-repro train`?")
 
 
 def evaluate_run(run_dir: str | Path) -> dict:

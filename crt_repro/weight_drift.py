@@ -17,23 +17,26 @@ import torch
 def weight_drift(run_dir: str | Path) -> list[dict]:
     """One row per top-level module of the model: ``relative_drift`` = ||W - W0|| / ||W0|| over
     its floating-point parameters and buffers (0.0 exactly when nothing changed them)."""
-    from crt_repro import distributed, train
+    from crt_repro import distributed
+    from crt_repro.checkpoint import read_checkpoint
     from crt_repro.config import load_config_file
     from crt_repro.models import build_model
+    from crt_repro.run_directory import CHECKPOINT, CONFIG, require_checkpointed_run
     from crt_repro.tasks import make_task
+    from crt_repro.train import seed_everything
 
     run_dir = Path(run_dir)
-    train.require_checkpointed_run(run_dir)
-    cfg = load_config_file(run_dir / train.CONFIG)
+    require_checkpointed_run(run_dir)
+    cfg = load_config_file(run_dir / CONFIG)
     device = torch.device("cpu")
     # The same calls in the same order as train(): the task may draw from the seeded generator.
-    train.seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)
     task = make_task(cfg, device, distributed.shard(cfg, distributed.World()))
     initial = build_model(cfg, task.n_out).state_dict()
-    ck = train.read_checkpoint(run_dir / train.CHECKPOINT, device)
+    ck = read_checkpoint(run_dir / CHECKPOINT, device)
     final = ck["model"]
     if final.keys() != initial.keys():
-        raise ValueError(f"{run_dir / train.CHECKPOINT} holds other weights than {run_dir / train.CONFIG} builds")
+        raise ValueError(f"{run_dir / CHECKPOINT} holds other weights than {run_dir / CONFIG} builds")
     sums: dict[str, list[float]] = {}
     for key, w0 in initial.items():
         if not w0.is_floating_point():

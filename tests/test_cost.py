@@ -221,3 +221,12 @@ def test_the_relative_baseline_counts_its_position_terms(model, rnn):
         t = n + (model != "transformer")  # tokens in the blocks: CRT's memory token joins them
         assert rel["formula_macs"] - absolute["formula_macs"] == L * (t * d * d + t * t * d), (L, n, d)
         assert rel["params"] - absolute["params"] == L * (d * d + 2 * d)  # W_r, u and v per layer
+
+
+def test_recording_a_runs_cost_leaves_the_random_streams_as_they_were():
+    # Train counts the cost of a run before its first step: the count must not shift its numbers.
+    cfg = cost.build_config("smoke", "synthetic", {"model": {"name": "crt", "rnn": "ncgru"}})
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    assert cost.recorded_cost(cfg, 50, torch.device("cpu"))["flops_fwd"] > 0
+    assert torch.equal(torch.get_rng_state(), before)

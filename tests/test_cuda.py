@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from crt_repro.config import build_config, parse_overrides
-from crt_repro.train import LOG, train
+from crt_repro.run_directory import LOG
+from crt_repro.train import train
 
 from conftest import REPO_ROOT, Stop, stop_at
 

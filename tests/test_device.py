@@ -75,7 +75,7 @@ class FakeGPUs:
 
 
 def test_a_rank_saves_the_rng_state_of_its_own_gpu_only(monkeypatch):
-    from crt_repro.train import rng_state
+    from crt_repro.checkpoint import rng_state
 
     gpus = FakeGPUs(monkeypatch, 4)
     gpus.states = {i: torch.full((8,), i, dtype=torch.uint8) for i in range(4)}
@@ -89,7 +89,9 @@ def test_a_checkpoint_of_4_processes_resumes_in_fewer(monkeypatch, tmp_path, pro
     from crt_repro import distributed
     from crt_repro.models import build_model
     from crt_repro.tasks import data_fingerprint, make_task
-    from crt_repro.train import CHECKPOINT, load_checkpoint, make_optimizer
+    from crt_repro.checkpoint import load_checkpoint
+    from crt_repro.run_directory import CHECKPOINT
+    from crt_repro.train import make_optimizer
 
     cfg = build_config("smoke", "synthetic", parse_overrides(
         ["model.n_layer=1", "optim.max_steps=2", "optim.warmup_steps=0", "data.batch_size=4", "run.device=cpu"]))

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from crt_repro.config import build_config, parse_overrides
-from crt_repro.train import CHECKPOINT, LOG, train
+from crt_repro.run_directory import CHECKPOINT, LOG
+from crt_repro.train import train
 
 from conftest import Stop, stop_at
 

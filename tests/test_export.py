@@ -55,3 +55,13 @@ def test_unsupported_models_are_one_line_errors():
         export.stream_step(tiny("transformer_rnn_posenc"), SEG)
     with pytest.raises(ValueError, match="no fixed-shape step for rmt"):
         export.stream_step(tiny("rmt"), SEG)
+
+
+def test_each_models_export_step_lies_beside_the_model():
+    # Issue 27, step 4: the decoding step of a model is written next to its model, not in export.py.
+    from crt_repro.model_specs import MODELS
+
+    steps = {s.name: s for s in MODELS.values() if s.export_step}
+    assert set(steps) == {"transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc"}
+    for spec in steps.values():
+        assert spec.export_step.split(":")[0] == spec.cls.split(":")[0], spec.name

@@ -78,7 +78,7 @@ def test_cli_checkpoint_gives_init_and_trained(tmp_path):
     """A run directory's config.yaml and checkpoint.pt (here written by hand: no training)."""
     from crt_repro.cli import main
     from crt_repro.config import dump_yaml
-    from crt_repro.train import CHECKPOINT
+    from crt_repro.run_directory import CHECKPOINT
 
     cell = tiny_cell("ncgru")
     model, _ = load_cell(cell, n_segments=3, batch=1)

@@ -15,8 +15,9 @@ from crt_repro import train as engine
 from crt_repro.config import ConfigError, build_config, parse_overrides
 from crt_repro.models import build_model
 from crt_repro.plan import plan_workflow
+from crt_repro.run_directory import METRICS
 from crt_repro.tasks.lm import LMTask
-from crt_repro.train import METRICS, Schedule, make_optimizer, resolve_precision, train
+from crt_repro.train import Schedule, make_optimizer, resolve_precision, train
 
 from conftest import Stop, stop_at
 

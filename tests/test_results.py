@@ -187,15 +187,15 @@ def run_dir(trained_run, tmp_path) -> Path:
 
 def test_collect_reads_metrics_and_checks_dir_names(run_dir, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    df = collect([run_dir], tags=["table2_ptb_3layer", "table8_ablation"], cost=False, check_dir_names=True)
+    df = collect([run_dir], tags=["table2_ptb_3layer", "table8_ablation"], check_dir_names=True)
     assert list(df.columns) == list(RUN_COLUMNS)
     assert df.loc[0, "tables"] == "table2_ptb_3layer;table8_ablation"
     assert df.loc[0, "test_ppl"] == metrics["test_ppl"]
     other = run_dir.rename(tmp_path / "renamed")
     with pytest.raises(ResultsError, match=f"holds run '{run_dir.name}'"):
-        collect([other / "metrics.json"], cost=False, check_dir_names=True)
+        collect([other / "metrics.json"], check_dir_names=True)
     with pytest.raises(ResultsError, match="has not finished"):
-        collect([tmp_path / "nowhere"], cost=False)
+        collect([tmp_path / "nowhere"])
 
 
 def test_collect_check_refuses_a_config_edited_after_the_run(run_dir):
@@ -204,9 +204,9 @@ def test_collect_check_refuses_a_config_edited_after_the_run(run_dir):
     edited = yaml.safe_load(config.read_text())
     edited["optim"]["lr"] *= 2
     config.write_text(yaml.safe_dump(edited, sort_keys=False))
-    assert collect([run_dir], cost=False)["run_id"].tolist() == [run_dir.name]  # without the check: read
+    assert collect([run_dir])["run_id"].tolist() == [run_dir.name]  # without the check: read
     with pytest.raises(ResultsError) as e:
-        collect([run_dir], cost=False, check_dir_names=True)
+        collect([run_dir], check_dir_names=True)
     assert str(e.value).startswith(f"{config} is the config of run ") and "edited" in str(e.value)
 
 
@@ -216,7 +216,7 @@ def test_collect_check_names_a_field_a_finished_run_writes(run_dir, fields):
     metrics = json.loads(path.read_text())
     path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in fields}))
     with pytest.raises(ResultsError) as e:
-        collect([run_dir], cost=False, check_dir_names=True)
+        collect([run_dir], check_dir_names=True)
     assert str(e.value) == (f"{path}: missing field{'s' if len(fields) > 1 else ''} {', '.join(fields)}, "
                             "which a finished run writes")
 
@@ -227,9 +227,47 @@ def test_collect_check_accepts_runs_from_before_the_newest_fields(run_dir):
     metrics = json.loads(path.read_text())
     assert set(newer) <= set(metrics)
     path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in newer}))
-    assert len(collect([run_dir], cost=False, check_dir_names=True)) == 1
+    assert len(collect([run_dir], check_dir_names=True)) == 1
     committed = sorted([*(REPO / "results/cpu/runs").iterdir(), *(REPO / "results/cpu/short_budget/runs").iterdir()])
-    assert len(collect(committed, cost=False, check_dir_names=True)) == len(committed) == 114
+    assert len(collect(committed, check_dir_names=True)) == len(committed) == 114
+
+
+def test_a_run_records_the_forward_cost_collection_reads(run_dir):
+    # Issue 27, step 3: collection reads what the run recorded, it counts nothing.
+    from crt_repro.cost import forward_cost
+    from crt_repro.results import run_config, vocab_size_of
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cfg = run_config(run_dir)
+    assert metrics["flops_fwd"] == forward_cost(cfg, vocab_size_of(cfg))["flops_fwd"]
+    assert collect([run_dir]).loc[0, "flops_fwd"] == metrics["flops_fwd"]
+
+
+def test_a_run_trained_before_costs_were_recorded_gets_them_from_record_costs(run_dir, capsys):
+    from crt_repro.cli import main
+
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in metrics.items() if k != "flops_fwd"}))
+    with pytest.raises(ResultsError) as e:
+        collect([run_dir])
+    assert str(e.value) == (f"{run_dir}: no forward cost recorded (trained before runs recorded flops_fwd); "
+                            f"run `crt-repro record-costs {run_dir}`")
+    assert main(["record-costs", str(run_dir)]) == 0
+    assert json.loads((run_dir / "cost.json").read_text()) == {"run_id": run_dir.name, "flops_fwd": metrics["flops_fwd"]}
+    assert collect([run_dir]).loc[0, "flops_fwd"] == metrics["flops_fwd"]
+    assert main(["record-costs", str(run_dir)]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"{run_dir}: cost already recorded (or a video run)"
+
+
+def test_the_committed_runs_costs_are_those_their_tables_were_built_with():
+    # The short-budget runs' cost.json (crt-repro record-costs) against the runs CSVs the workflow
+    # wrote with them at 1f4be06, when collection counted the cost itself.
+    tables = REPO / "results/cpu/short_budget/tables/runs"
+    for table in sorted(tables.iterdir()):
+        written = pd.read_csv(table, dtype=str)
+        runs = [REPO / "results/cpu/short_budget/runs" / r for r in written["run_id"]]
+        assert collect(runs)["flops_fwd"].astype(str).tolist() == written["flops_fwd"].tolist(), table.name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import torch
 
 from crt_repro.config import build_config, parse_overrides
 from crt_repro.data import SegmentStream, batchify, load_corpus, unigram_ppl
-from crt_repro.train import METRICS, TrainingDiverged, train
+from crt_repro.run_directory import METRICS
+from crt_repro.train import TrainingDiverged, train
 
 CLI = [sys.executable, "-m", "crt_repro.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

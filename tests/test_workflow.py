@@ -6,6 +6,7 @@ the repository's results/ (or a workflow someone runs there).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -113,6 +114,16 @@ def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
     again = snakemake(wf, "-n", "table8_ablation", "--config", *TINY)
     assert "Nothing to be done" in again, again[-2000:]
 
+    # A run that older code trained records no forward cost: rule record_cost counts it into its
+    # cost.json, and the table is what it was (issue 27, step 3).
+    metrics = sorted((wf / "results/smoke/runs").iterdir())[0] / "metrics.json"
+    recorded = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({k: v for k, v in recorded.items() if k != "flops_fwd"}))
+    out = snakemake(wf, "--cores", "1", "table8_ablation", "--config", *TINY)
+    assert job_counts(out)["record_cost"] == 1 and "train" not in job_counts(out)
+    assert json.loads((metrics.parent / "cost.json").read_text())["flops_fwd"] == recorded["flops_fwd"]
+    assert pd.read_csv(wf / "results/smoke/tables/table8_ablation.csv", keep_default_na=False).equals(table)
+
     # the report holds the table (report() flag, category Tables)
     snakemake(wf, "--report", "report.html", "table8_ablation", "--config", *TINY)
     html = (wf / "report.html").read_text(errors="replace")
@@ -155,6 +166,14 @@ def test_every_paper_target_is_a_rule(wf):
             "table4_wt103_3layer", "table5_wt103_16layer", "table6_cost", "table8_ablation", "table9_ptb_3layer_rnn",
             "table10_ptb_16layer_rnn", "table11_wt103_3layer_rnn", "table12_wt103_16layer_rnn", "fig5_ptb_3layer",
             "fig6_ptb_16layer"} <= targets
+
+
+def test_the_cost_tables_are_told_the_profiles_stand_in_datasets(wf):
+    # One declaration of the stand-ins, the profile's `datasets` (issue 27, step 3).
+    for profile, stand_in in (("cpu", "--stand-in wt103=wikitext-2"), ("paper", "")):
+        out = snakemake(wf, "-n", "-p", "table1_complexity", "--forcerun", "cost_table", "--config", f"profile={profile}")
+        command = next(line for line in out.splitlines() if "crt-repro table table1_complexity" in line)
+        assert (stand_in in command) if stand_in else ("--stand-in" not in command), command
 
 
 @pytest.mark.slow

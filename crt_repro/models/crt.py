@@ -57,10 +57,10 @@ Our GRU keeps two bias vectors per gate (b_ih, b_hh) as ``torch.nn.GRU`` does, s
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig, rnn_kwargs
-from crt_repro.models.decode import KV, Cache, check_token
+from crt_repro.models.decode import KV, Cache, check_token, empty_slots, graph_cond, slot_blocks
 from crt_repro.models.layers import LanguageModel, State, sinusoid_table, sinusoidal_positions
 from crt_repro.models.rnn import make_rnn
 from crt_repro.models.transformer_xl import RelativeAttention
@@ -177,3 +177,43 @@ class CRT(LanguageModel):
         if self.cfg.pos_encoding != "relative":
             return {}
         return {"r": self.emb_drop(cache.consts["r"][-(len(kv) + 1):])}
+
+
+class CRTStep(nn.Module):
+    """State: kv [L, 2, B, H, n + 1, d_head] (slot 0: the memory token), the position RNN's and
+    the memory RNN's states [B, d]. At pos 0 the memory RNN's state is the memory."""
+
+    def __init__(self, model, seg_len: int):
+        super().__init__()
+        if not model.cfg.memory:
+            raise ValueError("export: CRT without memory (transformer_rnn_posenc) is not supported")
+        if model.cfg.pos_encoding == "relative":
+            raise ValueError("export: CRT with relative positions (transformer_rnn_memory on the relative baseline) "
+                             "is not supported")
+        self.model, self.seg_len = model, seg_len
+
+    def init_state(self, batch: int) -> tuple[Tensor, ...]:
+        d = self.model.cfg.d_model
+        return empty_slots(self.model, batch, self.seg_len + 1), torch.zeros(batch, d), torch.zeros(batch, d)
+
+    def forward(self, token: Tensor, pos: Tensor, kv: Tensor, pos_h: Tensor, mem_h: Tensor):
+        m, cfg = self.model, self.model.cfg
+        slots = torch.arange(self.seg_len + 1)
+
+        def start(kv, pos_h, mem_h):  # the memory token through the blocks; the position RNN from it
+            _, kv = slot_blocks(m, mem_h[:, None], kv, torch.zeros((), dtype=torch.int64), slots == 0)
+            return kv, mem_h.clone() if cfg.pos_rnn_init == "memory" else torch.zeros_like(mem_h)
+
+        def cont(kv, pos_h, mem_h):
+            return kv.clone(), pos_h.clone()
+
+        kv, pos_h = graph_cond(pos == 0, start, cont, (kv, pos_h, mem_h))
+        e = m.embed_tokens(token[:, None])
+        if m.pos_rnn is None:
+            x = e + sinusoid_table((pos + 1).float().view(1), cfg.d_model)
+        else:
+            p, pos_h = m.pos_rnn(e, pos_h)
+            x = e + p if cfg.pos_encoding == "rnn_add" else p
+        x, kv = slot_blocks(m, x, kv, pos + 1, slots <= pos + 1)
+        mem_h = m._next_memory(x, mem_h)  # after pos n - 1: the next memory
+        return m.head.logits(x[:, 0]), kv, pos_h, mem_h

@@ -19,6 +19,10 @@ logits of the segment-at-a-time forward, token for token (``tests/test_decode.py
   running it through the blocks as position 0.
 
 Decoding runs in eval mode without gradient; ``Cache.nbytes`` is what it holds per stream set.
+
+The same step on fixed shapes, for an exported graph (``crt_repro.export``), is each model's
+``*Step`` module beside it, built on the fixed-slot pieces at the end of this file: ``SlotKV``
+(the ``KV`` interface on slots a mask hides), ``slot_blocks`` and ``graph_cond``.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from torch import Tensor
 
 class KV:
     """One layer's cached keys and values, each [B, n_head, positions, d_head]. A query sees
-    them all (``mask`` None; ``export.SlotKV`` keeps fixed slots and masks the unused ones)."""
+    them all (``mask`` None; ``SlotKV`` keeps fixed slots and masks the unused ones)."""
 
     mask: Tensor | None = None
 
@@ -102,3 +106,44 @@ def segment_logits(model, tokens: Tensor, seg_len: int) -> Tensor:
         hidden, state = model(tokens[:, s : s + seg_len], state)
         out.append(model.head.logits(hidden))
     return torch.cat(out, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed slots: the pieces of the models' exported steps
+
+
+class SlotKV:
+    """One layer's keys and values in fixed slots, [B, n_head, slots, d_head] each (the
+    interface of ``KV``): ``append`` writes slot ``slot``, ``mask`` [slots] the visible."""
+
+    def __init__(self, k: Tensor, v: Tensor, slot: Tensor, mask: Tensor):
+        self.k, self.v, self.slot, self.mask = k, v, slot, mask.view(1, -1)  # [1, slots]: one query row
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        hit = (torch.arange(self.k.shape[2], device=k.device) == self.slot).view(1, 1, -1, 1)
+        self.k, self.v = torch.where(hit, k, self.k), torch.where(hit, v, self.v)
+        return self.k, self.v
+
+
+def slot_blocks(model, x: Tensor, kv: Tensor, slot: Tensor, mask: Tensor, **attn_kwargs) -> tuple[Tensor, Tensor]:
+    """x [B, 1, d] through every block against kv [L, 2, B, H, slots, d_head]; returns x and the new kv."""
+    layers = []
+    for block, (k, v) in zip(model.blocks, kv.unbind(0)):
+        cache = SlotKV(k, v, slot, mask)
+        x = block.step(x, cache, **attn_kwargs)
+        layers.append(torch.stack([cache.k, cache.v]))
+    return x, torch.stack(layers)
+
+
+def graph_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
+    """``torch.cond`` where a graph is captured; run as a plain module (the eager check of the
+    fixed-slot arithmetic) a Python branch between the same functions. Eager ``torch.cond`` would
+    trace its branches whole at every call."""
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, true_fn, false_fn, operands)
+    return (true_fn if bool(pred) else false_fn)(*operands)
+
+
+def empty_slots(model, batch: int, slots: int) -> Tensor:
+    cfg = model.cfg
+    return torch.zeros(cfg.n_layer, 2, batch, cfg.n_head, slots, cfg.d_model // cfg.n_head)

@@ -9,7 +9,8 @@ Its positions are ``model.baseline_positions``:
   this is the model it compares against.
 * ``absolute``: sinusoids added to the embeddings (Vaswani et al.); not the paper's baseline.
 
-Decoding (``step``) caches the keys and values of the current segment and drops them at its end.
+Decoding (``step``) caches the keys and values of the current segment and drops them at its end;
+``TransformerStep`` is the same on fixed slots, for an exported graph (``crt_repro.export``).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from crt_repro.config import ModelConfig
-from crt_repro.models.decode import KV, Cache, check_token
-from crt_repro.models.layers import LanguageModel, State, sinusoidal_positions
-from crt_repro.models.transformer_xl import TransformerXL
+from crt_repro.models.decode import KV, Cache, check_token, empty_slots, slot_blocks
+from crt_repro.models.layers import LanguageModel, State, sinusoid_table, sinusoidal_positions
+from crt_repro.models.transformer_xl import TransformerXL, XLStep
 
 
 class Transformer(LanguageModel):
@@ -69,3 +70,26 @@ class RelativeTransformer(TransformerXL):
 def build_transformer(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     cls = RelativeTransformer if cfg.baseline_positions == "relative" else Transformer
     return cls(cfg, vocab_size)
+
+
+class TransformerStep(nn.Module):
+    """State: kv [L, 2, B, H, n, d_head]; slots past ``pos`` are hidden, so nothing is reset."""
+
+    def __init__(self, model, seg_len: int):
+        super().__init__()
+        self.model, self.seg_len = model, seg_len
+
+    def init_state(self, batch: int) -> tuple[Tensor, ...]:
+        return (empty_slots(self.model, batch, self.seg_len),)
+
+    def forward(self, token: Tensor, pos: Tensor, kv: Tensor):
+        m = self.model
+        mask = torch.arange(self.seg_len) <= pos
+        x = m.embed_tokens(token[:, None]) + sinusoid_table(pos.float().view(1), m.cfg.d_model)
+        x, kv = slot_blocks(m, x, kv, pos, mask)
+        return m.head.logits(x[:, 0]), kv
+
+
+def transformer_step(model, seg_len: int) -> nn.Module:
+    """The Transformer's step: XL's with no memory where its positions are relative."""
+    return (XLStep if model.cfg.baseline_positions == "relative" else TransformerStep)(model, seg_len)

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
 from crt_repro.config import ModelConfig
-from crt_repro.models.decode import KV, Cache, check_token
+from crt_repro.models.decode import KV, Cache, check_token, empty_slots, graph_cond, slot_blocks
 from crt_repro.models.layers import LanguageModel, State, sinusoid_table
 
 _compiled_flex = None
@@ -240,3 +240,35 @@ class TransformerXL(LanguageModel):
                 kv.keep_last(keep)
             cache.t = 0
         return self.head.logits(x[:, 0]), cache
+
+
+class XLStep(nn.Module):
+    """State: kv [L, 2, B, H, M + n, d_head] (slots [0, M) the memory, right-aligned, then the
+    segment; M = eval_mem_len) and mlen [] (memory positions filled). Key slot j is at distance
+    M + pos - j from the query."""
+
+    def __init__(self, model, seg_len: int):
+        super().__init__()
+        self.model, self.seg_len, self.keep = model, seg_len, model.eval_mem_len
+        n, m = seg_len, self.keep
+        distances = torch.arange(m + n - 1, -n, -1, dtype=torch.float32)  # row i: distance M + n - 1 - i
+        self.register_buffer("table", sinusoid_table(distances, model.cfg.d_model), persistent=False)
+
+    def init_state(self, batch: int) -> tuple[Tensor, ...]:
+        return empty_slots(self.model, batch, self.keep + self.seg_len), torch.zeros((), dtype=torch.int64)
+
+    def forward(self, token: Tensor, pos: Tensor, kv: Tensor, mlen: Tensor):
+        m, n, keep = self.model, self.seg_len, self.keep
+        j = torch.arange(keep + n)
+        mask = (j >= keep - mlen) & (j <= keep + pos)
+        r = self.table.index_select(0, (n - 1 - pos) + j)
+        x, kv = slot_blocks(m, m.embed_tokens(token[:, None]), kv, keep + pos, mask, r=r)
+
+        def shift(kv, mlen):  # the last `keep` positions of [memory; segment] become the memory
+            return torch.roll(kv, -n, dims=-2), torch.clamp(mlen + n, max=keep)  # segment slots: stale, hidden
+
+        def stay(kv, mlen):
+            return kv.clone(), mlen.clone()
+
+        kv, mlen = graph_cond(pos == n - 1, shift, stay, (kv, mlen))
+        return m.head.logits(x[:, 0]), kv, mlen

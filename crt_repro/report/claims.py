@@ -268,23 +268,15 @@ def paper_width_costs(layers: tuple[int, ...] = (3, 16), datasets: tuple[str, ..
     layer's share of them, and the parameters. Counted on models built on the meta device (NCGRU's on the CPU);
     nothing is trained."""
     from crt_repro import cost
-    from crt_repro.config import build_config
-    from crt_repro.corpora import VOCAB_SIZES
-    from crt_repro.report.cost_tables import PAPER_SEG_LENS
+    from crt_repro.report.cost_tables import paper_grid
 
     rows = []
-    for dataset in datasets:
-        vocab = VOCAB_SIZES[dataset]
-        for n_layer in layers:
-            for n in seg_lens or PAPER_SEG_LENS[dataset]:
-                for model, rnn in PAPER_WIDTH_MODELS:
-                    cfg = build_config("paper", dataset, {"model": {"name": model, "rnn": rnn or "gru",
-                                                                    "n_layer": n_layer}, "data": {"seg_len": n}})
-                    c = cost.forward_cost(cfg, vocab)
-                    rows.append({"dataset": dataset, "layers": n_layer, "d_model": cfg.model.d_model, "seg_len": n,
-                                 "model": model, "rnn": rnn, "flops_fwd": c["flops_fwd"],
-                                 "softmax_flops": 2 * cost.formula_breakdown(cfg, vocab)["softmax_layer"],
-                                 "params": c["params"]})
+    for g in paper_grid("paper", PAPER_WIDTH_MODELS, datasets=datasets, layers=layers, seg_lens=seg_lens):
+        c = cost.forward_cost(g.cfg, g.vocab)
+        rows.append({"dataset": g.dataset, "layers": g.layers, "d_model": g.cfg.model.d_model, "seg_len": g.seg_len,
+                     "model": g.model, "rnn": g.rnn, "flops_fwd": c["flops_fwd"],
+                     "softmax_flops": 2 * cost.formula_breakdown(g.cfg, g.vocab)["softmax_layer"],
+                     "params": c["params"]})
     return pd.DataFrame(rows, columns=list(PAPER_WIDTH_COLUMNS))
 
 

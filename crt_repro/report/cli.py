@@ -1,5 +1,5 @@
-"""``crt-repro collect | merge | table | figure``: run records, CSVs from several machines, paper
-tables and figures. The workflow's rules call these; they work by hand on any runs CSV too."""
+"""``crt-repro collect | record-costs | merge | table | figure``: run records, CSVs from several
+machines, paper tables and figures. The workflow's rules call these; they work by hand on any runs CSV too."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,18 @@ from pathlib import Path
 def cmd_collect(args: argparse.Namespace) -> int:
     from crt_repro.results import collect, write_runs_csv
 
-    df = collect(args.runs, tags=args.tag or [], cost=not args.no_cost, check_dir_names=args.check_dir_names)
+    df = collect(args.runs, tags=args.tag or [], check_dir_names=args.check_dir_names)
     write_runs_csv(df, args.output)
     print(f"wrote {len(df)} run(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_record_costs(args: argparse.Namespace) -> int:
+    from crt_repro.results import record_cost
+
+    for run in args.runs:
+        path = record_cost(run)
+        print(f"wrote {path}" if path else f"{run}: cost already recorded (or a video run)", file=sys.stderr)
     return 0
 
 
@@ -35,7 +44,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if info.kind == "cost":
         if not args.profile:
             raise ValueError(f"{args.name} needs --profile (it is computed, not read from runs)")
-        df, md = cost_table(args.name, args.profile, reference)
+        df, md = cost_table(args.name, args.profile, reference, stand_in_of(args.stand_in or []))
     else:
         if not args.runs:
             raise ValueError(f"{args.name} needs --runs (a runs CSV from `crt-repro collect` or `merge`)")
@@ -46,6 +55,14 @@ def cmd_table(args: argparse.Namespace) -> int:
         atomic.write_text(args.md, md)
     print(md)
     return 0
+
+
+def stand_in_of(pairs: list[str]) -> dict[str, str]:
+    """``--stand-in PAPER=OURS`` arguments as a mapping."""
+    bad = [p for p in pairs if p.count("=") != 1 or "" in p.split("=")]
+    if bad:
+        raise ValueError(f"--stand-in {bad[0]!r}: expected PAPER=OURS, e.g. wt103=wikitext-2")
+    return dict(p.split("=") for p in pairs)
 
 
 def cmd_paper_costs(args: argparse.Namespace) -> int:
@@ -112,15 +129,19 @@ def cmd_run_curves(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with fvcore FLOPs)")
+    p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with the FLOPs it recorded)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory or its metrics.json")
     p.add_argument("--tag", action="append", metavar="TABLE", help="table that uses these runs (repeatable)")
-    p.add_argument("--no-cost", action="store_true", help="leave flops_fwd empty (no fvcore count)")
     p.add_argument("--check-dir-names", action="store_true",
                    help="require the workflow's layout: each run directory named by the run id of its config.yaml "
                    "and metrics.json, and metrics.json complete")
     p.add_argument("-o", "--output", required=True, help="runs CSV to write")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("record-costs", help="count the forward FLOPs of runs trained before runs recorded them "
+                                           "into their cost.json, which collect reads")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_record_costs)
 
     p = sub.add_parser("merge", help="combine runs CSVs from several machines: a run's result columns must agree "
                                        "(else an error); its machine columns (timing, memory, device, date) "
@@ -135,6 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="only runs of this scale (smoke, cpu, paper); required for table1/table6")
     p.add_argument("--dataset", help="only runs on this dataset")
     p.add_argument("--reference", help="paper reference CSV (default: the package's copy)")
+    p.add_argument("--stand-in", action="append", metavar="PAPER=OURS",
+                   help="table1/table6: the dataset the runs use for a paper dataset, e.g. wt103=wikitext-2 "
+                   "(repeatable; the workflow passes its profile's `datasets`)")
     p.add_argument("--csv", required=True, help="table CSV to write")
     p.add_argument("--md", help="markdown to write (also printed)")
     p.set_defaults(func=cmd_table)

@@ -5,24 +5,26 @@ DataFrame with the paper's value beside ours, rows in the paper's order (TR, TR-
 
 Widths come from the profile's per-dataset sections (``crt_repro/profiles/<profile>.yaml``): the
 paper profile uses Transformer-XL's PTB (16 x 380, d_inner 900) and WikiText-103 (16 x 410, d_inner
-2100) widths; the cpu and smoke profiles their own small widths, with WikiText-2 standing in for
-WikiText-103 (as the workflow does; the ``dataset`` column says which). Vocabulary sizes are
-those of the corpora (``crt_repro.corpora``; they only size the softmax layer).
+2100) widths; the cpu and smoke profiles their own small widths. ``stand_in`` maps a paper dataset
+to the one the runs use instead (the workflow passes its profile's ``datasets``: WikiText-2 for
+WikiText-103 under cpu and smoke; the ``dataset`` column says which). Vocabulary sizes are those of
+the corpora (``crt_repro.corpora``; they only size the softmax layer).
 """
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
+from typing import Iterator, Mapping
 
 import pandas as pd
 
 from crt_repro import cost
-from crt_repro.config import build_config
+from crt_repro.config import Config, build_config
 from crt_repro.corpora import VOCAB_SIZES
 
 PAPER_ORDER = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"))
 PAPER_SEG_LENS = {"ptb": (70, 35, 17), "wt103": (150, 70, 35)}  # Tables 2-5, in their order
-STAND_IN = {"paper": {}, "cpu": {"wt103": "wikitext-2"}, "smoke": {"wt103": "wikitext-2"}}
 
 TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model", "rnn", "paper_flops",
                   "flops_no_softmax", "flops", "fvcore_flops", "fvcore_over_formula", "flops_no_softmax_over_paper",
@@ -39,15 +41,37 @@ COLUMN_NOTES = {
 }
 
 
-def _dataset(profile: str, paper_name: str) -> str:
-    return STAND_IN.get(profile, {}).get(paper_name, paper_name)
-
-
 def _cfg(profile: str, dataset: str, model: str, rnn: str, layers: int, seg_len: int):
     overrides = {"model": {"name": model, "n_layer": layers}, "data": {"seg_len": seg_len}}
     if rnn:
         overrides["model"]["rnn"] = rnn
     return build_config(profile, dataset, overrides)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One model at one setting of the paper's cost grid, with its config under a profile."""
+
+    dataset: str
+    vocab: int
+    layers: int
+    seg_len: int
+    model: str
+    rnn: str
+    cfg: Config
+
+
+def paper_grid(profile: str, models, *, stand_in: Mapping[str, str] = {}, datasets=("ptb", "wt103"),
+               layers=(3, 16), seg_lens: tuple[int, ...] | None = None) -> Iterator[GridCell]:
+    """The settings Tables 1-5 cost models at, in the paper's order: each dataset (or the one that
+    stands in for it), number of layers and segment length of Tables 2-5 (or ``seg_lens``), then
+    each of ``models`` ((name, rnn) pairs)."""
+    for paper_ds in datasets:
+        ds = stand_in.get(paper_ds, paper_ds)
+        for n_layer in layers:
+            for n in seg_lens or PAPER_SEG_LENS[paper_ds]:
+                for model, rnn in models:
+                    yield GridCell(ds, VOCAB_SIZES[ds], n_layer, n, model, rnn, _cfg(profile, ds, model, rnn, n_layer, n))
 
 
 def params_without_embeddings(cfg, vocab: int) -> int:
@@ -58,8 +82,8 @@ def params_without_embeddings(cfg, vocab: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in skip)
 
 
-def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, datasets=("ptb", "wt103"),
-                      layers=(3, 16)) -> pd.DataFrame:
+def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, stand_in: Mapping[str, str] = {},
+                      datasets=("ptb", "wt103"), layers=(3, 16)) -> pd.DataFrame:
     """Table 1 at the paper's settings: FLOPs of one segment's forward pass (batch 1) and params.
 
     For PTB and WikiText-103 widths, 3 and 16 layers and the paper's segment lengths, one row
@@ -79,27 +103,22 @@ def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, da
     the reference CSV (its entries are the formulas, evaluated here).
     """
     rows = []
-    for paper_ds in datasets:
-        ds = _dataset(profile, paper_ds)
-        vocab = VOCAB_SIZES[ds]
-        for L in layers:
-            for n in PAPER_SEG_LENS[paper_ds]:
-                for model, rnn in PAPER_ORDER:
-                    cfg = _cfg(profile, ds, model, rnn, L, n)
-                    c = cost.forward_cost(cfg, vocab)
-                    terms = cost.formula_breakdown(cfg, vocab)
-                    body = sum(terms.values()) - terms["softmax_layer"] - terms["layernorm"]
-                    paper = cost.paper_formula_flops(model, L, n, cfg.model.d_model)
-                    rows.append({
-                        "dataset": ds, "layers": L, "d_model": cfg.model.d_model, "d_inner": cfg.model.d_inner,
-                        "seg_len": n, "model": model, "rnn": rnn, "paper_flops": paper,
-                        "flops_no_softmax": 2 * body, "flops": 2 * c["formula_macs"], "fvcore_flops": c["flops_fwd"],
-                        "fvcore_over_formula": c["macs_fwd"] / c["formula_macs"],
-                        "flops_no_softmax_over_paper": 2 * body / paper,
-                        "paper_params": cost.paper_formula_params(model, L, cfg.model.d_model),
-                        "params_no_embedding": params_without_embeddings(cfg, vocab), "params": c["params"],
-                        "vocab": vocab, "profile": profile,
-                    })
+    for g in paper_grid(profile, PAPER_ORDER, stand_in=stand_in, datasets=datasets, layers=layers):
+        cfg, vocab = g.cfg, g.vocab
+        c = cost.forward_cost(cfg, vocab)
+        terms = cost.formula_breakdown(cfg, vocab)
+        body = sum(terms.values()) - terms["softmax_layer"] - terms["layernorm"]
+        paper = cost.paper_formula_flops(g.model, g.layers, g.seg_len, cfg.model.d_model)
+        rows.append({
+            "dataset": g.dataset, "layers": g.layers, "d_model": cfg.model.d_model, "d_inner": cfg.model.d_inner,
+            "seg_len": g.seg_len, "model": g.model, "rnn": g.rnn, "paper_flops": paper,
+            "flops_no_softmax": 2 * body, "flops": 2 * c["formula_macs"], "fvcore_flops": c["flops_fwd"],
+            "fvcore_over_formula": c["macs_fwd"] / c["formula_macs"],
+            "flops_no_softmax_over_paper": 2 * body / paper,
+            "paper_params": cost.paper_formula_params(g.model, g.layers, cfg.model.d_model),
+            "params_no_embedding": params_without_embeddings(cfg, vocab), "params": c["params"],
+            "vocab": vocab, "profile": profile,
+        })
     return pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
 
 
@@ -115,13 +134,13 @@ def _paper_table6(reference: pd.DataFrame | None) -> dict[tuple[str, str, str], 
     return {(r.model, r.rnn if isinstance(r.rnn, str) else "", r.metric): float(r.value) for r in rows.itertuples()}
 
 
-def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len: int = 150, layers: int = 16,
-                batch: int | None = None, device: str | None = None, warmup: int = 2,
-                repeats: int = 15) -> pd.DataFrame:
+def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, stand_in: Mapping[str, str] = {},
+                seg_len: int = 150, layers: int = 16, batch: int | None = None, device: str | None = None,
+                warmup: int = 2, repeats: int = 15) -> pd.DataFrame:
     """Table 6: parameters and inference time (ms per batch) of 16-layer WikiText-103 models.
 
     Widths and precision from the profile (the paper profile: 16 x 410, bf16 autocast; smoke and
-    cpu: their small widths, WikiText-2 standing in for WikiText-103; ``note`` says so). Segment
+    cpu: their small widths), on WikiText-103's vocabulary or its ``stand_in``'s (``note`` says so). Segment
     length and memory 150 (the paper's WikiText-103 setting). Inference = one forward of one
     segment of ``batch`` streams with the carried state at full size (XL: 150 states per layer)
     and the softmax layer, eval mode, no grad: ``crt_repro.bench`` "forward", models timed
@@ -137,7 +156,7 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, seg_len:
     """
     from crt_repro.bench import Runner, paired_ratio, round_robin_times, time_round_robin
 
-    ds = _dataset(profile, "wt103")
+    ds = stand_in.get("wt103", "wt103")
     vocab = VOCAB_SIZES[ds]
     paper = _paper_table6(reference)
     runners, cfgs = [], []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
@@ -475,14 +476,16 @@ def frame_markdown(df: pd.DataFrame) -> str:
     return markdown_table([str(c) for c in df.columns], [[cell(v) for v in row] for row in df.itertuples(index=False)])
 
 
-def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
-    """Tables 1 and 6, computed by ``crt_repro.report.cost_tables``; returns (CSV frame, markdown)."""
+def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None,
+               stand_in: Mapping[str, str] = {}) -> tuple[pd.DataFrame, str]:
+    """Tables 1 and 6, computed by ``crt_repro.report.cost_tables``; returns (CSV frame, markdown).
+    ``stand_in``: the dataset the runs use for a paper dataset (the workflow's ``datasets``)."""
     from crt_repro.report import cost_tables
 
     info = table_info(name)
     ref = load_reference() if reference is None else reference
     fn = {"table1_complexity": cost_tables.table1_complexity, "table6_cost": cost_tables.table6_cost}[name]
-    df = fn(profile, ref)
+    df = fn(profile, ref, stand_in=stand_in)
     how = cost_tables.COLUMN_NOTES.get(name)
     title, shape = info.title, []
     if name == "table6_cost":  # one shape for every row: say which, and on whose vocabulary

@@ -59,7 +59,7 @@ def read_timesformer_checkpoint(path: str | Path, trusted: bool = False) -> dict
     ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
     if "model_state" in ckpt:
         state = ckpt["model_state"]
-    elif isinstance(ckpt.get("model"), dict) and "optimizer" in ckpt:   # crt_repro.train's checkpoint
+    elif isinstance(ckpt.get("model"), dict) and "optimizer" in ckpt:   # crt_repro.checkpoint's
         state = ckpt["model"]
     else:
         state = ckpt

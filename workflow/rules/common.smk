@@ -17,6 +17,8 @@ from snakemake.utils import validate
 
 from crt_repro.paths import runs_dir
 from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow
+from crt_repro.results import needs_cost_file
+from crt_repro.run_directory import COST
 
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
@@ -100,6 +102,8 @@ EXPERIMENTS = _read_yaml(config.get("experiments") or WORKFLOW_DIR / "config" / 
 _validated(EXPERIMENTS, "../schemas/experiments.schema.yaml", config.get("experiments") or "experiments.yaml")
 
 PROFILE = config["profile"]
+# The datasets the profile's runs use for the paper's; the cost tables size their vocabularies by them.
+STAND_IN_ARGS = " ".join(f"--stand-in {shlex.quote(f'{k}={v}')}" for k, v in config["datasets"].items())
 RESULTS = f"results/{PROFILE}"
 FIGURES = f"figures/{PROFILE}"
 DATA_DIR = config["data_dir"]
@@ -208,6 +212,16 @@ def table_metrics(wildcards):
     plan = PLAN.tables[wildcards.table]
     optional = [r for r in plan.optional_run_ids if Path(f"{run_dir(r)}/metrics.json").is_file()]
     return [ancient(f"{run_dir(r)}/metrics.json") for r in [*plan.run_ids, *optional]]
+
+
+def table_costs(wildcards):
+    """The cost files of the table's finished runs that recorded no forward cost (rule record_cost)."""
+    plan = PLAN.tables[wildcards.table]
+    return cost_files([*plan.run_ids, *plan.optional_run_ids])
+
+
+def cost_files(run_ids):
+    return [f"{run_dir(r)}/{COST}" for r in run_ids if needs_cost_file(run_dir(r))]
 
 
 def reach_metrics(wildcards):
@@ -350,6 +364,10 @@ def runs_csv_metrics(wildcards):
     complete = targets() & {"all", "all_tables"}
     runs = dict.fromkeys(r for t in RUNS_CSV_TABLES for r in collected_run_ids(t))
     return [ancient(f"{run_dir(r)}/metrics.json") for r in runs if complete or is_finished(r)]
+
+
+def runs_csv_costs(wildcards):
+    return cost_files(dict.fromkeys(r for t in RUNS_CSV_TABLES for r in collected_run_ids(t)))
 
 
 def runs_csv_collect(wildcards, input):

@@ -1,10 +1,32 @@
-# Tables: collect each table's runs into a runs CSV (with fvcore FLOPs), build the table from it
-# (paper value, ours, delta), and merge every table's runs into results/<scale>/runs.csv.
+# Tables: collect each table's runs into a runs CSV (with the FLOPs each run recorded), build the
+# table from it (paper value, ours, delta), and merge every table's runs into results/<scale>/runs.csv.
+
+
+# A run trained before runs recorded their forward FLOPs in metrics.json (one of older code, still
+# running when this code came) has them counted into its cost.json, which collect reads.
+rule record_cost:
+    input:
+        ancient(f"{RESULTS}/runs/{{run_id}}/metrics.json"),
+    output:
+        f"{RESULTS}/runs/{{run_id}}/{COST}",
+    log:
+        f"{RESULTS}/logs/record_cost/{{run_id}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/record_cost/{{run_id}}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        run=lambda wildcards, input: str(Path(input[0]).parent),
+    wildcard_constraints:
+        run_id=regex_of(PLAN.runs),
+    shell:
+        "crt-repro record-costs {params.run} > {log} 2>&1"
 
 
 rule collect_table_runs:
     input:
         metrics=table_metrics,
+        costs=table_costs,
     output:
         f"{RESULTS}/tables/runs/{{table}}.csv",
     log:
@@ -63,13 +85,14 @@ rule cost_table:
     params:
         profile=PROFILE,
         gpus=with_gpus,
+        stand_in=STAND_IN_ARGS,
     wildcard_constraints:
         table=regex_of(PLAN.cost_tables),
     resources:
         gpu=table_gpu,
         **SLURM_PLACE,
     shell:
-        "{params.gpus}crt-repro table {wildcards.table} --profile {params.profile}"
+        "{params.gpus}crt-repro table {wildcards.table} --profile {params.profile} {params.stand_in}"
         " --csv {output.csv} --md {output.md} > {log} 2>&1"
 
 
@@ -79,6 +102,7 @@ rule cost_table:
 rule runs_csv:
     input:
         runs_csv_metrics,
+        runs_csv_costs,
     output:
         report(f"{RESULTS}/runs.csv", caption="../report/runs.rst", category="Runs"),
     log:
