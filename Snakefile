@@ -37,7 +37,7 @@ include: "workflow/rules/memory_reach.smk"
 
 # Jobs that run where snakemake runs, never submitted to a cluster: the targets, downloads (compute
 # nodes may have no network), counting an old run's FLOPs (record_cost), and collecting runs into
-# tables and figures (seconds each). The train jobs, Table 6's timing (cost_table) and gradient
+# tables and figures (seconds each). The train jobs, Table 6's timing (table6_timing), the cost tables and gradient
 # reach are submitted. The paper's table and figure targets (below) and the downloads (data.smk)
 # are generated in loops and say `localrule` themselves.
 localrules:

@@ -5,7 +5,6 @@ import csv
 import itertools
 import math
 
-import pandas as pd
 import pytest
 import torch
 
@@ -104,10 +103,14 @@ def test_macs_ratio_column_is_the_cost_models_ratio():
 
 
 def test_table6_rows_in_paper_order_with_paper_numbers():
-    from crt_repro.report.cost_tables import TABLE6_COLUMNS, table6_cost
+    """Table 6 renders what time_table6 measured (nothing is timed while rendering)."""
+    from crt_repro.report.cost_tables import TABLE6_COLUMNS, TIMING_COLUMNS, table6_cost, time_table6
     from crt_repro.report.reference import load_reference
 
-    df = table6_cost("smoke", load_reference(), stand_in={"wt103": "wikitext-2"}, seg_len=12, layers=2, batch=2, warmup=0, repeats=1)
+    timings = time_table6("smoke", stand_in={"wt103": "wikitext-2"}, seg_len=12, layers=2, batch=2, warmup=0,
+                          repeats=1)
+    assert list(timings.columns) == list(TIMING_COLUMNS) and (timings["widths"] == "scale").all()
+    df = table6_cost(timings, load_reference())
     assert list(df.columns) == list(TABLE6_COLUMNS)
     assert list(zip(df["model"], df["rnn"])) == [("transformer", ""), ("transformer_xl", ""), ("crt", "gru")]
     assert list(df["paper_params_m"]) == [151, 151, 150]
@@ -118,12 +121,30 @@ def test_table6_rows_in_paper_order_with_paper_numbers():
     assert (df["inference_ms_batch1"] > 0).all() and (df["decode_ms_per_token"] > 0).all()
     assert df["device"].str.startswith("cpu").all()
     assert list(df["memory_len"]) == [0, 12, 1]
-    assert df["note"].str.contains("not the paper's scale").all()
+    assert df["note"].str.contains("not the paper's widths").all()
     assert (df["dataset"] == "wikitext-2").all()
     # without a reference frame the packaged copy is used; with an empty one the paper columns are NaN
     empty = load_reference().iloc[0:0]
-    df2 = table6_cost("smoke", empty, stand_in={"wt103": "wikitext-2"}, seg_len=4, layers=1, batch=1, warmup=0, repeats=1)
-    assert df2["paper_params_m"].isna().all() and isinstance(df2, pd.DataFrame)
+    df2 = table6_cost(timings, empty)
+    assert df2["paper_params_m"].isna().all() and (df2["inference_ms"] == df["inference_ms"]).all()
+    with pytest.raises(ValueError, match="lack the column.*widths.*time-table6"):
+        table6_cost(timings.drop(columns="widths"))
+
+
+def test_table6_at_the_paper_widths_keeps_the_scale_device_and_precision():
+    """The cpu scale times the paper's 16 x 410 on WikiText-103's vocabulary in its own fp32 on its
+    own device: claim (f) is decided there, not at the scale's small widths."""
+    from crt_repro.report.cost_tables import table6_configs
+
+    paper = table6_configs("cpu", "paper")
+    assert [(c.model.name, c.model.n_layer, c.model.d_model, c.data.dataset) for c in paper] == [
+        ("transformer", 16, 410, "wt103"), ("transformer_xl", 16, 410, "wt103"), ("crt", 16, 410, "wt103")]
+    assert all(c.model.adaptive and c.run.bf16 is False and c.run.device == "auto" for c in paper)
+    assert paper[0].model.baseline_positions == "relative"
+    scale = table6_configs("cpu", "scale", stand_in={"wt103": "wikitext-2"})
+    assert {(c.model.d_model, c.data.dataset) for c in scale} == {(128, "wikitext-2")}
+    with pytest.raises(ValueError, match="--widths 'huge'"):
+        table6_configs("cpu", "huge")
 
 
 def test_decode_rows_latency_percentiles_and_cache_sizes():

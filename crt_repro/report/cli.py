@@ -41,7 +41,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     info = table_info(args.name)
     reference = load_reference(args.reference)
-    if info.kind == "cost":
+    if args.name == "table6_cost":
+        if not args.timings:
+            raise ValueError("table6_cost needs --timings (CSVs from `crt-repro time-table6`)")
+        import pandas as pd
+
+        df, md = cost_table(args.name, None, reference, timings=pd.concat([pd.read_csv(f) for f in args.timings]))
+    elif info.kind == "cost":
         if not args.profile:
             raise ValueError(f"{args.name} needs --profile (it is computed, not read from runs)")
         df, md = cost_table(args.name, args.profile, reference, stand_in_of(args.stand_in or []))
@@ -63,6 +69,17 @@ def stand_in_of(pairs: list[str]) -> dict[str, str]:
     if bad:
         raise ValueError(f"--stand-in {bad[0]!r}: expected PAPER=OURS, e.g. wt103=wikitext-2")
     return dict(p.split("=") for p in pairs)
+
+
+def cmd_time_table6(args: argparse.Namespace) -> int:
+    from crt_repro import atomic
+    from crt_repro.report.cost_tables import time_table6
+
+    df = time_table6(args.profile, args.widths, stand_in=stand_in_of(args.stand_in or []), batch=args.batch,
+                     device=args.device, warmup=args.warmup, repeats=args.repeats)
+    atomic.write_text(args.csv, df.to_csv(index=False, lineterminator="\n"))
+    print(df.to_string(index=False))
+    return 0
 
 
 def cmd_paper_costs(args: argparse.Namespace) -> int:
@@ -129,6 +146,8 @@ def cmd_run_curves(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from crt_repro.config import PROFILES
+
     p = sub.add_parser("collect", help="one runs.csv row per finished run directory (with the FLOPs it recorded)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory or its metrics.json")
     p.add_argument("--tag", action="append", metavar="TABLE", help="table that uses these runs (repeatable)")
@@ -157,11 +176,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="only runs on this dataset")
     p.add_argument("--reference", help="paper reference CSV (default: the package's copy)")
     p.add_argument("--stand-in", action="append", metavar="PAPER=OURS",
-                   help="table1/table6: the dataset the runs use for a paper dataset, e.g. wt103=wikitext-2 "
-                   "(repeatable; the workflow passes its profile's `datasets`)")
+                   help="table1: the dataset the runs use for a paper dataset, e.g. wt103=wikitext-2 "
+                   "(repeatable; the workflow passes its scale's `datasets`)")
+    p.add_argument("--timings", nargs="+", metavar="CSV", help="table6_cost: the measurements it renders "
+                   "(crt-repro time-table6, one CSV per widths)")
     p.add_argument("--csv", required=True, help="table CSV to write")
     p.add_argument("--md", help="markdown to write (also printed)")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("time-table6", help="measure Table 6: parameters and inference time of its models, "
+                       "round-robin, into a CSV that `crt-repro table table6_cost --timings` renders")
+    p.add_argument("--profile", required=True, choices=PROFILES, metavar="SCALE", help="smoke | cpu | paper: "
+                   "its device and precision (and its widths with --widths scale)")
+    p.add_argument("--widths", default="scale", help="scale: the scale's own widths; "
+                   "paper: the paper's 16 x 410 on WikiText-103's vocabulary")
+    p.add_argument("--batch", type=int, help="streams per forward (default: the widths' eval batch size)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=15, help="timing rounds (at least 3 for an interval)")
+    p.add_argument("--stand-in", action="append", metavar="PAPER=OURS", help="--widths scale: the dataset the "
+                   "scale uses for WikiText-103, e.g. wt103=wikitext-2 (the workflow passes its scale's `datasets`)")
+    p.add_argument("--csv", required=True)
+    p.set_defaults(func=cmd_time_table6)
 
     p = sub.add_parser("curves", help="validation perplexity vs training tokens of a table's runs (log.jsonl)")
     p.add_argument("table", help="e.g. table2_ptb_3layer")

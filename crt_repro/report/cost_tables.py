@@ -1,7 +1,9 @@
 """Tables 1 and 6 of the paper, computed: formulas, fvcore counts and inference timing.
 
-``crt-repro table table1_complexity|table6_cost --profile P`` calls these; each returns a
-DataFrame with the paper's value beside ours, rows in the paper's order (TR, TR-XL, CRT-GRU).
+``crt-repro table table1_complexity --profile P`` and ``crt-repro table table6_cost --timings CSV...``
+call these; each returns a DataFrame with the paper's value beside ours, rows in the paper's order
+(TR, TR-XL, CRT-GRU). Table 6's timing is a measurement of its own (``crt-repro time-table6``, a
+workflow rule that writes a bench CSV); the table only renders it.
 
 Widths come from the profile's per-dataset sections (``crt_repro/profiles/<profile>.yaml``): the
 paper profile uses Transformer-XL's PTB (16 x 380, d_inner 900) and WikiText-103 (16 x 410, d_inner
@@ -29,10 +31,15 @@ PAPER_SEG_LENS = {"ptb": (70, 35, 17), "wt103": (150, 70, 35)}  # Tables 2-5, in
 TABLE1_COLUMNS = ("dataset", "layers", "d_model", "d_inner", "seg_len", "model", "rnn", "paper_flops",
                   "flops_no_softmax", "flops", "fvcore_flops", "fvcore_over_formula", "flops_no_softmax_over_paper",
                   "paper_params", "params_no_embedding", "params", "vocab", "profile")
-TABLE6_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "memory_len", "batch", "paper_params_m", "params_m",
-                  "paper_inference_ms", "inference_ms", "paper_ratio_to_transformer", "ratio_to_transformer",
-                  "ratio_ci95_low", "ratio_ci95_high", "timing_rounds", "inference_ms_batch1", "decode_ms_per_token",
-                  "device", "precision", "dataset", "profile", "note")
+# Table 6 is timed at the scale's own widths, and (cpu) at the paper's: claim (f) reads those.
+TABLE6_WIDTHS = ("scale", "paper")
+TIMING_COLUMNS = ("widths", "model", "rnn", "layers", "d_model", "seg_len", "memory_len", "batch", "params_m",
+                  "inference_ms", "ratio_to_transformer", "ratio_ci95_low", "ratio_ci95_high", "timing_rounds",
+                  "inference_ms_batch1", "decode_ms_per_token", "device", "precision", "dataset", "profile", "note")
+TABLE6_COLUMNS = ("widths", "model", "rnn", "layers", "d_model", "seg_len", "memory_len", "batch", "paper_params_m",
+                  "params_m", "paper_inference_ms", "inference_ms", "paper_ratio_to_transformer",
+                  "ratio_to_transformer", "ratio_ci95_low", "ratio_ci95_high", "timing_rounds", "inference_ms_batch1",
+                  "decode_ms_per_token", "device", "precision", "dataset", "profile", "note")
 # What a column means where its name cannot say it; the table's markdown states it above the table.
 COLUMN_NOTES = {
     "table6_cost": "`ratio_to_transformer`: the median over `timing_rounds` rounds of each round's time over the "
@@ -134,14 +141,32 @@ def _paper_table6(reference: pd.DataFrame | None) -> dict[tuple[str, str, str], 
     return {(r.model, r.rnn if isinstance(r.rnn, str) else "", r.metric): float(r.value) for r in rows.itertuples()}
 
 
-def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, stand_in: Mapping[str, str] = {},
-                seg_len: int = 150, layers: int = 16, batch: int | None = None, device: str | None = None,
-                warmup: int = 2, repeats: int = 15) -> pd.DataFrame:
-    """Table 6: parameters and inference time (ms per batch) of 16-layer WikiText-103 models.
+def table6_configs(profile: str, widths: str = "scale", *, stand_in: Mapping[str, str] = {}, seg_len: int = 150,
+                   layers: int = 16, batch: int | None = None, device: str | None = None) -> list[Config]:
+    """Table 6's models, in the paper's order. ``widths``: "scale", the profile's own WikiText-103
+    setting (on its ``stand_in`` corpus, WikiText-2 under smoke and cpu), or "paper", the paper
+    profile's (16 x 410, WikiText-103's vocabulary and adaptive softmax). Device and precision are
+    always the profile's: the cpu scale times the paper's widths in fp32 on its CPU."""
+    if widths not in TABLE6_WIDTHS:
+        raise ValueError(f"--widths {widths!r}: must be one of {', '.join(TABLE6_WIDTHS)}")
+    shape, dataset = (profile, stand_in.get("wt103", "wt103")) if widths == "scale" else ("paper", "wt103")
+    run = build_config(profile, stand_in.get("wt103", "wt103"), {}).run
+    cfgs = []
+    for model, rnn in PAPER_ORDER:
+        cfg = _cfg(shape, dataset, model, rnn, layers, seg_len)
+        cfg.data.batch_size = batch if batch is not None else cfg.data.eval_batch_size
+        cfg.run.bf16, cfg.run.device = run.bf16, device if device is not None else run.device
+        cfgs.append(cfg)
+    return cfgs
 
-    Widths and precision from the profile (the paper profile: 16 x 410, bf16 autocast; smoke and
-    cpu: their small widths), on WikiText-103's vocabulary or its ``stand_in``'s (``note`` says so). Segment
-    length and memory 150 (the paper's WikiText-103 setting). Inference = one forward of one
+
+def time_table6(profile: str, widths: str = "scale", *, stand_in: Mapping[str, str] = {}, seg_len: int = 150,
+                layers: int = 16, batch: int | None = None, device: str | None = None, warmup: int = 2,
+                repeats: int = 15) -> pd.DataFrame:
+    """The measurement behind Table 6: parameters and inference time (ms per batch) of its 16-layer
+    WikiText-103 models at ``widths`` (``table6_configs``), one row each, in TIMING_COLUMNS.
+
+    Segment length and memory 150 (the paper's WikiText-103 setting). Inference = one forward of one
     segment of ``batch`` streams with the carried state at full size (XL: 150 states per layer)
     and the softmax layer, eval mode, no grad: ``crt_repro.bench`` "forward", models timed
     round-robin, median of ``repeats`` rounds. ``ratio_to_transformer`` is the median over rounds
@@ -150,58 +175,53 @@ def table6_cost(profile: str, reference: pd.DataFrame | None = None, *, stand_in
     cancels out of the ratio where it would not out of a ratio of medians. Beside it, the same forward at batch 1
     (``inference_ms_batch1``, bench "stream") and the median time per token of decoding one
     stream token by token over one segment (``decode_ms_per_token``, bench "decode": each
-    model's own cache, see ``models/decode.py``). ``batch`` defaults to the profile's eval batch size (the
+    model's own cache, see ``models/decode.py``). ``batch`` defaults to the widths' eval batch size (the
     paper does not state its batch size, nor its GPU: compare ratios to the Transformer, not ms).
     ``device`` defaults to the profile's (auto: CUDA when available).
     """
+    import os
+
+    import torch
+
     from crt_repro.bench import Runner, paired_ratio, round_robin_times, time_round_robin
 
-    ds = stand_in.get("wt103", "wt103")
-    vocab = VOCAB_SIZES[ds]
-    paper = _paper_table6(reference)
-    runners, cfgs = [], []
-    for model, rnn in PAPER_ORDER:
-        cfg = _cfg(profile, ds, model, rnn, layers, seg_len)
-        if batch is not None:
-            cfg.data.batch_size = batch
-        else:
-            cfg.data.batch_size = cfg.data.eval_batch_size
-        if device is not None:
-            cfg.run.device = device
-        cfgs.append(cfg)
-        runners.append(Runner(cfg, vocab, modes=("forward", "stream", "decode")))
+    cfgs = table6_configs(profile, widths, stand_in=stand_in, seg_len=seg_len, layers=layers, batch=batch,
+                          device=device)
+    dataset = cfgs[0].data.dataset
+    runners = [Runner(cfg, VOCAB_SIZES[dataset], modes=("forward", "stream", "decode")) for cfg in cfgs]
     rounds = round_robin_times(runners, "forward", warmup, repeats)
-    ms = [statistics.median(t) for t in rounds]
     ratios = [paired_ratio(t, rounds[0]) for t in rounds]
     ms_b1 = time_round_robin(runners, "stream", warmup, repeats)
     time_round_robin(runners, "decode", 0, 1)  # one segment each, after the one that filled the caches
-    per_token = [statistics.median(r.token_ms) for r in runners]
     dev = runners[0].device
-    dev_name = "cpu"
-    if dev.type == "cuda":
-        import torch
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    stands_in = f", {dataset} vocabulary standing in for WikiText-103" if dataset != "wt103" else ""
+    note = "the paper's widths" if widths == "paper" or profile == "paper" else (
+        f"{profile} scale: small widths{stands_in}; not the paper's widths")
+    rows = [{
+        "widths": widths, "model": model, "rnn": rnn, "layers": layers, "d_model": cfg.model.d_model,
+        "seg_len": seg_len, "memory_len": cfg.mem_len, "batch": cfg.data.batch_size,
+        "params_m": cost.count_params(r.model) / 1e6, "inference_ms": statistics.median(t),
+        "ratio_to_transformer": ratio, "ratio_ci95_low": low, "ratio_ci95_high": high, "timing_rounds": repeats,
+        "inference_ms_batch1": t1, "decode_ms_per_token": statistics.median(r.token_ms), "device": dev_name,
+        "precision": "bf16 autocast" if r.precision == "bf16" else "fp32", "dataset": dataset, "profile": profile,
+        "note": note,
+    } for (model, rnn), cfg, r, t, (ratio, low, high), t1 in zip(PAPER_ORDER, cfgs, runners, rounds, ratios, ms_b1)]
+    return pd.DataFrame(rows, columns=list(TIMING_COLUMNS))
 
-        dev_name = torch.cuda.get_device_name(dev)
-    else:
-        import os
 
-        dev_name = f"cpu ({os.cpu_count()} cores)"
-    note = "paper scale" if profile == "paper" else (
-        f"{profile} profile: small widths, {ds} vocabulary standing in for WikiText-103; not the paper's scale")
-    rows = []
-    for (model, rnn), cfg, r, t, (ratio, low, high), t1, tok in zip(PAPER_ORDER, cfgs, runners, ms, ratios, ms_b1,
-                                                                   per_token):
-        rows.append({
-            "model": model, "rnn": rnn, "layers": layers, "d_model": cfg.model.d_model, "seg_len": seg_len,
-            "memory_len": cfg.mem_len, "batch": cfg.data.batch_size,
-            "paper_params_m": paper.get((model, rnn, "params_millions"), math.nan),
-            "params_m": cost.count_params(r.model) / 1e6,
-            "paper_inference_ms": paper.get((model, rnn, "inference_ms_per_batch"), math.nan),
-            "inference_ms": t, "ratio_to_transformer": ratio, "ratio_ci95_low": low, "ratio_ci95_high": high,
-            "timing_rounds": repeats, "inference_ms_batch1": t1, "decode_ms_per_token": tok, "device": dev_name, "precision": "bf16 autocast" if r.precision == "bf16" else "fp32",
-            "dataset": ds, "profile": profile, "note": note,
-        })
-    df = pd.DataFrame(rows, columns=[c for c in TABLE6_COLUMNS if c != "paper_ratio_to_transformer"])
-    df.insert(list(TABLE6_COLUMNS).index("paper_ratio_to_transformer"), "paper_ratio_to_transformer",
-              df["paper_inference_ms"] / df["paper_inference_ms"].iloc[0])
-    return df[list(TABLE6_COLUMNS)]
+def table6_cost(timings: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 6 rendered from ``time_table6``'s measurements (one or more widths): the paper's
+    parameters and times beside ours. Nothing is measured here."""
+    missing = [c for c in TIMING_COLUMNS if c not in timings.columns]
+    if missing:
+        raise ValueError(f"Table 6 timings lack the column(s) {', '.join(missing)} (written by crt-repro time-table6)")
+    paper = _paper_table6(reference)
+    df = timings.copy()
+    df["rnn"] = df["rnn"].fillna("")
+    df["paper_params_m"] = [paper.get((m, r, "params_millions"), math.nan) for m, r in zip(df["model"], df["rnn"])]
+    df["paper_inference_ms"] = [paper.get((m, r, "inference_ms_per_batch"), math.nan)
+                                for m, r in zip(df["model"], df["rnn"])]
+    transformer_ms = df["paper_inference_ms"].iloc[0]
+    df["paper_ratio_to_transformer"] = df["paper_inference_ms"] / transformer_ms
+    return df[list(TABLE6_COLUMNS)].reset_index(drop=True)

@@ -476,26 +476,29 @@ def frame_markdown(df: pd.DataFrame) -> str:
     return markdown_table([str(c) for c in df.columns], [[cell(v) for v in row] for row in df.itertuples(index=False)])
 
 
-def cost_table(name: str, profile: str, reference: pd.DataFrame | None = None,
-               stand_in: Mapping[str, str] = {}) -> tuple[pd.DataFrame, str]:
-    """Tables 1 and 6, computed by ``crt_repro.report.cost_tables``; returns (CSV frame, markdown).
-    ``stand_in``: the dataset the runs use for a paper dataset (the workflow's ``datasets``)."""
+def cost_table(name: str, profile: str | None, reference: pd.DataFrame | None = None,
+               stand_in: Mapping[str, str] = {}, timings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+    """Tables 1 and 6 from ``crt_repro.report.cost_tables`` (Table 1 computed, ``stand_in`` the dataset
+    the runs use for a paper dataset; Table 6 from its measured ``timings``, one or more widths);
+    returns (CSV frame, markdown)."""
     from crt_repro.report import cost_tables
 
     info = table_info(name)
     ref = load_reference() if reference is None else reference
-    fn = {"table1_complexity": cost_tables.table1_complexity, "table6_cost": cost_tables.table6_cost}[name]
-    df = fn(profile, ref, stand_in=stand_in)
     how = cost_tables.COLUMN_NOTES.get(name)
     title, shape = info.title, []
-    if name == "table6_cost":  # one shape for every row: say which, and on whose vocabulary
-        r = df.iloc[0]
-        dataset = DATASET_NAMES.get(r["dataset"], r["dataset"])
-        if r["dataset"] != "wt103":
-            title = f"{title.replace('WikiText-103', dataset)} (the paper's: WikiText-103 at 16 x 410)"
-        shape = [f"Widths: {int(r['layers'])} layers x d_model {int(r['d_model'])}, {int(r['seg_len'])}-token "
-                 f"segments, batch {int(r['batch'])}; vocabulary {VOCAB_SIZES[r['dataset']]:,} words "
-                 f"({dataset}).", ""]
+    if name == "table1_complexity":
+        df = cost_tables.table1_complexity(profile, ref, stand_in=stand_in)
+    else:
+        df = cost_tables.table6_cost(timings, ref)
+        profile = df["profile"].iloc[0]
+        for _, r in df.drop_duplicates("widths").iterrows():  # one shape per widths: say which, on whose vocabulary
+            dataset = DATASET_NAMES.get(r["dataset"], r["dataset"])
+            shape += [f"Widths `{r['widths']}`: {int(r['layers'])} layers x d_model {int(r['d_model'])}, "
+                      f"{int(r['seg_len'])}-token segments, batch {int(r['batch'])}; vocabulary "
+                      f"{VOCAB_SIZES[r['dataset']]:,} words ({dataset}); {r['precision']} on {r['device']}.", ""]
+        if (df["dataset"] != "wt103").all():
+            title = f"{title.replace('WikiText-103', DATASET_NAMES.get(df['dataset'].iloc[0]))} (the paper's: WikiText-103 at 16 x 410)"
     md = "\n".join([f"# Table {info.number}: {title}", "", f"Profile: **{profile}**.", "", *shape,
                     PROFILE_NOTES.get(profile, ""), "", *([how, ""] if how else []), frame_markdown(df)])
     return df, md

@@ -236,9 +236,11 @@ def figure_runs_csv(wildcards):
     return ancient(table_runs_csv(PLAN.figures[wildcards.fig]))
 
 
-def table_gpu(wildcards):
-    """Table 6 times the models: a GPU job under the paper scale."""
-    return GPU if wildcards.table == "table6_cost" else 0
+def cost_table_timings(wildcards):
+    """Table 6 renders the timings measured at the scale's table6_widths; Table 1 reads nothing."""
+    if wildcards.table != "table6_cost":
+        return []
+    return [f"{RESULTS}/bench/table6_{widths}.csv" for widths in config["table6_widths"]]
 
 
 def table_files(name):
