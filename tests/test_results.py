@@ -229,7 +229,7 @@ def test_collect_check_accepts_runs_from_before_the_newest_fields(run_dir):
     path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in newer}))
     assert len(collect([run_dir], check_dir_names=True)) == 1
     committed = sorted([*(REPO / "results/cpu/runs").iterdir(), *(REPO / "results/cpu/short_budget/runs").iterdir()])
-    assert len(collect(committed, check_dir_names=True)) == len(committed) == 114
+    assert len(collect(committed, check_dir_names=True)) == len(committed) >= 114
 
 
 def test_a_run_records_the_forward_cost_collection_reads(run_dir):
