@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Commit the records of finished runs trained in another checkout (the launch worktree of a long
+# reproduction, so that code changes on main never touch runs in flight): copies each finished
+# run's config.yaml, log.jsonl and metrics.json into this checkout, gives a run its forward cost
+# where its code did not record one (crt-repro record-costs), and commits them.
+#   bash scripts/commit_finished_runs.sh LAUNCH_CHECKOUT [SCALE]     e.g. /work/repro cpu
+set -euo pipefail
+shopt -s nullglob
+src=${1:?the checkout the runs train in, e.g. /work/repro}/results/${2:-cpu}/runs
+cd "$(dirname "$0")/.."
+dst=results/${2:-cpu}/runs new=()
+for m in "$src"/*/metrics.json; do
+  d=$(basename "$(dirname "$m")")
+  [ -f "$dst/$d/metrics.json" ] && continue
+  mkdir -p "$dst/$d"
+  cp "$src/$d/config.yaml" "$src/$d/log.jsonl" "$src/$d/metrics.json" "$dst/$d/"
+  new+=("$dst/$d")
+done
+[ ${#new[@]} -eq 0 ] && { echo "no new finished runs in $src"; exit 0; }
+crt-repro record-costs "${new[@]}" >/dev/null
+git add "${new[@]}"
+git commit -qm "$dst: ${#new[@]} finished run(s): ${new[*]##*/}"
+git log --oneline -1
