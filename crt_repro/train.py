@@ -97,6 +97,11 @@ def cuda_unusable() -> str | None:
             f"older than CUDA {torch.version.cuda} needs (see nvidia-smi)")
 
 
+def device_name(device: torch.device) -> str:
+    """What metrics.json and the timing tables record as the device: the GPU's name, or the CPU's cores."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
 def resolve_device(name: str, profile: str = "") -> torch.device:
     """``run.device`` as a device; ``auto`` is CUDA where usable, else the CPU, but under a
     ``CUDA_PROFILES`` profile CUDA or an error saying why not."""
@@ -501,7 +506,7 @@ def run_metrics(cfg: Config, model: nn.Module, results: dict, clock: dict, wall_
         "peak_mem_mb": peak_mem_mb(device),
         "git_sha": git_sha(),
         "torch_version": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": device_name(device),
         "device_type": device.type,
         "visible_gpus": torch.cuda.device_count(),  # per process: CUDA_VISIBLE_DEVICES narrows it
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -149,8 +149,9 @@ def table6_configs(profile: str, widths: str = "scale", *, stand_in: Mapping[str
     always the profile's: the cpu scale times the paper's widths in fp32 on its CPU."""
     if widths not in TABLE6_WIDTHS:
         raise ValueError(f"--widths {widths!r}: must be one of {', '.join(TABLE6_WIDTHS)}")
-    shape, dataset = (profile, stand_in.get("wt103", "wt103")) if widths == "scale" else ("paper", "wt103")
-    run = build_config(profile, stand_in.get("wt103", "wt103"), {}).run
+    own = stand_in.get("wt103", "wt103")  # the dataset this scale runs for WikiText-103
+    shape, dataset = (profile, own) if widths == "scale" else ("paper", "wt103")
+    run = build_config(profile, own, {}).run
     cfgs = []
     for model, rnn in PAPER_ORDER:
         cfg = _cfg(shape, dataset, model, rnn, layers, seg_len)
@@ -179,11 +180,8 @@ def time_table6(profile: str, widths: str = "scale", *, stand_in: Mapping[str, s
     paper does not state its batch size, nor its GPU: compare ratios to the Transformer, not ms).
     ``device`` defaults to the profile's (auto: CUDA when available).
     """
-    import os
-
-    import torch
-
     from crt_repro.bench import Runner, paired_ratio, round_robin_times, time_round_robin
+    from crt_repro.train import device_name
 
     cfgs = table6_configs(profile, widths, stand_in=stand_in, seg_len=seg_len, layers=layers, batch=batch,
                           device=device)
@@ -193,8 +191,7 @@ def time_table6(profile: str, widths: str = "scale", *, stand_in: Mapping[str, s
     ratios = [paired_ratio(t, rounds[0]) for t in rounds]
     ms_b1 = time_round_robin(runners, "stream", warmup, repeats)
     time_round_robin(runners, "decode", 0, 1)  # one segment each, after the one that filled the caches
-    dev = runners[0].device
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    dev_name = device_name(runners[0].device)
     stands_in = f", {dataset} vocabulary standing in for WikiText-103" if dataset != "wt103" else ""
     note = "the paper's widths" if widths == "paper" or profile == "paper" else (
         f"{profile} scale: small widths{stands_in}; not the paper's widths")

@@ -498,7 +498,7 @@ def cost_table(name: str, profile: str | None, reference: pd.DataFrame | None = 
                       f"{int(r['seg_len'])}-token segments, batch {int(r['batch'])}; vocabulary "
                       f"{VOCAB_SIZES[r['dataset']]:,} words ({dataset}); {r['precision']} on {r['device']}.", ""]
         if (df["dataset"] != "wt103").all():
-            title = f"{title.replace('WikiText-103', DATASET_NAMES.get(df['dataset'].iloc[0]))} (the paper's: WikiText-103 at 16 x 410)"
+            title = f"{title.replace('WikiText-103', DATASET_NAMES.get(df['dataset'].iloc[0], df['dataset'].iloc[0]))} (the paper's: WikiText-103 at 16 x 410)"
     md = "\n".join([f"# Table {info.number}: {title}", "", f"Profile: **{profile}**.", "", *shape,
                     PROFILE_NOTES.get(profile, ""), "", *([how, ""] if how else []), frame_markdown(df)])
     return df, md
