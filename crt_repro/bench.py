@@ -1,7 +1,8 @@
 """Wall-clock benchmark: every model at every segment length, side by side in one process.
 
 ``crt-repro bench`` measures, for transformer, transformer_xl, crt-gru and crt-ncgru (any model
-name, ``crt-<cell>`` for the RNN cell) at each segment length:
+name, ``crt-<cell>`` for the RNN cell, ``@<path>`` after it for ``model.rnn_scan``, as
+``crt-gru@native``) at each segment length:
 
 * ``train``: one optimiser step on one segment of ``batch`` streams: forward (state carried from
   the previous step, detached: XL's full memory, CRT's memory vector), softmax loss, then the
@@ -97,8 +98,13 @@ CSV_COLUMNS = ("model", "rnn", "seg_len", "batch", "mode", "ms_per_batch", "toke
 
 def parse_model(spec: str) -> tuple[str, str]:
     """``crt-gru`` -> ("crt", "gru"); ``transformer_xl`` -> ("transformer_xl", "")."""
-    name, _, rnn = spec.partition("-")
+    name, _, rnn = spec.partition("@")[0].partition("-")
     return name, rnn
+
+
+def parse_scan(spec: str) -> str:
+    """``crt-gru@native`` -> "native" (``model.rnn_scan``); "auto" without an ``@``."""
+    return spec.partition("@")[2] or "auto"
 
 
 @dataclass
@@ -114,6 +120,7 @@ class BenchSpec:
     bf16: bool = False
     n_head: int | None = None
     d_inner: int | None = None
+    rnn_scan: str = "auto"
 
     def config(self) -> Config:
         d = self.d_model
@@ -127,6 +134,8 @@ class BenchSpec:
         }
         if self.rnn:
             overrides["model"]["rnn"] = self.rnn
+        if self.rnn_scan != "auto":
+            overrides["model"]["rnn_scan"] = self.rnn_scan
         return build_config("cpu", "synthetic", overrides)
 
 
@@ -406,7 +415,7 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
         for spec_name in models:
             name, rnn = parse_model(spec_name)
             spec = BenchSpec(name, rnn, n, d_model=d_model, layers=layers, batch=batch, vocab=vocab, device=device,
-                             bf16=bf16, n_head=n_head, d_inner=d_inner)
+                             bf16=bf16, n_head=n_head, d_inner=d_inner, rnn_scan=parse_scan(spec_name))
             runners.append((spec_name, spec, Runner.from_spec(spec, modes=modes, clock=clock)))
         for mode in modes:
             medians = time_round_robin([r for _, _, r in runners], mode, warmup, repeats)
@@ -421,7 +430,8 @@ def bench(models=DEFAULT_MODELS, seg_lens=(17, 35, 70), *, d_model: int = 256, l
                     peak = measure_memory_subprocess(spec, mode)
                 else:
                     peak = float("nan")
-                row = {"model": spec.model, "rnn": spec.rnn if r.cfg.spec.rnn else "", "seg_len": n,
+                scan = "" if spec.rnn_scan == "auto" else f"@{spec.rnn_scan}"
+                row = {"model": spec.model, "rnn": spec.rnn + scan if r.cfg.spec.rnn else "", "seg_len": n,
                        "batch": b, "mode": mode, "ms_per_batch": round(ms, 4),
                        "tokens_per_s": round(b * n / (ms / 1000.0), 1), "peak_mem_mb": round(peak, 1),
                        "state_bytes": state_bytes(r.states[mode]), "ms_token_p50": "", "ms_token_p99": "",
@@ -596,7 +606,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="train/forward/streaming speed and memory of the models side by side")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
-                   help="model names; crt-gru / crt-ncgru pick CRT's cell (default: %(default)s)")
+                   help="model names; crt-gru / crt-ncgru pick CRT's cell, and a suffix @<path> its "
+                        "model.rnn_scan, as crt-gru@native (default: %(default)s)")
     p.add_argument("--seg-lens", nargs="+", type=int, default=[17, 35, 70])
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)

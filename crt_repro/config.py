@@ -92,8 +92,9 @@ class ModelConfig:
     # form), or before it, (r * h) W (the paper's appendix).
     rnn_reset: Literal["after", "before"] = "after"
     # How the cells' recurrence runs (models/scan.py): auto (CPU: the eager loop; CUDA: cuDNN's GRU
-    # where it applies, else the loop replayed as CUDA graphs) | eager | cudnn | graph.
-    rnn_scan: Literal["auto", "eager", "cudnn", "graph"] = later("auto")
+    # where it applies, else the loop replayed as CUDA graphs) | eager | cudnn | graph | native
+    # (the CPU's loops in C).
+    rnn_scan: Literal["auto", "eager", "cudnn", "graph", "native"] = later("auto")
     # NCGRU
     ncgru_neumann_order: int = 2
     ncgru_exact_every: int = 100

@@ -218,14 +218,18 @@ def test_paired_ratio_follows_each_rounds_pair_not_the_medians():
 
 
 def test_kernels_per_step_column_counts_every_mode_but_onnx():
-    rows = bench.bench(["transformer", "crt-gru"], [5, 9], modes=["train", "forward"], **TINY)
-    kernels = {(r["model"], r["seg_len"], r["mode"]): r["kernels"] for r in rows}
+    rows = bench.bench(["transformer", "crt-gru", "crt-gru@native"], [5, 9], modes=["train", "forward"], **TINY)
+    kernels = {(r["model"], r["rnn"], r["seg_len"], r["mode"]): r["kernels"] for r in rows}
+    kernels.update({(m, s, mode): k for (m, rnn, s, mode), k in kernels.items() if rnn in ("", "gru")})
     assert all(k > 0 for k in kernels.values())
     # The Transformer's kernels do not depend on the segment's length; CRT's eager GRU scan runs
     # a loop over positions: 6 kernels a position forward, 4 backward, in the position RNN, and
     # the forward alone in the memory RNN (its output only crosses, detached, into the next step)
     assert kernels["transformer", 9, "train"] == kernels["transformer", 5, "train"]
     assert kernels["crt", 9, "train"] - kernels["crt", 5, "train"] == (9 - 5) * (6 + 4 + 6)
+    # The C loops (model.rnn_scan=native) are one kernel per scan, forward and backward, whatever the length
+    for mode in ("train", "forward"):
+        assert kernels["crt", "gru@native", 9, mode] == kernels["crt", "gru@native", 5, mode] < kernels["crt", 5, mode]
     header, *lines = bench.format_table(rows).splitlines()
     assert "kernels" in header
     crt_train = next(line for line in lines if line.startswith("crt-gru") and " train " in line).split()

@@ -183,8 +183,8 @@ class _FrozenGatedScan(torch.autograd.Function):
             return *_frozen_scan_backward(ctx.needs_input_grad, ctx.kind, d_out, *ctx.saved_tensors), None
 
 
-def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset, graph):
-    assert reset == "after" and not graph
+def _frozen_gated_scan(xp, h0, r_cat, b_hh, b_mod, kind, reset, path):
+    assert reset == "after" and path == "eager"
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _FrozenGatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind)

@@ -1,5 +1,6 @@
-"""The scan paths of crt_repro.models.scan against the eager loop: torch's GRU kernel ("cudnn")
-and the loop replayed as CUDA graphs ("graph"), in outputs, carried state and every gradient."""
+"""The scan paths of crt_repro.models.scan against the eager loop: torch's GRU kernel ("cudnn"),
+the loop replayed as CUDA graphs ("graph") and the CPU's loops in C ("native"), in outputs,
+carried state and every gradient."""
 from __future__ import annotations
 
 import copy
@@ -18,10 +19,10 @@ CONFIGS = [("gru", "after"), ("gru", "before"), ("ncgru", "after"), ("ncgru", "b
 CUDA = [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
-def _pair(kind, reset, path, device="cpu"):
+def _pair(kind, reset, path, device="cpu", hidden=16):
     """An eager cell and a copy of it (same parameters) that runs ``path``, in float64."""
     torch.manual_seed(0)
-    eager = make_rnn(kind, 8, 16, reset=reset, scan="eager").double().to(device)
+    eager = make_rnn(kind, 8, hidden, reset=reset, scan="eager").double().to(device)
     if kind == "ncgru":
         with torch.no_grad():
             eager.b_mod.uniform_(-0.3, 0.3)  # modReLU away from the identity
@@ -30,14 +31,15 @@ def _pair(kind, reset, path, device="cpu"):
     return eager, other
 
 
-def _two_segments(cells, device):
+def _two_segments(cells, device, batch=3):
     """Two cells of one shape (CRT's position and memory RNNs), each over two segments with the
     state carried before any backward (a step of ``optim.bptt_segments`` 2): the outputs, last
     states and the gradients of the inputs, the initial state and every parameter."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 2, 7, 8, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    h0 = torch.randn(3, 16, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    w = torch.randn(3, 14, 16, generator=g, dtype=torch.float64).to(device)
+    hidden = cells[0].hidden_size
+    x = torch.randn(batch, 2, 7, 8, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    h0 = torch.randn(batch, hidden, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(batch, 14, hidden, generator=g, dtype=torch.float64).to(device)
     outs, lasts = [], []
     for cell in cells:
         h = h0
@@ -90,6 +92,37 @@ def test_graph_replays_compute_the_eager_scan_bit_for_bit(kind, reset, monkeypat
 
 
 @pytest.mark.parametrize("kind,reset", CONFIGS)
+@pytest.mark.parametrize("batch,hidden", [(3, 16), (11, 40)])
+def test_the_c_training_loops_equal_the_eager_scan(kind, reset, batch, hidden):
+    """3 streams of 16: single-stream blocks and a product narrower than one block of columns; 11
+    of 40: a block of 8 streams and 3 single ones, full blocks of 32 columns and a remainder."""
+    eager, native = _pair(kind, reset, "native", hidden=hidden)
+    for a, b in zip(_two_segments([native, copy.deepcopy(native)], "cpu", batch),
+                    _two_segments([eager, copy.deepcopy(eager)], "cpu", batch)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # inference: the training loop without its buffers, or the streaming scan
+        for b in (1, batch):
+            x = torch.randn(b, 5, 8, dtype=torch.float64)
+            torch.testing.assert_close(native(x)[0], eager(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_the_c_training_loops_run_fp32_under_bf16_autocast():
+    """Under autocast the eager scan multiplies in bf16; the C loops have fp32 and fp64 only, so
+    they run the recurrence in the parameters' dtype: closer to fp32 than the eager bf16 scan."""
+    torch.manual_seed(0)
+    native = make_rnn("ncgru", 8, 16, scan="native")
+    fp32 = copy.deepcopy(native)
+    fp32.scan = "eager"
+    x = torch.randn(4, 9, 8)
+    want = fp32(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = native(x)[0]
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=1e-2)  # bf16 input product only
+    got.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in native.parameters())
+
+
+@pytest.mark.parametrize("kind,reset", CONFIGS)
 @pytest.mark.parametrize("device", CUDA)
 def test_cuda_graph_replays_equal_the_eager_scan(kind, reset, device):
     eager, graphed = _pair(kind, reset, "graph", device)
@@ -130,3 +163,16 @@ def test_a_path_that_cannot_run_is_refused_naming_the_key():
     m = make_rnn("gru", 4, 4, scan="graph")
     with pytest.raises(ValueError, match="model.rnn_scan=graph.*CUDA tensors"):
         m(torch.randn(1, 3, 4), None)
+    assert scan_module.choose("native", torch.empty(1, 3, 4, device="meta"), "tanh", "after") == "eager"
+    with pytest.raises(ValueError, match="model.rnn_scan=native is the CPU's"):
+        scan_module.choose("native", _FakeCuda(), "tanh", "after")
+
+
+def test_native_without_its_c_loops_is_refused_naming_the_key(monkeypatch):
+    monkeypatch.setattr(native_scan, "_lib", None)  # as without a compiler or with CRT_REPRO_NATIVE=0
+    with pytest.raises(ValueError, match="model.rnn_scan=native needs the C loops built"):
+        make_rnn("gru", 4, 4, scan="native")(torch.randn(2, 3, 4), None)
+
+
+class _FakeCuda:
+    is_cuda = True

@@ -2,9 +2,14 @@
 
 ``scan.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
 the batch is below ``scan.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
-not its arithmetic (``crt-repro bench --modes stream``). Training never comes here, so its
-numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
+not its arithmetic (``crt-repro bench --modes stream``). Training comes here only through
+``model.rnn_scan=native`` (below), so the default path's numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
 ``step`` is one step with its input product, for a decoded token (``rnn._GatedCell.step``).
+
+Training takes the C loops only when asked (``model.rnn_scan=native``): ``train_forward`` and
+``bptt`` are ``scan._GatedScan``'s two sequential loops, registered as torch operators
+(``crt_repro::gated_scan_train``, ``crt_repro::gated_scan_bptt``) so that the profiler sees each as
+one kernel and a caller's autograd node holds them; the rest of BPTT stays in torch.
 
 The C file is compiled at first use with the system C compiler (``$CC``, else ``cc``) into a
 per-user cache (``native/`` in ``$CRT_REPRO_CACHE``, else in ``~/.cache/crt-repro``), keyed by the
@@ -71,6 +76,13 @@ def _build() -> ctypes.CDLL | None:
         fn = getattr(dll, name + "_step")
         fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
         fn.restype = None
+        fn = getattr(dll, name + "_train")
+        fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ctypes.c_int, ctypes.c_int, ptr, ptr,
+                       ptr]
+        fn.restype = None
+        fn = getattr(dll, name + "_bptt")
+        fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, ptr]
+        fn.restype = None
     return dll
 
 
@@ -136,3 +148,46 @@ def step(x: Tensor, h: Tensor, w_in: Tensor, b_in: Tensor, r_cat: Tensor, b_hh: 
         None if b_hh is None else b_hh.data_ptr(), None if b_mod is None else b_mod.data_ptr(), int(before),
         out.data_ptr(), ptr, ptr + 3 * h_dim * scratch.element_size())
     return out
+
+
+_ROWS = 8  # streams the C training loops advance together (ROWS in _scan.c)
+
+
+def _ptr(t: Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+@torch.library.custom_op("crt_repro::gated_scan_train", mutates_args=(), device_types="cpu")
+def train_forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool,
+                  save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``scan._scan_forward``, time-major: from xt [T,B,3H] and h0 [B,H] the buffers states
+    [T+1,B,H] and, where ``save``, pre [T,B,3H] and (reset after) g [T,B,3H]; otherwise pre and g
+    hold a few streams' step. All operands contiguous, on the CPU, of one dtype (``supports``);
+    candidate modReLU where ``b_mod`` is given."""
+    t_len, b, h3 = xt.shape
+    h = h3 // 3
+    keep_g = save and not before
+    states = torch.empty(t_len + 1, b, h, dtype=xt.dtype)
+    pre = torch.empty((t_len, b, h3) if save else (_ROWS, h3), dtype=xt.dtype)
+    g = torch.empty((t_len, b, h3) if keep_g else (_ROWS, h3), dtype=xt.dtype)
+    getattr(_library(), _FUNCS[xt.dtype] + "_train")(
+        b, t_len, h, xt.data_ptr(), h0.data_ptr(), r_cat.data_ptr(), _ptr(b_hh), _ptr(b_mod), int(before), int(save),
+        int(keep_g), states.data_ptr(), pre.data_ptr(), g.data_ptr())
+    return states, pre, g
+
+
+@torch.library.custom_op("crt_repro::gated_scan_bptt", mutates_args=(), device_types="cpu")
+def bptt(d_out: Tensor, k: Tensor, pre: Tensor, r_cat_t: Tensor, before: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The sequential loop of ``scan._scan_backward``, time-major: from d_out [T,B,H], the
+    coefficients k [T,B,3H], pre [T,B,3H] (z | r | c) and the recurrent matrix transposed,
+    r_cat_t [3H,H], the gradients on every state d_h [T,B,H], on every step's recurrent products
+    d_g [T,B,3H], and on h0 [B,H]."""
+    t_len, b, h = d_out.shape
+    d_h = torch.empty(t_len, b, h, dtype=d_out.dtype)
+    d_g = torch.empty(t_len, b, 3 * h, dtype=d_out.dtype)
+    carry = torch.empty(b, h, dtype=d_out.dtype)
+    scratch = torch.empty(2, _ROWS, h, dtype=d_out.dtype)
+    getattr(_library(), _FUNCS[d_out.dtype] + "_bptt")(
+        b, t_len, h, d_out.data_ptr(), k.data_ptr(), pre.data_ptr(), r_cat_t.data_ptr(), int(before), d_h.data_ptr(),
+        d_g.data_ptr(), carry.data_ptr(), scratch.data_ptr())
+    return d_h, d_g, carry

@@ -13,7 +13,7 @@ in how the recurrent matrix is made (free, orthogonal by the Cayley transform). 
 reset gate r of the candidate: ``"after"`` the recurrent product, r * (h W) (cuDNN's and PyTorch's
 GRU), or ``"before"`` it, (r * h) W (the CRT paper's appendix B and NC-GRU's TensorFlow cells).
 ``scan`` chooses how the recurrence runs (``scan.choose``: the eager loop on the CPU; on CUDA torch's
-GRU kernel or the loop replayed as CUDA graphs).
+GRU kernel or the loop replayed as CUDA graphs; the CPU's loops in C when asked).
 
 Modules that define ``post_step(step)`` (NCGRU does) must have it called by the training loop after
 every ``optimizer.step()``::
@@ -167,10 +167,9 @@ class _GatedCell(nn.Module):
         # One product for the whole segment; under autocast F.linear runs it in the autocast dtype.
         xp = F.linear(x if autocast else x.to(sdt), weight_ih, bias_ih)
         small_cpu = x.device.type == "cpu" and x.shape[0] < SMALL_CPU_BATCH
-        cdt = autocast if autocast and not small_cpu else sdt
+        cdt = autocast if autocast and not small_cpu and path != "native" else sdt
         b_hh = None if b_hh is None else b_hh.to(cdt)
-        out = scan.gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset,
-                              graph=path == "graph").to(x.dtype)
+        out = scan.gated_scan(xp, h0.to(sdt), recurrent.to(cdt), b_hh, b_mod, kind, self.reset, path).to(x.dtype)
         return out, out[:, -1]
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -20,6 +20,10 @@ set its time (issue 25). ``choose`` picks the path of a cell's scan (``model.rnn
   equations: the GRU with the reset gate after the recurrent product.
 * ``graph``: the same loop, forward and backward, each replayed as one CUDA graph
   (``cuda_graph``): the eager kernels, so the eager numbers, at one launch a segment.
+* ``native``: on the CPU, the loop forward and backward's loop in C (``native_scan``), in the
+  parameters' dtype (fp32 or fp64) whatever autocast says: two operators a segment. The same
+  equations, so the eager numbers up to the order of a sum's terms; not the CPU's default, so
+  that runs trained before it existed resume and repeat bit for bit.
 * ``auto``: eager on the CPU; on CUDA cudnn where it applies, else graph.
 """
 from __future__ import annotations
@@ -33,7 +37,7 @@ from torch import Tensor
 from crt_repro.models import cuda_graph, native_scan
 
 RESETS = ("after", "before")
-SCANS = ("auto", "eager", "cudnn", "graph")
+SCANS = ("auto", "eager", "cudnn", "graph", "native")
 
 # Below this many streams a CPU step product runs in fp32 even under autocast, and inference runs
 # the C scan (``native_scan``). Timed on the 2-core
@@ -60,9 +64,17 @@ def check_scan(path: str, kind: str, reset: str) -> str:
 
 
 def choose(path: str, x: Tensor, kind: str, reset: str) -> str:
-    """The path a scan over ``x`` takes: "eager", "cudnn" or "graph" (see the module docstring)."""
+    """The path a scan over ``x`` takes: "eager", "cudnn", "graph" or "native" (see the module
+    docstring)."""
     if path == "eager" or not native_scan.unobserved():
         return "eager"
+    if path == "native":
+        if x.is_cuda:
+            raise ValueError("model.rnn_scan=native is the CPU's loop in C: on CUDA use auto, cudnn or graph")
+        if not native_scan.available():
+            raise ValueError("model.rnn_scan=native needs the C loops built: a C compiler ($CC, else cc) and "
+                             "CRT_REPRO_NATIVE unset or 1 (a failed build warned why)")
+        return "native" if x.device.type == "cpu" else "eager"
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()  # inside someone else's graph
     if path == "auto":
         if not x.is_cuda:
@@ -216,27 +228,38 @@ class _GatedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind, before, graph):
+    def forward(ctx, xp, h0, r_cat, b_hh, b_mod, kind, before, path):
         with _autocast_off(xp.device.type):
-            out, saved = _run(graph, _scan_forward, xp, h0, r_cat, b_hh, b_mod, kind=kind, before=before, save=True)
-        ctx.kind, ctx.before, ctx.graph = kind, before, graph
+            forward = _scan_forward_native if path == "native" else _scan_forward
+            out, saved = _run(path, forward, xp, h0, r_cat, b_hh, b_mod, kind=kind, before=before, save=True)
+        ctx.kind, ctx.before, ctx.path = kind, before, path
         ctx.save_for_backward(r_cat, *saved)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         with _autocast_off(d_out.device.type):
-            grads = _run(ctx.graph, _scan_backward, d_out, *ctx.saved_tensors, needs=tuple(ctx.needs_input_grad[:5]),
-                         kind=ctx.kind, before=ctx.before)
+            grads = _run(ctx.path, _scan_backward, d_out, *ctx.saved_tensors, needs=tuple(ctx.needs_input_grad[:5]),
+                         kind=ctx.kind, before=ctx.before, loop=_bptt_native if ctx.path == "native" else _bptt_eager)
         return *grads, None, None, None
 
 
-def _run(graph: bool, fn, *tensors, **static):
-    """``fn(*tensors, **static)``, replayed as a CUDA graph when ``graph``."""
-    return cuda_graph.replay(fn, *tensors, **static) if graph else fn(*tensors, **static)
+def _run(path: str, fn, *tensors, **static):
+    """``fn(*tensors, **static)``, replayed as a CUDA graph when ``path`` is "graph"."""
+    return cuda_graph.replay(fn, *tensors, **static) if path == "graph" else fn(*tensors, **static)
 
 
-def _scan_backward(d_out, r_cat, states, g_all, pre_all, *, needs, kind, before):
+def _scan_forward_native(xp, h0, r_cat, b_hh, b_mod, kind: str, before: bool, save: bool):
+    """``_scan_forward`` with its loop in C (``native_scan.train_forward``): the same buffers."""
+    b, t_len, h3 = xp.shape
+    xt = torch.empty(t_len, b, h3, dtype=h0.dtype).copy_(xp.transpose(0, 1))  # time-major, as _scan_forward
+    states, pre, g = torch.ops.crt_repro.gated_scan_train(xt, h0.contiguous(), r_cat.contiguous(), b_hh,
+                                                          b_mod if kind == "modrelu" else None, before, save)
+    out = states[1:].transpose(0, 1).contiguous()
+    return out, ((states, None if before else g, pre) if save else None)
+
+
+def _scan_backward(d_out, r_cat, states, g_all, pre_all, *, needs, kind, before, loop):
     t_len, b, h3 = pre_all.shape
     h = h3 // 3
     sdt, cdt, dev = states.dtype, r_cat.dtype, states.device
@@ -263,28 +286,7 @@ def _scan_backward(d_out, r_cat, states, g_all, pre_all, *, needs, kind, before)
         torch.mul(k_c, g_all[..., 2 * h :], out=k_r)
     k_r.addcmul_(k_r, r, value=-1.0)  # before: h r (1-r); after: (1-z) act' r (1-r) g_c
     torch.sub(h_prev, c, out=k_z).mul_(z).mul_(one_m_z)  # (h - c) z (1-z)
-    # The gradient on g_t = h_{t-1} @ r_cat goes straight into the compute dtype: it only feeds
-    # products in that dtype (the step's BPTT product, the weight gradient, the input projection's
-    # backward under autocast).
-    d_h = torch.empty(t_len, b, h, dtype=sdt, device=dev)  # total gradient on h_t
-    d_g = torch.empty(t_len, b, 3, h, dtype=cdt, device=dev)
-    d_outs, d_hs, d_gs = d_out.to(sdt).transpose(0, 1).unbind(0), d_h.unbind(0), d_g.unbind(0)
-    ks, zs = k.unbind(0), z.unbind(0)
-    if before:
-        k_rs, rs = k_r.unbind(0), r.unbind(0)
-        r_zr_t, r_c_t = r_cat[:, : 2 * h].t(), r_cat[:, 2 * h :].t()
-    else:
-        r_t = r_cat.t()
-    carry = torch.zeros(b, h, dtype=sdt, device=dev)
-    for t in range(t_len - 1, -1, -1):
-        dh = torch.add(d_outs[t], carry, out=d_hs[t])
-        dg = torch.mul(ks[t], dh.unsqueeze(1), out=d_gs[t]).view(b, h3)
-        if before:  # the r third of dg, written above from dh, is replaced by its true value
-            d_rh = torch.mm(dg[:, 2 * h :], r_c_t)
-            torch.mul(d_rh, k_rs[t], out=dg[:, h : 2 * h])
-            carry = torch.addcmul(torch.mm(dg[:, : 2 * h], r_zr_t), dh, zs[t]).addcmul_(d_rh, rs[t])
-        else:
-            carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
+    d_h, d_g, carry = loop(d_out, k, pre_all, r_cat, before)
     d_g = d_g.view(t_len, b, h3)
     d_xp = d_r = d_b_hh = d_b_mod = None
     if needs[2]:
@@ -306,23 +308,64 @@ def _scan_backward(d_out, r_cat, states, g_all, pre_all, *, needs, kind, before)
     return d_xp, carry if needs[1] else None, d_r, d_b_hh, d_b_mod
 
 
+def _bptt_eager(d_out, k, pre_all, r_cat, before):
+    """BPTT's sequential part: from the gradient on each output d_out [B,T,H] and the
+    coefficients k [T,B,3,H] (see ``_scan_backward``) the total gradient on each state d_h
+    [T,B,H], on each step's recurrent products d_g [T,B,3,H] and on h0 (the carry, [B,H])."""
+    t_len, b, _, h = k.shape
+    sdt, cdt, dev = k.dtype, r_cat.dtype, k.device
+    z, r = pre_all[..., :h], pre_all[..., h : 2 * h]
+    # The gradient on g_t = h_{t-1} @ r_cat goes straight into the compute dtype: it only feeds
+    # products in that dtype (the step's BPTT product, the weight gradient, the input projection's
+    # backward under autocast).
+    d_h = torch.empty(t_len, b, h, dtype=sdt, device=dev)  # total gradient on h_t
+    d_g = torch.empty(t_len, b, 3, h, dtype=cdt, device=dev)
+    d_outs, d_hs, d_gs = d_out.to(sdt).transpose(0, 1).unbind(0), d_h.unbind(0), d_g.unbind(0)
+    ks, zs = k.unbind(0), z.unbind(0)
+    if before:
+        k_rs, rs = k[:, :, 1].unbind(0), r.unbind(0)
+        r_zr_t, r_c_t = r_cat[:, : 2 * h].t(), r_cat[:, 2 * h :].t()
+    else:
+        r_t = r_cat.t()
+    carry = torch.zeros(b, h, dtype=sdt, device=dev)
+    for t in range(t_len - 1, -1, -1):
+        dh = torch.add(d_outs[t], carry, out=d_hs[t])
+        dg = torch.mul(ks[t], dh.unsqueeze(1), out=d_gs[t]).view(b, 3 * h)
+        if before:  # the r third of dg, written above from dh, is replaced by its true value
+            d_rh = torch.mm(dg[:, 2 * h :], r_c_t)
+            torch.mul(d_rh, k_rs[t], out=dg[:, h : 2 * h])
+            carry = torch.addcmul(torch.mm(dg[:, : 2 * h], r_zr_t), dh, zs[t]).addcmul_(d_rh, rs[t])
+        else:
+            carry = torch.addcmul(torch.mm(dg, r_t), dh, zs[t])
+    return d_h, d_g, carry
+
+
+def _bptt_native(d_out, k, pre_all, r_cat, before):
+    """``_bptt_eager`` in C (``native_scan.bptt``); d_g comes back [T,B,3H]."""
+    t_len, b, _, h = k.shape
+    return torch.ops.crt_repro.gated_scan_bptt(d_out.to(k.dtype).transpose(0, 1).contiguous(), k.view(t_len, b, 3 * h),
+                                               pre_all, r_cat.t().contiguous(), before)
+
+
 def gated_scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
-               kind: str, reset: str = "after", graph: bool = False) -> Tensor:
+               kind: str, reset: str = "after", path: str = "eager") -> Tensor:
     """States [B,T,H] of the gated recurrence (see ``_scan_forward``) for candidate ``kind``
     ("tanh": GRU, with the recurrent bias b_hh; "modrelu": NCGRU, with its bias b_mod), with the
-    reset gate ``reset`` ("after" | "before") the candidate's recurrent product; the loop replayed
-    as CUDA graphs when ``graph`` (``choose``'s "graph")."""
+    reset gate ``reset`` ("after" | "before") the candidate's recurrent product; ``path`` is
+    ``choose``'s "eager", "graph" (the loop replayed as CUDA graphs) or "native" (in C)."""
     if kind not in CANDIDATES:
         raise ValueError(f"unknown candidate activation {kind!r}; valid: {CANDIDATES}")
     before = check_reset(reset) == "before"
     tensors = (xp, h0, r_cat, b_hh, b_mod)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before, graph)
+        return _GatedScan.apply(xp, h0, r_cat, b_hh, b_mod, kind, before, path)
     if torch.compiler.is_compiling():
         return _scan_graph(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod, kind, before)
     if xp.shape[0] < SMALL_CPU_BATCH and native_scan.supports(h0, r_cat, b_hh, b_mod):
         # Streaming inference: the time loop in C, not one Python dispatch per op and step.
         return native_scan.scan(xp.to(h0.dtype), h0, r_cat, b_hh, b_mod if kind == "modrelu" else None, before)
+    if path == "native":  # the training loop's, which advances several streams per pass over r_cat
+        return _scan_forward_native(xp, h0, r_cat, b_hh, b_mod, kind, before, save=False)[0]
     with _autocast_off(xp.device.type):
-        return _run(graph, _scan_forward, xp, h0, r_cat, b_hh, b_mod, kind=kind, before=before, save=False)[0]
+        return _run(path, _scan_forward, xp, h0, r_cat, b_hh, b_mod, kind=kind, before=before, save=False)[0]
 
