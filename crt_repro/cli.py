@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "crt_repro.gpus",
     "crt_repro.resume",
     "crt_repro.outputs",
+    "crt_repro.progress",
     "crt_repro.data.download",
     "crt_repro.cost",
     "crt_repro.bench",
