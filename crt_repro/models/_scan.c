@@ -44,6 +44,14 @@ static void NAME##_gemv(const T *restrict h, const T *restrict w, long h_dim, lo
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
+static T NAME##_act(T v, const T *b_mod, long j) {                                                \
+    /* the candidate: tanh(v) = 2 sigmoid(2v) - 1 (GRU), or modReLU(v) = sign(v) relu(|v| + b_mod) */ \
+    if (!b_mod) return (T)2 / ((T)1 + EXP(-2 * v)) - (T)1;                                         \
+    T m = (v < 0 ? -v : v) + b_mod[j];                                                            \
+    m = m > 0 ? m : (T)0;                                                                         \
+    return v > 0 ? m : (v < 0 ? -m : (T)0);                                                       \
+}                                                                                                 \
+                                                                                                  \
 void NAME(long batch, long steps, long h_dim, const T *xp, const T *h0, const T *w,              \
           const T *b_hh, const T *b_mod, int before, T *out, T *g) {                              \
     const long h3 = 3 * h_dim;                                                                    \
@@ -61,15 +69,7 @@ void NAME(long batch, long steps, long h_dim, const T *xp, const T *h0, const T 
             }                                                                                     \
             for (long j = 0; j < h_dim; j++) {                                                    \
                 const T gc = g[2 * h_dim + j];                                                    \
-                T v = x[2 * h_dim + j] + (before ? gc : g[h_dim + j] * gc);                       \
-                T c;                                                                              \
-                if (b_mod) { /* modReLU(v) = sign(v) relu(|v| + b_mod) */                        \
-                    T m = (v < 0 ? -v : v) + b_mod[j];                                            \
-                    m = m > 0 ? m : (T)0;                                                         \
-                    c = v > 0 ? m : (v < 0 ? -m : (T)0);                                          \
-                } else {                                                                          \
-                    c = (T)2 / ((T)1 + EXP(-2 * v)) - (T)1; /* tanh(v) = 2 sigmoid(2v) - 1 */      \
-                }                                                                                 \
+                const T c = NAME##_act(x[2 * h_dim + j] + (before ? gc : g[h_dim + j] * gc), b_mod, j); \
                 const T z = g[j];                                                                 \
                 hn[j] = c + z * (h[j] - c); /* torch.lerp(c, h, z) */                             \
             }                                                                                     \
@@ -102,13 +102,6 @@ void NAME##_step(long batch, long in_dim, long h_dim, const T *x, const T *w_in,
 #define ROWS 8
 #define COLS 32
 #define DEFINE_TRAIN(NAME, T, EXP)                                                               \
-static T NAME##_act(T v, const T *b_mod, long j) {                                                \
-    if (!b_mod) return (T)2 / ((T)1 + EXP(-2 * v)) - (T)1;                                         \
-    T m = (v < 0 ? -v : v) + b_mod[j];                                                            \
-    m = m > 0 ? m : (T)0;                                                                         \
-    return v > 0 ? m : (v < 0 ? -m : (T)0);                                                       \
-}                                                                                                 \
-                                                                                                  \
 static inline __attribute__((always_inline)) void NAME##_block(long rows_, long width, const T *restrict a, long lda, long n,     \
                                 const T *restrict b, long ldb, long j, const T *restrict bias,     \
                                 T *restrict out, long ldo) {                                       \
