@@ -22,3 +22,14 @@ def test_computing_ops_count_once_views_and_allocations_not_at_all():
 def test_views_are_told_from_their_schemas():
     assert not any(map(computes, ["aten::view", "aten::unbind", "aten::split", "aten::reshape", "aten::detach"]))
     assert all(map(computes, ["aten::add_", "aten::copy_", "aten::lerp", "aten::mm", "aten::some_future_op"]))
+
+
+def test_the_package_own_operators_count_once_each():
+    """model.rnn_scan=native's C loops: one operator each, whatever the length it loops over."""
+    from crt_repro.models import native_scan  # noqa: F401  (registers crt_repro::gated_scan_train)
+
+    def scan(t_len):
+        xt, h0, w = torch.randn(t_len, 2, 12), torch.randn(2, 4), torch.randn(4, 12)
+        return lambda: torch.ops.crt_repro.gated_scan_train(xt, h0, w, None, None, False, True)
+
+    assert count_kernels(scan(3), CPU) == count_kernels(scan(30), CPU) == 1
