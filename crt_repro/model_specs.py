@@ -104,6 +104,12 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
               reads=LM_KEYS + ("baseline_positions",), macs=formulas.transformer_macs,
               paper_flops=formulas.paper_transformer_flops, paper_params=formulas.paper_transformer_params,
               export_step="crt_repro.models.transformer:transformer_step"),
+    # The Transformer with sinusoidal positions added to its embeddings: not the paper's baseline
+    # (whose positions are relative), a row of its own beside it in Table 2 (issue 24).
+    ModelSpec("transformer_absolute", "crt_repro.models.transformer:build_transformer",
+              "Transformer, absolute positions (not the paper's baseline)",
+              settings=lambda m, n: {"baseline_positions": "absolute"}, macs=formulas.transformer_macs,
+              export_step="crt_repro.models.transformer:transformer_step"),
     ModelSpec("transformer_xl", "crt_repro.models.transformer_xl:TransformerXL", "Transformer-XL",
               reads=LM_KEYS + ("mem_len", "eval_mem_len", "xl_attention"),
               settings=lambda m, n: {"mem_len": m.mem_len or n},  # null: the segment length (the paper's tables)

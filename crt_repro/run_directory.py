@@ -48,10 +48,19 @@ def check_run_dir(cfg: Config, out: Path) -> None:
                           "choose a new or empty directory")
 
 
+def fixed_by_name(cfg: Config) -> str:
+    """A YAML comment naming what the model's name sets over the keys below it (Table 8's
+    ablations, XL's memory, the absolute-position Transformer), or '' where it sets nothing: the
+    file keeps the keys as configured, which the run id hashes."""
+    configured, built = cfg.model, cfg.resolved_model()
+    changed = [f"model.{k}={getattr(built, k)}" for k in vars(configured) if getattr(built, k) != getattr(configured, k)]
+    return f"# model.name={configured.name} sets {', '.join(changed)} in the model it builds\n" if changed else ""
+
+
 def write_run_config(cfg: Config, out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / CONFIG, dump_yaml(cfg))
+        atomic.write_text(out / CONFIG, fixed_by_name(cfg) + dump_yaml(cfg))
     except OSError as e:
         raise RunDirError(f"cannot write the run directory {out}: {e.strerror or e} "
                           f"({e.filename or out})") from None

@@ -16,6 +16,7 @@ from crt_repro.data import SegmentStream, batchify
 from crt_repro.data.memory_reach import MAX_PAD, N_FILLERS, cue_id, memory_reach_corpus
 from crt_repro.memory_reach import recall_metrics
 from crt_repro.plan import plan_workflow
+from crt_repro.results import ResultsError
 from crt_repro.report.reach import REACH_COLUMNS
 from crt_repro.report.tables import NOT_IN_PAPER, build_ppl_table, ppl_markdown
 
@@ -79,14 +80,19 @@ def test_controls_tell_memory_from_within_segment_recall(gap):
 
 def test_rows_not_in_the_paper_follow_the_papers_rows():
     runs = pd.concat([fake_runs(), fake_runs(cells=[("rmt", "", n, 60.0) for n in (70, 35, 17)]),
+                      fake_runs(cells=[("transformer_absolute", "", n, 300.0) for n in (70, 17)]),
                       fake_runs(cells=[("plugin_model:GRULanguageModel", "", 70, 90.0)])])
     t = build_ppl_table("table2_ptb_3layer", runs)
     assert [(r.model, r.seg_len) for r in t.itertuples()][9:] == [
-        ("rmt", 70), ("rmt", 35), ("rmt", 17), ("plugin_model:GRULanguageModel", 70)]
+        ("rmt", 70), ("rmt", 35), ("rmt", 17), ("transformer_absolute", 70), ("transformer_absolute", 17),
+        ("plugin_model:GRULanguageModel", 70)]
     assert t["paper_ppl"].iloc[9:].isna().all() and t["delta"].iloc[9:].isna().all()
     assert list(t["paper_ppl"].iloc[:9]) == [p for *_, p in TABLE2]
+    # the Transformer with absolute positions is a row of its own, not mixed into the paper's baseline
+    assert list(t["ppl"].iloc[:9]) == pytest.approx([p + 10.5 for *_, p in TABLE2])
     md = ppl_markdown("table2_ptb_3layer", t)
-    assert md.count(f"[{NOT_IN_PAPER}]") == 4 and "| RMT [not in the paper] | 1 / 70 |" in md
+    assert md.count(f"[{NOT_IN_PAPER}]") == 6 and "| RMT [not in the paper] | 1 / 70 |" in md
+    assert "| Transformer, absolute positions (not the paper's baseline) [not in the paper] |" in md
 
 
 def _experiments() -> dict:
@@ -101,14 +107,16 @@ def test_plan_rmt_rows_wait_for_the_cpu_reproduction_and_the_reach_grid():
     cpu = plan_workflow(_experiments(), _settings("cpu"), "cpu", "data")
     t2, t8 = cpu.tables["table2_ptb_3layer"], cpu.tables["table8_ablation"]
     # 3 models x 3 segment lengths x 2 seeds, + seeds 2 and 3 of the six cells the claims compare;
-    # RMT (not in the paper, 2 seeds) waits
-    assert len(t2.run_ids) == 30 and len(t2.optional_run_ids) == 6
+    # the rows not in the paper wait: RMT (3 segment lengths x 2 seeds) and the Transformer with
+    # absolute positions (at 70 and 17 only)
+    assert len(t2.run_ids) == 30 and len(t2.optional_run_ids) == 6 + 4
     assert len(t8.optional_run_ids) == 2 and set(t8.optional_run_ids) < set(t2.optional_run_ids)
-    assert all("-rmt-L3-" in r for r in t2.optional_run_ids)
+    assert sorted(r.split("-")[1] for r in t2.optional_run_ids) == ["rmt"] * 6 + ["transformer_absolute"] * 4
+    assert sorted(cpu.runs[r].seg_len for r in t2.optional_run_ids if "absolute" in r) == [17, 17, 70, 70]
     smoke = plan_workflow(_experiments(), _settings("smoke"), "smoke", None)
-    assert len(smoke.tables["table2_ptb_3layer"].optional_run_ids) == 3
+    assert len(smoke.tables["table2_ptb_3layer"].optional_run_ids) == 3 + 2
     on = plan_workflow(_experiments(), {**_settings("smoke"), "beyond_paper": True}, "smoke", None)
-    assert len(on.tables["table2_ptb_3layer"].run_ids) == 12 and not on.tables["table2_ptb_3layer"].optional_run_ids
+    assert len(on.tables["table2_ptb_3layer"].run_ids) == 14 and not on.tables["table2_ptb_3layer"].optional_run_ids
     spec = _experiments()["memory_reach"]
     cpu_gaps = _settings("cpu")["memory_reach"]["gaps"]  # the profile's own gaps replace the file's
     assert len(cpu.reach_run_ids) == len(spec["models"]) * len(cpu_gaps) * len(spec["bptt_segments"])  # 1 seed
@@ -116,6 +124,19 @@ def test_plan_rmt_rows_wait_for_the_cpu_reproduction_and_the_reach_grid():
             for r in cpu.reach_run_ids} == set(cpu_gaps)
     assert len(smoke.reach_run_ids) == len(spec["models"]) * 2  # 2 gaps, 1 bptt window, 1 seed
     assert all(cpu.runs[r].dataset == "memory-reach" and cpu.runs[r].seg_len == SEG for r in cpu.reach_run_ids)
+
+
+def test_a_row_of_its_own_segment_lengths_is_a_row_not_in_the_paper_within_the_tables_grid():
+    experiments = _experiments()
+    rows = experiments["tables"]["table2_ptb_3layer"]["models"]
+    rows[-1]["seg_lens"] = [70, 150]
+    with pytest.raises(ResultsError, match=r"table2_ptb_3layer, model transformer_absolute: seg_lens \[70, 150\] has "
+                                           r"\[150\], not among the table's \[70, 35, 17\]"):
+        plan_workflow(experiments, _settings("smoke"), "smoke", None)
+    rows[-1]["seg_lens"] = [70]
+    rows[0]["seg_lens"] = [70]
+    with pytest.raises(ResultsError, match="model transformer: seg_lens .* are for a row not in the paper"):
+        plan_workflow(experiments, _settings("smoke"), "smoke", None)
 
 
 @needs_snakemake

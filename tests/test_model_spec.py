@@ -73,3 +73,20 @@ def test_each_spec_matches_its_model(name):
         else state[0].shape[1]
     assert carried == cfg.mem_len
     assert model_label(name, "gru" if cfg.spec.rnn else "").startswith(cfg.spec.label)
+
+
+def test_a_run_config_names_what_the_model_name_sets_and_reads_back_to_its_run(tmp_path):
+    from crt_repro.config import load_config_file
+    from crt_repro.run_directory import CONFIG, write_run_config
+
+    cases = {"transformer_absolute": "model.baseline_positions=absolute", "transformer_xl": "model.mem_len=",
+             "transformer": None}
+    for name, sets in cases.items():
+        cfg = build_config("smoke", "synthetic", {"model": {"name": name}})
+        write_run_config(cfg, tmp_path / name)
+        first = (tmp_path / name / CONFIG).read_text().splitlines()[0]
+        if sets:
+            assert first.startswith(f"# model.name={name} sets {sets}")
+        else:
+            assert not first.startswith("#")
+        assert load_config_file(tmp_path / name / CONFIG).run_id() == cfg.run_id()
