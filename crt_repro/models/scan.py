@@ -20,7 +20,7 @@ set its time (issue 25). ``choose`` picks the path of a cell's scan (``model.rnn
   equations: the GRU with the reset gate after the recurrent product.
 * ``graph``: the same loop, forward and backward, each replayed as one CUDA graph
   (``cuda_graph``): the eager kernels, so the eager numbers, at one launch a segment.
-* ``native``: on the CPU, the loop forward and backward's loop in C (``native_scan``), in the
+* ``native``: on the CPU, the forward loop and BPTT's sequential loop in C (``native_scan``), in the
   parameters' dtype (fp32 or fp64) whatever autocast says: two operators a segment. The same
   equations, so the eager numbers up to the order of a sum's terms; not the CPU's default, so
   that runs trained before it existed resume and repeat bit for bit.
