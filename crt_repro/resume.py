@@ -7,12 +7,17 @@ job to the jobs that read its output as ancient() and find it present (the workf
 runs' metrics.json ancient; workflow/rules/common.smk says why), so those jobs and the other runs
 they need are left out of that pass. This command runs ``snakemake --rerun-incomplete ARGS``
 until a dry run finds nothing to do (at most MAX_PASSES passes).
+
+The runs of the targets that a kill left started (a checkpoint, no metrics.json) go first
+(``--prioritize``): otherwise Snakemake may begin new runs before them, and a machine lent for a
+few hours at a time gathers partial runs instead of finished ones.
 """
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 MAX_PASSES = 3
 # Modes in which Snakemake builds nothing: they run once, as given (a pass loop would report the
@@ -25,6 +30,15 @@ NOT_BUILDING = {"--unlock", "-n", "--dry-run", "--dryrun", "--lint", "--list", "
 def nothing_to_do(command: list[str]) -> bool:
     dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
     return dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def started_runs(snakemake_args: list[str]) -> list[str]:
+    """The metrics.json of every run of the targets' DAG that has a checkpoint and no record yet."""
+    from crt_repro.progress import run_dirs
+    from crt_repro.run_directory import CHECKPOINT, METRICS
+
+    return [str(d / METRICS) for d in run_dirs(snakemake_args)
+            if (d / CHECKPOINT).exists() and not (d / METRICS).exists()]
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -53,7 +67,11 @@ def cmd_workflow(args: argparse.Namespace) -> int:
         read_yaml_file(path)
     if NOT_BUILDING.intersection(a.split("=", 1)[0] for a in given):
         return subprocess.call(["snakemake", *given])
-    command = ["snakemake", *given, "--rerun-incomplete"]
+    started = started_runs(given)
+    if started:
+        print(f"crt-repro workflow: {len(started)} started run(s) first: "
+              f"{', '.join(Path(p).parent.name for p in started)}", file=sys.stderr)
+    command = ["snakemake", *given, "--rerun-incomplete"] + (["--prioritize", *started] if started else [])
     for n in range(1, MAX_PASSES + 1):
         rc = subprocess.call(command)
         if rc != 0 or nothing_to_do(command):

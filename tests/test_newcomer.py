@@ -339,5 +339,27 @@ def test_the_workflow_command_runs_a_mode_that_builds_nothing_once(monkeypatch):
     assert calls == [["snakemake", "--cores", "2", "--unlock", "all", "--config", "profile=smoke"]]
     calls.clear()
     monkeypatch.setattr(resume, "nothing_to_do", lambda cmd: len(calls) == 2)
+    monkeypatch.setattr(resume, "started_runs", lambda args: [])
     assert main(["workflow", "--", "--cores", "2", "all"]) == 0
     assert calls == [["snakemake", "--cores", "2", "all", "--rerun-incomplete"]] * 2
+
+
+def test_the_workflow_command_finishes_the_runs_a_kill_left_started_first(tmp_path, monkeypatch, capsys):
+    import crt_repro.resume as resume
+    from crt_repro.cli import main
+    from crt_repro.outputs import Output
+
+    runs = {name: tmp_path / "runs" / name for name in ("begun", "done", "fresh")}
+    for name in ("begun", "done"):
+        runs[name].mkdir(parents=True)
+        (runs[name] / "checkpoint.pt").write_bytes(b"")
+    (runs["done"] / "metrics.json").write_text("{}")
+    dag = [Output(str(d / "metrics.json"), "train", "missing", "update pending") for d in runs.values()]
+    monkeypatch.setattr("crt_repro.outputs.summary", lambda args: dag)
+    calls = []
+    monkeypatch.setattr(resume.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(resume, "nothing_to_do", lambda cmd: True)
+    assert main(["workflow", "--", "--cores", "2", "all"]) == 0
+    assert calls == [["snakemake", "--cores", "2", "all", "--rerun-incomplete", "--prioritize",
+                      str(runs["begun"] / "metrics.json")]]
+    assert "1 started run(s) first: begun" in capsys.readouterr().err
