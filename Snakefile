@@ -70,6 +70,7 @@ rule all:
         ALL_FIGURE_FILES,
         GRADIENT_REACH_FILES,
         f"{RESULTS}/runs.csv",
+        f"{RESULTS}/cost_claims.md",
         f"{RESULTS}/claims.md",
 
 

@@ -329,3 +329,33 @@ def test_f_parameters_compare_the_16_layer_wikitext_103_models():
     costs.loc[costs["model"] == "crt", "params"] = 155e6
     assert paper_width_params_claim(costs)["verdict"] == NOT_HELD
     assert paper_width_params_claim(None)["verdict"] == NO_RUNS
+
+
+def test_the_cost_claims_are_decided_before_any_run_as_the_full_claims_decide_them(tmp_path, capsys):
+    """`crt-repro claims` without --runs: (d) and (f) from the paper-width counts and Table 6, the
+    rows claims.csv repeats; without either input, or with runs but no claims file, one line."""
+    from crt_repro.cli import main
+    from crt_repro.report.claims import cost_claims, paper_width_flops_claims, paper_width_params_claim
+
+    costs = pd.DataFrame([{"dataset": "wt103", "layers": 16, "d_model": 410, "seg_len": 150, "model": m, "rnn": r,
+                           "flops_fwd": f, "softmax_flops": 0.0, "params": p}
+                          for m, r, f, p in (("transformer", "", 100.0, 151e6), ("transformer_xl", "", 120.0, 151e6),
+                                             ("crt", "gru", 101.0, 150e6), ("crt", "ncgru", 104.0, 150e6))])
+    costs.to_csv(tmp_path / "costs.csv", index=False)
+    table6((1.05, 1.02, 1.08), (1.6, 1.5, 1.7)).to_csv(tmp_path / "t6.csv", index=False)
+    out = tmp_path / "cost_claims.csv"
+    assert main(["claims", "--cost", str(tmp_path / "t6.csv"), "--paper-costs", str(tmp_path / "costs.csv"),
+                 "--profile", "cpu", "--csv", str(out), "--md", str(tmp_path / "cost_claims.md")]) == 0
+    got = pd.read_csv(out)
+    want = paper_width_flops_claims(costs) + [paper_width_params_claim(costs)] + cost_claims(table6(
+        (1.05, 1.02, 1.08), (1.6, 1.5, 1.7)))
+    assert list(got["claim"]) == [r["claim"] for r in want] and list(got["verdict"]) == [r["verdict"] for r in want]
+    assert combine(list(got.loc[got["claim"] == "d", "verdict"])) == HELD  # 1.04 x the Transformer, below XL
+    md = (tmp_path / "cost_claims.md").read_text()
+    assert md.startswith("# The paper's cost claims (d) and (f), profile cpu") and "Welch" not in md
+    capsys.readouterr()
+    assert main(["claims", "--cost", str(tmp_path / "t6.csv"), "--profile", "cpu", "--csv", str(out),
+                 "--md", str(tmp_path / "x.md")]) != 0
+    assert "need --cost and --paper-costs" in capsys.readouterr().err
+    assert main(["claims", "--runs", str(out), "--profile", "cpu", "--csv", str(out), "--md", str(tmp_path / "x.md")]) != 0
+    assert "need --declared" in capsys.readouterr().err

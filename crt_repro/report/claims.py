@@ -418,6 +418,14 @@ def claims_table(runs: pd.DataFrame, vocab_size: int, declared: Declaration, tab
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
 
 
+def cost_claims_table(table6: pd.DataFrame | None, paper_costs: pd.DataFrame | None) -> pd.DataFrame:
+    """(d) and (f) alone, as ``claims_table`` decides them: counted and timed at the paper's
+    widths with nothing trained, so they are known before any run (the workflow's cost_claims;
+    claims.csv repeats them beside the rows of the runs' widths)."""
+    rows = paper_width_flops_claims(paper_costs) + [paper_width_params_claim(paper_costs)] + cost_claims(table6)
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
 REGIME = "regime"
 PPL_CLAIMS = {"a", "b", "c", "e", REGIME}  # decided on perplexities over seeds
 CLAIM_TEXT = {
@@ -445,18 +453,26 @@ def _interval(r, claim: str) -> str:
     return f"[{_num(r.diff_ci95_low, '{:.3f}')}, {_num(r.diff_ci95_high, '{:.3f}')}]"
 
 
-def claims_markdown(table: pd.DataFrame, profile: str, declared: Declaration, source: str) -> str:
+def claims_markdown(table: pd.DataFrame, profile: str, declared: Declaration | None, source: str | None) -> str:
+    """The claims as markdown; without ``declared``, the cost claims (d) and (f) alone."""
     from crt_repro.report.tables import markdown_table
 
-    lines = [f"# The paper's claims, profile {profile}", "",
-             f"Perplexity claims as declared in `{source}` before the runs: seeds "
-             f"{', '.join(map(str, declared.seeds))} of every cell; Welch's t-test (scipy) on the seeds' test log "
-             f"perplexities; Holm's correction (statsmodels) over its "
-             f"{sum(c.claim != REGIME for c in declared.comparisons)} claim comparisons at alpha "
-             f"{declared.alpha}; margin {declared.margin:.0%} for non-inferiority and for the ties the paper prints "
-             "(two one-sided tests). *held* / *did not hold*: the Holm-adjusted p is below alpha, in the claimed "
-             "direction or against it; *not resolved*: it is not. Each row gives A − B in perplexity with its 95% "
-             "interval, the ratio of geometric means A / B with its 95% interval, and the raw and adjusted p.", ""]
+    if declared is None:
+        lines = [f"# The paper's cost claims (d) and (f), profile {profile}", "",
+                 "Counted and timed at the paper's widths, nothing trained: decided before the runs. The perplexity "
+                 "claims, and these again beside the rows of the runs' own widths, are in claims.md once the runs "
+                 "are in.", ""]
+    else:
+        lines = [f"# The paper's claims, profile {profile}", "",
+                 f"Perplexity claims as declared in `{source}` before the runs: seeds "
+                 f"{', '.join(map(str, declared.seeds))} of every cell; Welch's t-test (scipy) on the seeds' test log "
+                 f"perplexities; Holm's correction (statsmodels) over its "
+                 f"{sum(c.claim != REGIME for c in declared.comparisons)} claim comparisons at alpha "
+                 f"{declared.alpha}; margin {declared.margin:.0%} for non-inferiority and for the ties the paper "
+                 "prints (two one-sided tests). *held* / *did not hold*: the Holm-adjusted p is below alpha, in the "
+                 "claimed direction or against it; *not resolved*: it is not. Each row gives A − B in perplexity with "
+                 "its 95% interval, the ratio of geometric means A / B with its 95% interval, and the raw and "
+                 "adjusted p.", ""]
     order = sorted(table["claim"].unique(), key=lambda c: (c != REGIME, c))
     for claim in order:
         group = table[table["claim"] == claim]

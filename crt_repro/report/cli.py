@@ -97,9 +97,22 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
     from crt_repro import atomic
     from crt_repro.data import load_corpus
-    from crt_repro.report.claims import claims_markdown, claims_table, load_declaration
+    from crt_repro.report.claims import claims_markdown, claims_table, cost_claims_table, load_declaration
     from crt_repro.results import merge_files, read_runs_csv, write_runs_csv
 
+    table6 = pd.read_csv(args.cost) if args.cost else None
+    paper_costs = pd.read_csv(args.paper_costs) if args.paper_costs else None
+    if not args.runs:  # the cost claims alone, decided before any run
+        if table6 is None or paper_costs is None:
+            raise ValueError("claims without --runs are (d) and (f) alone: they need --cost and --paper-costs")
+        table = cost_claims_table(table6, paper_costs)
+        md = claims_markdown(table, args.profile, None, None)
+        atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
+        atomic.write_text(args.md, md)
+        print(md)
+        return 0
+    if not args.declared:
+        raise ValueError("claims with --runs need --declared, the claims file (workflow/config/claims.yaml)")
     merged = args.csv + ".runs.tmp"
     write_runs_csv(merge_files(args.runs), merged)
     try:
@@ -109,9 +122,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
     t2 = runs[runs["tables"].astype(str).str.contains("table2_ptb_3layer")]
     datasets = sorted(set(t2["dataset"]))
     vocab = load_corpus(datasets[0], args.data_dir).vocab_size if datasets else 0
-    table6 = pd.read_csv(args.cost) if args.cost else None
     declared = load_declaration(args.declared)
-    paper_costs = pd.read_csv(args.paper_costs) if args.paper_costs else None
     table = claims_table(runs, vocab, declared, table6, paper_costs)
     atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
     md = claims_markdown(table, args.profile, declared, args.declared)
@@ -218,10 +229,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", action="append", required=True, help="PNG/PDF to write (repeatable)")
     p.set_defaults(func=cmd_run_curves)
 
-    p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs as a claims file declares them")
-    p.add_argument("--runs", nargs="+", required=True, help="runs CSVs holding the tables the claims compare (tags kept)")
-    p.add_argument("--declared", required=True,
-                   help="the claims file: cells, seeds, tests, margin (workflow/config/claims.yaml)")
+    p = sub.add_parser("claims", help="the paper's claims decided from runs CSVs as a claims file declares them "
+                       "(without runs: the cost claims (d) and (f) alone)")
+    p.add_argument("--runs", nargs="+", help="runs CSVs holding the tables the claims compare (tags kept); without "
+                   "them, only (d) and (f), from --cost and --paper-costs")
+    p.add_argument("--declared", help="the claims file: cells, seeds, tests, margin (workflow/config/claims.yaml); "
+                   "needed with --runs")
     p.add_argument("--cost", help="Table 6 CSV (crt-repro table table6_cost) for claim (f)")
     p.add_argument("--paper-costs", help="FLOPs and parameters at the paper's widths (crt-repro paper-costs) for (d), (f)")
     p.add_argument("--data-dir", help="corpus folder (the vocabulary size, for FLOPs without the softmax layer)")
