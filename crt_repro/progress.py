@@ -6,7 +6,9 @@ targets, from ``snakemake --summary``: ``crt_repro.outputs``); their state is re
 directories, never from a process list:
 
 * done: ``metrics.json`` (epochs trained, whether it stopped early, best validation, test);
-* started: ``log.jsonl`` (the last logged step, the epochs validated, the latest tokens/s);
+* running or stopped: ``log.jsonl`` (the epochs validated, the latest validation and tokens/s);
+  running if the log was written in the last ``RUNNING_WITHIN`` seconds (a run logs every few
+  dozen steps), stopped otherwise (killed: the workflow resumes it from its checkpoint);
 * not started: no log yet.
 
 Time left: each unfinished run's tokens left to its budget (``optim.max_epochs`` of the corpus's
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +31,14 @@ from crt_repro.corpora import TRAIN_TOKENS
 from crt_repro.run_directory import CONFIG, LOG, METRICS, read_record
 
 
+RUNNING_WITHIN = 900
+STATES = ("done", "running", "stopped", "not started")
+
+
 @dataclass
 class RunProgress:
     run_id: str
-    state: str  # "done", "started" or "not started"
+    state: str  # one of STATES
     epochs: float | None = None
     max_epochs: float | None = None
     valid_ppl: float | None = None
@@ -58,8 +65,8 @@ def budget_tokens(cfg: dict) -> float | None:
     return None
 
 
-def read_run(run_dir: Path) -> RunProgress:
-    """The state of one run directory (see the module docstring)."""
+def read_run(run_dir: Path, now: float | None = None) -> RunProgress:
+    """The state of one run directory at time ``now`` (default: now; see the module docstring)."""
     from crt_repro.config import read_yaml_file
 
     progress = RunProgress(run_dir.name, "not started")
@@ -76,8 +83,9 @@ def read_run(run_dir: Path) -> RunProgress:
         return progress
     if not (run_dir / LOG).exists():
         return progress
-    progress.state = "started"
     log = run_dir / LOG
+    recent = (time.time() if now is None else now) - log.stat().st_mtime < RUNNING_WITHIN
+    progress.state = "running" if recent else "stopped"
     for lineno, line in enumerate(log.read_text().splitlines(), start=1):
         entry = read_record(line, f"{log}:{lineno}", run_dir)
         if entry.get("split") == "valid":
@@ -119,9 +127,8 @@ def report(runs: list[RunProgress], parallel: int = 1) -> str:
         lines.append(f"{r.run_id:<{w}} {r.state:<11} {epochs:>9} {_fmt(r.valid_ppl, '.1f'):>9} "
                      f"{_fmt(r.test_ppl, '.1f'):>8} {_fmt(r.tokens_per_s, '.0f'):>8} "
                      f"{'' if seconds is None or r.state == 'done' else _hours(seconds):>7}")
-    counts = {s: sum(r.state == s for r in runs) for s in ("done", "started", "not started")}
-    closing = (f"{len(runs)} runs: {counts['done']} done, {counts['started']} started, {counts['not started']} not "
-               f"started; at most {_hours(left)} of run time left ({_hours(left / parallel)} at {parallel} at once)")
+    counts = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in STATES)
+    closing = (f"{len(runs)} runs: {counts}; at most {_hours(left)} of run time left ({_hours(left / parallel)} at {parallel} at once)")
     if guessed:
         closing += f"; the {guessed} not started counted at the median budget and tokens/s of the others"
     if unknown:
@@ -151,8 +158,8 @@ def cmd_progress(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("progress", help="how far the runs of these snakemake targets are (done, started with their "
-                       "epoch and speed, not started) and at most how long the rest will take")
+    p = sub.add_parser("progress", help="how far the runs of these snakemake targets are (done; running or stopped, "
+                       "with their epoch and speed; not started) and at most how long the rest will take")
     p.add_argument("--parallel", type=int, default=1, help="runs trained at once, to turn run time into wall time "
                    "(default: %(default)s)")
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="-- SNAKEMAKE-ARGS ...")

@@ -43,7 +43,9 @@ def test_each_run_state_is_read_from_its_directory(grid):
     done, started, fresh = (progress.read_run(d) for d in grid)
     assert (done.state, done.epochs, done.stopped_early, done.test_ppl) == ("done", 1.5, True, 97.5)
     assert (started.state, started.epochs, started.valid_ppl, started.tokens, started.tokens_per_s) == \
-        ("started", 1, 180.0, EPOCH, 1000.0)
+        ("running", 1, 180.0, EPOCH, 1000.0)
+    later = (grid[1] / "log.jsonl").stat().st_mtime + progress.RUNNING_WITHIN + 1
+    assert progress.read_run(grid[1], now=later).state == "stopped"  # its log went quiet: killed
     assert started.budget_tokens == 2 * EPOCH and started.max_epochs == 2
     assert (fresh.state, fresh.budget_tokens, fresh.tokens_per_s) == ("not started", None, None)
 
@@ -54,10 +56,10 @@ def test_time_left_counts_a_run_not_started_at_the_others_budget_and_speed(grid)
     # started: one epoch left at 1000 tokens/s; not started: two epochs at the median rate (1000)
     left = (EPOCH + 2 * EPOCH) / 1000
     assert f"at most {left / 3600:.1f} h of run time left ({left / 7200:.1f} h at 2 at once)" in text
-    assert "3 runs: 1 done, 1 started, 1 not started" in text
+    assert "3 runs: 1 done, 1 running, 0 stopped, 1 not started" in text
     assert "the 1 not started counted at the median budget and tokens/s of the others" in text
     row = next(line for line in text.splitlines() if line.startswith("ptb-started")).split()
-    assert row[1:4] == ["started", "1/2", "180.0"]
+    assert row[1:4] == ["running", "1/2", "180.0"]
     assert "(early)" in next(line for line in text.splitlines() if line.startswith("ptb-done"))
 
 
@@ -83,7 +85,7 @@ def test_cli_reads_the_runs_of_the_targets_from_the_workflow(grid, monkeypatch, 
     assert cli_main(["progress", "--parallel", "2", "--", "table2_ptb_3layer", "--config", "profile=smoke"]) == 0
     assert seen == [["table2_ptb_3layer", "--config", "profile=smoke"]]
     out = capsys.readouterr().out
-    assert "3 runs: 1 done, 1 started, 1 not started" in out and "table2" not in out
+    assert "3 runs: 1 done, 1 running, 0 stopped, 1 not started" in out and "table2" not in out
 
 
 def test_cli_without_targets_or_with_a_bad_parallel_is_one_line(capsys):
