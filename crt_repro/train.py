@@ -291,6 +291,9 @@ def train(cfg: Config, out: str | Path, on_step: Callable[[int], None] | None = 
     if world.is_main:
         check_run_dir(cfg, out)
     device = world.device(resolve_device(cfg.run.device, cfg.profile))
+    if cfg.model.rnn_scan == "native" and device.type != "cpu":  # refused before the run directory is written
+        raise ConfigError(f"model.rnn_scan=native is the CPU's loop in C, and this run is on {device.type} "
+                          f"(run.device={cfg.run.device}): use auto, cudnn or graph")
     if (out / METRICS).exists():
         return finished_record(cfg, out, world)
     warn_paper_video_start(cfg)

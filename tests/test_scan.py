@@ -176,3 +176,13 @@ def test_native_without_its_c_loops_is_refused_naming_the_key(monkeypatch):
 
 class _FakeCuda:
     is_cuda = True
+
+
+def test_a_native_run_on_cuda_is_refused_before_its_run_directory(tmp_path, monkeypatch):
+    from crt_repro import train
+
+    monkeypatch.setattr(train, "resolve_device", lambda name, profile="": torch.device("cuda"))
+    cfg = build_config("smoke", "synthetic", {"model": {"name": "crt", "rnn_scan": "native"}})
+    with pytest.raises(ConfigError, match=r"model.rnn_scan=native is the CPU's loop in C, and this run is on cuda"):
+        train.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
