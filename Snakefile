@@ -57,6 +57,7 @@ localrules:
     collect_table_runs,
     ppl_table,
     claims,
+    cost_claims,
     figure,
     valid_curves,
     collect_video_table_runs,

@@ -62,6 +62,7 @@ def test_each_models_export_step_lies_beside_the_model():
     from crt_repro.model_specs import MODELS
 
     steps = {s.name: s for s in MODELS.values() if s.export_step}
-    assert set(steps) == {"transformer", "transformer_xl", "crt", "transformer_rnn_memory", "transformer_rnn_posenc"}
+    assert set(steps) == {"transformer", "transformer_absolute", "transformer_xl", "crt", "transformer_rnn_memory",
+                          "transformer_rnn_posenc"}
     for spec in steps.values():
         assert spec.export_step.split(":")[0] == spec.cls.split(":")[0], spec.name

@@ -288,9 +288,10 @@ def test_plan_shares_runs_between_tables():
         assert len(shared) == 3 and all("-crt-ncgru-" in r for r in shared)
     table_runs = set().union(*t.values())
     assert len(table_runs) == 4 * 9 + 2 + 4 * 3
-    # besides them, the train rule's runs: the rows not in the paper (RMT) and the memory-reach benchmark
+    # besides them, the train rule's runs: the rows not in the paper (RMT at 3 segment lengths, the
+    # Transformer with absolute positions at 2) and the memory-reach benchmark
     beyond = {r for p in plan.tables.values() for r in p.optional_run_ids}
-    assert set(plan.runs) == table_runs | beyond | set(plan.reach_run_ids) and len(beyond) == 3
+    assert set(plan.runs) == table_runs | beyond | set(plan.reach_run_ids) and len(beyond) == 3 + 2
     crt70 = next(r for r in t["table8_ablation"] if r.startswith("ptb-crt-ncgru-L3-n70-"))
     assert plan.tags(crt70) == ["table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn"]
     assert plan.datasets_to_download() == {"ptb", "wt103"}
