@@ -128,7 +128,8 @@ def report(runs: list[RunProgress], parallel: int = 1) -> str:
                      f"{_fmt(r.test_ppl, '.1f'):>8} {_fmt(r.tokens_per_s, '.0f'):>8} "
                      f"{'' if seconds is None or r.state == 'done' else _hours(seconds):>7}")
     counts = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in STATES)
-    closing = (f"{len(runs)} runs: {counts}; at most {_hours(left)} of run time left ({_hours(left / parallel)} at {parallel} at once)")
+    closing = (f"{len(runs)} runs: {counts}; at most {_hours(left)} of run time left "
+               f"({_hours(left / parallel)} at {parallel} at once)")
     if guessed:
         closing += f"; the {guessed} not started counted at the median budget and tokens/s of the others"
     if unknown:
