@@ -224,12 +224,13 @@ def plan_workflow(experiments: dict[str, Any], settings: dict[str, Any], profile
             raise ResultsError(f"extra_seeds.{name}.seg_lens: {bad} not among the table's {t['seg_lens']}")
         for m in t["models"]:
             row_seg_lens = m.get("seg_lens") or t["seg_lens"]
+            where = f"experiments: {name}, model {m['model']}: seg_lens {row_seg_lens}"
             outside = sorted(set(int(n) for n in row_seg_lens) - set(int(n) for n in t["seg_lens"]))
-            if outside or (m.get("seg_lens") and not m.get("not_in_paper")):
-                raise ResultsError(f"experiments: {name}, model {m['model']}: seg_lens {m['seg_lens']} "
-                                   + (f"has {outside}, not among the table's {t['seg_lens']}" if outside else
-                                      "are for a row not in the paper (not_in_paper: true); a paper row has the "
-                                      "table's"))
+            if outside:
+                raise ResultsError(f"{where} has {outside}, not among the table's {t['seg_lens']}")
+            if m.get("seg_lens") and not m.get("not_in_paper"):
+                raise ResultsError(f"{where} are for a row not in the paper (not_in_paper: true); a paper row has "
+                                   "the table's")
             for n in row_seg_lens:
                 cell_seeds = seeds + [int(s) for s in extra.get("seeds") or []
                                       if int(n) in {int(k) for k in extra.get("seg_lens") or []} and int(s) not in seeds]

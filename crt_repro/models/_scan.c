@@ -213,3 +213,5 @@ DEFINE_SCAN(gated_scan_f32, float, expf)
 DEFINE_SCAN(gated_scan_f64, double, exp)
 DEFINE_TRAIN(gated_scan_f32, float, expf)
 DEFINE_TRAIN(gated_scan_f64, double, exp)
+
+long gated_scan_rows(void) { return ROWS; } /* the caller sizes the scratch of _train and _bptt by it */

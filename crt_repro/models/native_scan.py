@@ -2,11 +2,12 @@
 
 ``scan.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
 the batch is below ``scan.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
-not its arithmetic (``crt-repro bench --modes stream``). Training comes here only through
-``model.rnn_scan=native`` (below), so the default path's numerics are untouched; ``tests/test_rnn.py`` holds this path equal to the Python scan in float64.
-``step`` is one step with its input product, for a decoded token (``rnn._GatedCell.step``).
+not its arithmetic (``crt-repro bench --modes stream``); ``tests/test_rnn.py`` holds this path
+equal to the Python scan in float64. ``step`` is one step with its input product, for a decoded
+token (``rnn._GatedCell.step``).
 
-Training takes the C loops only when asked (``model.rnn_scan=native``): ``train_forward`` and
+Training takes the C loops only when asked (``model.rnn_scan=native``), so the default path's
+numerics are untouched: ``train_forward`` and
 ``bptt`` are ``scan._GatedScan``'s two sequential loops, registered as torch operators
 (``crt_repro::gated_scan_train``, ``crt_repro::gated_scan_bptt``) so that the profiler sees each as
 one kernel and a caller's autograd node holds them; the rest of BPTT stays in torch.
@@ -83,6 +84,7 @@ def _build() -> ctypes.CDLL | None:
         fn = getattr(dll, name + "_bptt")
         fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, ptr]
         fn.restype = None
+    dll.gated_scan_rows.argtypes, dll.gated_scan_rows.restype = [], long  # the scratch the training loops take
     return dll
 
 
@@ -91,6 +93,10 @@ def _library() -> ctypes.CDLL | None:
     if _lib is False:
         _lib = _build()
     return _lib
+
+
+def _ptr(t: Tensor | None):
+    return None if t is None else t.data_ptr()
 
 
 def available() -> bool:
@@ -127,9 +133,8 @@ def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tens
     out = torch.empty(b, t_len, h, dtype=xp.dtype)
     g = torch.empty(h3, dtype=xp.dtype)
     fn = getattr(_library(), _FUNCS[xp.dtype])
-    fn(b, t_len, h, xp.data_ptr(), h0.data_ptr(), r_cat.data_ptr(),
-       None if b_hh is None else b_hh.data_ptr(), None if b_mod is None else b_mod.data_ptr(),
-       int(before), out.data_ptr(), g.data_ptr())
+    fn(b, t_len, h, xp.data_ptr(), h0.data_ptr(), r_cat.data_ptr(), _ptr(b_hh), _ptr(b_mod), int(before),
+       out.data_ptr(), g.data_ptr())
     return out
 
 
@@ -145,16 +150,8 @@ def step(x: Tensor, h: Tensor, w_in: Tensor, b_in: Tensor, r_cat: Tensor, b_hh: 
     ptr = scratch.data_ptr()
     getattr(_library(), _FUNCS[x.dtype] + "_step")(
         b, x.shape[1], h_dim, x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), h.data_ptr(), r_cat.data_ptr(),
-        None if b_hh is None else b_hh.data_ptr(), None if b_mod is None else b_mod.data_ptr(), int(before),
-        out.data_ptr(), ptr, ptr + 3 * h_dim * scratch.element_size())
+        _ptr(b_hh), _ptr(b_mod), int(before), out.data_ptr(), ptr, ptr + 3 * h_dim * scratch.element_size())
     return out
-
-
-_ROWS = 8  # streams the C training loops advance together (ROWS in _scan.c)
-
-
-def _ptr(t: Tensor | None):
-    return None if t is None else t.data_ptr()
 
 
 @torch.library.custom_op("crt_repro::gated_scan_train", mutates_args=(), device_types="cpu")
@@ -168,8 +165,9 @@ def train_forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_
     h = h3 // 3
     keep_g = save and not before
     states = torch.empty(t_len + 1, b, h, dtype=xt.dtype)
-    pre = torch.empty((t_len, b, h3) if save else (_ROWS, h3), dtype=xt.dtype)
-    g = torch.empty((t_len, b, h3) if keep_g else (_ROWS, h3), dtype=xt.dtype)
+    rows = _library().gated_scan_rows()
+    pre = torch.empty((t_len, b, h3) if save else (rows, h3), dtype=xt.dtype)
+    g = torch.empty((t_len, b, h3) if keep_g else (rows, h3), dtype=xt.dtype)
     getattr(_library(), _FUNCS[xt.dtype] + "_train")(
         b, t_len, h, xt.data_ptr(), h0.data_ptr(), r_cat.data_ptr(), _ptr(b_hh), _ptr(b_mod), int(before), int(save),
         int(keep_g), states.data_ptr(), pre.data_ptr(), g.data_ptr())
@@ -186,7 +184,7 @@ def bptt(d_out: Tensor, k: Tensor, pre: Tensor, r_cat_t: Tensor, before: bool) -
     d_h = torch.empty(t_len, b, h, dtype=d_out.dtype)
     d_g = torch.empty(t_len, b, 3 * h, dtype=d_out.dtype)
     carry = torch.empty(b, h, dtype=d_out.dtype)
-    scratch = torch.empty(2, _ROWS, h, dtype=d_out.dtype)
+    scratch = torch.empty(2, _library().gated_scan_rows(), h, dtype=d_out.dtype)
     getattr(_library(), _FUNCS[d_out.dtype] + "_bptt")(
         b, t_len, h, d_out.data_ptr(), k.data_ptr(), pre.data_ptr(), r_cat_t.data_ptr(), int(before), d_h.data_ptr(),
         d_g.data_ptr(), carry.data_ptr(), scratch.data_ptr())

@@ -96,21 +96,29 @@ def cmd_claims(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from crt_repro import atomic
-    from crt_repro.data import load_corpus
-    from crt_repro.report.claims import claims_markdown, claims_table, cost_claims_table, load_declaration
-    from crt_repro.results import merge_files, read_runs_csv, write_runs_csv
+    from crt_repro.report.claims import claims_markdown, cost_claims_table
 
     table6 = pd.read_csv(args.cost) if args.cost else None
     paper_costs = pd.read_csv(args.paper_costs) if args.paper_costs else None
     if not args.runs:  # the cost claims alone, decided before any run
         if table6 is None or paper_costs is None:
             raise ValueError("claims without --runs are (d) and (f) alone: they need --cost and --paper-costs")
-        table = cost_claims_table(table6, paper_costs)
-        md = claims_markdown(table, args.profile, None, None)
-        atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
-        atomic.write_text(args.md, md)
-        print(md)
-        return 0
+        table, declared = cost_claims_table(table6, paper_costs), None
+    else:
+        table, declared = _run_claims(args, table6, paper_costs)
+    md = claims_markdown(table, args.profile, declared, args.declared)
+    atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
+    atomic.write_text(args.md, md)
+    print(md)
+    return 0
+
+
+def _run_claims(args: argparse.Namespace, table6, paper_costs):
+    """The claims table of ``--runs`` under the claims file ``--declared``, and that declaration."""
+    from crt_repro.data import load_corpus
+    from crt_repro.report.claims import claims_table, load_declaration
+    from crt_repro.results import merge_files, read_runs_csv, write_runs_csv
+
     if not args.declared:
         raise ValueError("claims with --runs need --declared, the claims file (workflow/config/claims.yaml)")
     merged = args.csv + ".runs.tmp"
@@ -123,12 +131,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
     datasets = sorted(set(t2["dataset"]))
     vocab = load_corpus(datasets[0], args.data_dir).vocab_size if datasets else 0
     declared = load_declaration(args.declared)
-    table = claims_table(runs, vocab, declared, table6, paper_costs)
-    atomic.write_text(args.csv, table.to_csv(index=False, lineterminator="\n"))
-    md = claims_markdown(table, args.profile, declared, args.declared)
-    atomic.write_text(args.md, md)
-    print(md)
-    return 0
+    return claims_table(runs, vocab, declared, table6, paper_costs), declared
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
