@@ -92,10 +92,12 @@ def test_graph_replays_compute_the_eager_scan_bit_for_bit(kind, reset, monkeypat
 
 
 @pytest.mark.parametrize("kind,reset", CONFIGS)
-@pytest.mark.parametrize("batch,hidden", [(3, 16), (11, 40)])
+@pytest.mark.parametrize("batch,hidden", [(3, 16), (11, 56)])
 def test_the_c_training_loops_equal_the_eager_scan(kind, reset, batch, hidden):
     """3 streams of 16: single-stream blocks and a product narrower than one block of columns; 11
-    of 40: a block of 8 streams and 3 single ones, full blocks of 32 columns and a remainder."""
+    of 56: a block of 8 streams (blocks of 32 columns and a remainder) and 3 single ones (a block
+    of 128 columns, one of 32 and a remainder in the 168 columns of the forward product). Batch 1
+    without gradient is the streaming scan, single-stream blocks only."""
     eager, native = _pair(kind, reset, "native", hidden=hidden)
     for a, b in zip(_two_segments([native, copy.deepcopy(native)], "cpu", batch),
                     _two_segments([eager, copy.deepcopy(eager)], "cpu", batch)):

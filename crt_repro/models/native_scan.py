@@ -1,4 +1,5 @@
-"""The inference scan of GRU and NCGRU in C (``_scan.c``), for streaming a few sequences on CPU.
+"""The loops of GRU's and NCGRU's scan in C (``_scan.c``), for streaming a few sequences on CPU
+and, when asked, for training.
 
 ``scan.gated_scan`` calls ``scan`` when no gradient is recorded, the tensors are on the CPU and
 the batch is below ``scan.SMALL_CPU_BATCH``: there a step of the Python scan costs its op dispatches,
@@ -71,9 +72,6 @@ def _build() -> ctypes.CDLL | None:
         return None
     long, ptr = ctypes.c_long, ctypes.c_void_p
     for name in _FUNCS.values():
-        fn = getattr(dll, name)
-        fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr]
-        fn.restype = None
         fn = getattr(dll, name + "_step")
         fn.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
         fn.restype = None
@@ -125,17 +123,9 @@ def supports(*tensors: Tensor | None) -> bool:
 def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool) -> Tensor:
     """States [B,T,H] of the gated recurrence; arguments as ``scan._scan_forward`` (the candidate is
     modReLU where ``b_mod`` is given, else tanh). Caller checks ``supports`` first."""
-    b, t_len, h3 = xp.shape
-    h = h3 // 3
-    xp, h0, r_cat = xp.contiguous(), h0.contiguous(), r_cat.contiguous()
-    b_hh = None if b_hh is None else b_hh.contiguous()
-    b_mod = None if b_mod is None else b_mod.contiguous()
-    out = torch.empty(b, t_len, h, dtype=xp.dtype)
-    g = torch.empty(h3, dtype=xp.dtype)
-    fn = getattr(_library(), _FUNCS[xp.dtype])
-    fn(b, t_len, h, xp.data_ptr(), h0.data_ptr(), r_cat.data_ptr(), _ptr(b_hh), _ptr(b_mod), int(before),
-       out.data_ptr(), g.data_ptr())
-    return out
+    states, _, _ = _forward(xp.transpose(0, 1).contiguous(), h0.contiguous(), r_cat.contiguous(), b_hh, b_mod,
+                            before, save=False)
+    return states[1:].transpose(0, 1)
 
 
 def step(x: Tensor, h: Tensor, w_in: Tensor, b_in: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
@@ -145,22 +135,17 @@ def step(x: Tensor, h: Tensor, w_in: Tensor, b_in: Tensor, r_cat: Tensor, b_hh: 
     contiguous (``rnn._GatedCell.step_weights``); caller checks ``supports`` first."""
     b, h_dim = h.shape
     x, h = x.contiguous(), h.contiguous()
-    out = torch.empty(b, h_dim, dtype=x.dtype)
-    scratch = torch.empty(6 * h_dim, dtype=x.dtype)  # g and xp, 3H each
-    ptr = scratch.data_ptr()
+    states = torch.empty(2, b, h_dim, dtype=x.dtype)  # h copied in, then the next state
+    xp = torch.empty(b, 3 * h_dim, dtype=x.dtype)
+    scratch = torch.empty(2, _library().gated_scan_rows(), 3 * h_dim, dtype=x.dtype)
     getattr(_library(), _FUNCS[x.dtype] + "_step")(
         b, x.shape[1], h_dim, x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), h.data_ptr(), r_cat.data_ptr(),
-        _ptr(b_hh), _ptr(b_mod), int(before), out.data_ptr(), ptr, ptr + 3 * h_dim * scratch.element_size())
-    return out
+        _ptr(b_hh), _ptr(b_mod), int(before), states.data_ptr(), xp.data_ptr(), scratch.data_ptr())
+    return states[1]
 
 
-@torch.library.custom_op("crt_repro::gated_scan_train", mutates_args=(), device_types="cpu")
-def train_forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool,
-                  save: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``scan._scan_forward``, time-major: from xt [T,B,3H] and h0 [B,H] the buffers states
-    [T+1,B,H] and, where ``save``, pre [T,B,3H] and (reset after) g [T,B,3H]; otherwise pre and g
-    hold a few streams' step. All operands contiguous, on the CPU, of one dtype (``supports``);
-    candidate modReLU where ``b_mod`` is given."""
+def _forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool,
+             save: bool) -> tuple[Tensor, Tensor, Tensor]:
     t_len, b, h3 = xt.shape
     h = h3 // 3
     keep_g = save and not before
@@ -172,6 +157,16 @@ def train_forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_
         b, t_len, h, xt.data_ptr(), h0.data_ptr(), r_cat.data_ptr(), _ptr(b_hh), _ptr(b_mod), int(before), int(save),
         int(keep_g), states.data_ptr(), pre.data_ptr(), g.data_ptr())
     return states, pre, g
+
+
+@torch.library.custom_op("crt_repro::gated_scan_train", mutates_args=(), device_types="cpu")
+def train_forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None, before: bool,
+                  save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``scan._scan_forward``, time-major: from xt [T,B,3H] and h0 [B,H] the buffers states
+    [T+1,B,H] and, where ``save``, pre [T,B,3H] and (reset after) g [T,B,3H]; otherwise pre and g
+    hold a few streams' step. All operands contiguous, on the CPU, of one dtype (``supports``);
+    candidate modReLU where ``b_mod`` is given."""
+    return _forward(xt, h0, r_cat, b_hh, b_mod, before, save)
 
 
 @torch.library.custom_op("crt_repro::gated_scan_bptt", mutates_args=(), device_types="cpu")
