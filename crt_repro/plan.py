@@ -15,18 +15,15 @@ from crt_repro.paths import runs_dir
 from crt_repro.results import ResultsError
 
 
-# Cluster jobs (workflow/profiles/slurm): the time and memory a language run's train job asks for,
-# from the run's size.
-#   minutes = min(24 h, (30 + tokens trained x layers / GPU_LAYER_TOKENS_PER_S / 60) x 2^(attempt-1))
-#   mem_mb  = 8000 + 64 x corpus training tokens / 1e6
-# 30 minutes cover start-up and evaluations. GPU_LAYER_TOKENS_PER_S is a guess, no paper-profile
-# run on a GPU has been timed yet (set it from a run's metrics.json: train_tokens_per_s x layers);
-# a retry doubles the time, in case the guess was short. A run longer than JOB_MAX_MINUTES is cut
-# at the limit and its retry resumes from the checkpoint. 8 GB hold Python, torch, CUDA and the
-# model and optimiser copies a checkpoint makes; tokenising a corpus took 22 bytes per token
-# (WikiText-2), and 64 leave room for the vocabulary and the batches.
-JOB_MAX_MINUTES = 24 * 60
-GPU_LAYER_TOKENS_PER_S = 2e5  # 12,500 tokens/s at 16 layers: 40 h for a WikiText-103 run of 1.8e9 tokens
+# How long a language run trains, at a guess: a token costs about layers x 12 d^2 (attention and
+# feed-forward) + d x vocabulary (the softmax), and each profile runs at one measured or guessed
+# speed, tokens/s of a reference shape (tokens/s, layers, d_model, vocabulary, on what): cpu, the
+# pilot's ~4,500 tokens/s per core at 3 x 128 on PTB; paper, GPU_LAYER_TOKENS_PER_S at 16 x 410 on
+# WikiText-103. Epoch budgets count every epoch: early stopping may end a run sooner. The workflow
+# prints the sum over a target's runs still to train, and sizes a cluster job by its run's.
+GPU_LAYER_TOKENS_PER_S = 2e5  # a guess, no paper-profile run on a GPU has been timed yet: 12,500 tokens/s at 16 layers
+ESTIMATE_SPEEDS = {"smoke": (4500, 3, 128, 10_000, "core"), "cpu": (4500, 3, 128, 10_000, "core"),
+                   "paper": (GPU_LAYER_TOKENS_PER_S / 16, 16, 410, 267_735, "GPU")}
 
 
 def corpus_tokens(cfg) -> int:
@@ -43,25 +40,6 @@ def train_tokens(cfg) -> float:
     return o.max_epochs * corpus_tokens(cfg)
 
 
-def job_minutes(cfg, attempt: int = 1) -> int:
-    minutes = 30 + train_tokens(cfg) * cfg.model.n_layer / GPU_LAYER_TOKENS_PER_S / 60
-    return min(JOB_MAX_MINUTES, math.ceil(minutes * 2 ** (attempt - 1)))
-
-
-def job_mem_mb(cfg) -> int:
-    return 8000 + math.ceil(64 * corpus_tokens(cfg) / 1e6)
-
-
-# What the workflow prints when it starts: the compute a target's runs still need. A guess, not a
-# measurement: a token costs about layers x 12 d^2 (attention and feed-forward) + d x vocabulary
-# (the softmax), and each profile runs at one measured or guessed speed, tokens/s of a reference
-# shape (tokens/s, layers, d_model, vocabulary, on what): cpu, the pilot's ~4,500 tokens/s per
-# core at 3 x 128 on PTB; paper, GPU_LAYER_TOKENS_PER_S at 16 x 410 on WikiText-103. Epoch budgets
-# count every epoch: early stopping may end a run sooner.
-ESTIMATE_SPEEDS = {"smoke": (4500, 3, 128, 10_000, "core"), "cpu": (4500, 3, 128, 10_000, "core"),
-                   "paper": (GPU_LAYER_TOKENS_PER_S / 16, 16, 410, 267_735, "GPU")}
-
-
 def _token_cost(layers: int, d_model: int, vocab: int) -> float:
     return layers * 12 * d_model ** 2 + d_model * vocab
 
@@ -73,6 +51,25 @@ def estimate_hours(profile: str, configs) -> float:
     return sum(train_tokens(c) * _token_cost(c.model.n_layer, c.model.d_model,
                                              VOCAB_SIZES.get(c.data.dataset, 10_000)) / per_s
                for c in configs) / 3600
+
+
+# Cluster jobs (workflow/profiles/slurm): the time and memory a language run's train job asks for.
+#   minutes = min(24 h, (30 + the run's estimated minutes above) x 2^(attempt-1))
+#   mem_mb  = 8000 + 64 x corpus training tokens / 1e6
+# 30 minutes cover start-up and evaluations; a retry doubles the time, in case the guess was short.
+# A run longer than JOB_MAX_MINUTES is cut at the limit and its retry resumes from the checkpoint.
+# 8 GB hold Python, torch, CUDA and the model and optimiser copies a checkpoint makes; tokenising a
+# corpus took 22 bytes per token (WikiText-2), and 64 leave room for the vocabulary and the batches.
+JOB_MAX_MINUTES = 24 * 60
+
+
+def job_minutes(cfg, profile: str, attempt: int = 1) -> int:
+    minutes = 30 + 60 * estimate_hours(profile, [cfg])
+    return min(JOB_MAX_MINUTES, math.ceil(minutes * 2 ** (attempt - 1)))
+
+
+def job_mem_mb(cfg) -> int:
+    return 8000 + math.ceil(64 * corpus_tokens(cfg) / 1e6)
 
 
 @dataclass(frozen=True)

@@ -166,8 +166,9 @@ def with_gpus(wildcards, resources):
 
 
 def train_runtime(wildcards, attempt):
-    """Minutes of a train job on a cluster, from its run's size (crt_repro.plan.job_minutes)."""
-    return job_minutes(PLAN.runs[wildcards.run_id].config(), attempt)
+    """Minutes of a train job on a cluster, from its run's size at its profile's speed
+    (crt_repro.plan.job_minutes)."""
+    return job_minutes(PLAN.runs[wildcards.run_id].config(), PROFILE, attempt)
 
 
 def train_mem_mb(wildcards):
