@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Start or resume the decisive cpu reproduction (REPRODUCTION.md) from a worktree of its launch
+# commit, so that code changed on main since never touches its runs. Run it from this checkout
+# with its venv active; rerun it after a kill, on this machine or a fresh one.
+#   bash scripts/resume_reproduction.sh DATA_DIR [WORKTREE] [LAUNCH_COMMIT]
+# - makes the worktree (default ../repro, at 0bb85a8) where it is missing, and refuses one at
+#   another commit;
+# - copies into it the finished runs committed here that it lacks (scripts/commit_finished_runs.sh
+#   commits them from there), so that a fresh machine trains none of them again;
+# - unlocks the workflow a kill left locked, then runs it two single-thread runs at a time, the
+#   runs a kill left with a checkpoint first (they resume from it).
+set -euo pipefail
+main=$(cd "$(dirname "$0")/.." && pwd)
+data=$(cd "${1:?the data directory, e.g. ../shared/data}" && pwd)
+tree=${2:-$main/../repro}
+launch=$(git -C "$main" rev-parse --verify "${3:-0bb85a8}^{commit}")
+command -v crt-repro >/dev/null || { echo "resume_reproduction: crt-repro is not on PATH (activate the venv)" >&2; exit 1; }
+[ -d "$tree" ] || git -C "$main" worktree add --detach "$tree" "$launch"
+at=$(git -C "$tree" rev-parse HEAD)
+[ "$at" = "$launch" ] || { echo "resume_reproduction: $tree is at ${at:0:7}, not the launch commit ${launch:0:7}" >&2; exit 1; }
+
+shopt -s nullglob
+for m in "$main"/results/cpu/runs/*/metrics.json; do
+  run=$(basename "$(dirname "$m")")
+  [ -f "$tree/results/cpu/runs/$run/metrics.json" ] && continue
+  mkdir -p "$tree/results/cpu/runs/$run"
+  cp "$(dirname "$m")"/{config.yaml,log.jsonl,metrics.json} "$tree/results/cpu/runs/$run/"
+done
+
+cd "$tree"
+export PYTHONPATH=$tree  # the launch commit's package, not this checkout's
+targets=(table2_ptb_3layer table8_ablation table9_ptb_3layer_rnn fig5_ptb_3layer curves_ptb_3layer beyond_paper
+         claims_3layer)
+config=(--config profile=cpu "data_dir=$data" beyond_paper=true)
+out=$(snakemake --cores 2 --unlock "${targets[@]}" "${config[@]}" 2>&1) || { echo "$out" >&2; exit 1; }
+started=()
+for d in results/cpu/runs/ptb-*/; do
+  [ -f "${d}checkpoint.pt" ] && [ ! -f "${d}metrics.json" ] && started+=("${d}metrics.json")
+done
+echo "resume_reproduction: $(date -u '+%F %T') UTC, ${#started[@]} started run(s) first: ${started[*]:-none}"
+# --prioritize takes every word up to the next option, so it comes after the targets.
+exec crt-repro workflow -- --cores 2 --keep-going "${targets[@]}" ${started[@]:+--prioritize "${started[@]}"} \
+  "${config[@]}"
