@@ -1,7 +1,9 @@
-"""scripts/resume_reproduction.sh, which starts and resumes the decisive cpu reproduction from a
-worktree of its launch commit (REPRODUCTION.md): on a fresh machine it trains none of the runs
-already committed, after a kill it finishes the started runs first, and it never runs in a
-worktree at another commit. Snakemake and crt-repro are stand-ins that log their arguments."""
+"""The two scripts of the decisive cpu reproduction (REPRODUCTION.md), which trains in a worktree
+of its launch commit. scripts/resume_reproduction.sh starts and resumes it: on a fresh machine it
+trains none of the runs already committed, after a kill it finishes the started runs first, and
+it never runs in a worktree at another commit. scripts/commit_finished_runs.sh commits to main the
+records of the runs that finished there, and only those. Snakemake and crt-repro are stand-ins
+that log their arguments."""
 from __future__ import annotations
 
 import os
@@ -87,3 +89,31 @@ def test_a_worktree_at_another_commit_is_refused(setup):
     done = resume(main, tree, data, env)
     assert done.returncode == 1 and not log.exists()
     assert done.stderr.strip().endswith(f"not the launch commit {LAUNCH}")
+
+
+def test_only_finished_runs_are_committed_and_only_once(setup):
+    main, tree, data, env, log = setup
+    shutil.copy(REPO / "scripts/commit_finished_runs.sh", main / "scripts/commit_finished_runs.sh")
+    runs = tree / "results/cpu/runs"
+    for run, files in {"ptb-crt-gru-L3-n17-s0-2222222222": ("config.yaml", "log.jsonl", "metrics.json", "best.pt",
+                                                            "checkpoint.pt"),
+                       "ptb-crt-gru-L3-n17-s1-3333333333": ("config.yaml", "log.jsonl", "checkpoint.pt")}.items():
+        (runs / run).mkdir(parents=True)
+        for name in files:
+            (runs / run / name).write_text(name)
+    git("config", "user.email", "ci@example.org", cwd=main)
+    git("config", "user.name", "ci", cwd=main)
+    before = git("rev-parse", "HEAD", cwd=main).stdout
+
+    def commit():
+        return subprocess.run(["bash", "scripts/commit_finished_runs.sh", str(tree)], cwd=main, env=env,
+                              capture_output=True, text=True)
+
+    done = commit()
+    assert done.returncode == 0, done.stderr
+    added = git("diff", "--name-only", before.strip(), "HEAD", cwd=main).stdout.split()
+    assert added == [f"results/cpu/runs/ptb-crt-gru-L3-n17-s0-2222222222/{n}"
+                     for n in ("config.yaml", "log.jsonl", "metrics.json")]
+    assert log.read_text() == "crt-repro record-costs results/cpu/runs/ptb-crt-gru-L3-n17-s0-2222222222\n"
+    again = commit()
+    assert again.returncode == 0 and again.stdout.startswith("no new finished runs")
