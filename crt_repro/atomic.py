@@ -20,13 +20,25 @@ class WriteError(OSError):
     """A file that could not be written; the message names it and the cause."""
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def temp_beside(path: str | Path) -> Path:
+    """A new empty temp file in ``path``'s folder (made if missing), to be renamed onto ``path``,
+    with the permissions the umask gives a newly created file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
         try:
             write(Path(tmp))
         except (OSError, RuntimeError) as e:  # OSError of a write has no file name; torch's errors name none either

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import warnings
 import zipfile
 from collections import Counter
@@ -523,6 +524,22 @@ def test_download_ptb_from_file_url(shared_data: Path, tmp_path: Path,
 
     monkeypatch.setattr(dl.urllib.request, "urlopen", no_network)
     dl.download("ptb", tmp_path, base_url=url, progress=False)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_downloads_and_the_corpus_cache_get_the_umasks_permissions(shared_data: Path, tmp_path: Path,
+                                                                   umask: int, mode: int) -> None:
+    """A data folder or cache shared by a group is readable by it: no file is left 0600 by its
+    temp file."""
+    old = os.umask(umask)
+    try:
+        folder = dl.download("ptb", tmp_path / "data", base_url=(shared_data / "ptb").as_uri(), progress=False)
+        load_corpus("ptb", tmp_path / "data", cache_dir=tmp_path / "cache", check=True)
+    finally:
+        os.umask(old)
+    written = [*folder.iterdir(), *(p for p in (tmp_path / "cache").rglob("*") if p.is_file())]
+    assert len(written) > len(PTB_SHA)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: mode for p in written}
 
 
 def test_download_wikitext2_zip(shared_data: Path, tmp_path: Path) -> None:

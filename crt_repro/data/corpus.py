@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from crt_repro import atomic
 from crt_repro.paths import default_cache_dir, default_data_dir
 
 from .synthetic import synthetic_corpus
@@ -208,8 +208,6 @@ def _file_digest(path: Path, cache_dir: Path) -> dict:
         pass
     digest = sha256_file(path)
     try:
-        from crt_repro import atomic
-
         atomic.write_json(cache, {"key": key, "sha256": digest})
     except OSError as e:
         warnings.warn(f"could not write the sha256 cache {cache}: {e}", stacklevel=3)
@@ -288,11 +286,10 @@ def _write_cache(path: Path, key: str, corpus: Corpus) -> None:
     obj = {"key": key, "name": corpus.name, "vocab": corpus.vocab,
            **{s: getattr(corpus, s) for s in SPLITS}}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Temp file in the same folder + os.replace: readers never see a half-written cache.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        tmp = atomic.temp_beside(path)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 torch.save(obj, f)
             os.replace(tmp, path)
         except BaseException:

@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -22,6 +21,7 @@ from typing import IO
 
 from tqdm import tqdm
 
+from crt_repro import atomic
 from crt_repro.paths import default_data_dir
 
 from .corpus import ALIASES, DATASETS, canonical_dataset, sha256_file
@@ -82,9 +82,9 @@ def _write_verified(
     dest: Path, expected: str | None, fill: Callable[[IO[bytes]], str]
 ) -> None:
     """Write dest through a temp file in its folder; `fill` writes it and returns its sha256."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = atomic.temp_beside(dest)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             got = fill(f)
         if expected is not None and got != expected:
             raise ChecksumError(f"{dest.name}: sha256 mismatch: expected {expected}, got {got}")
@@ -135,9 +135,9 @@ def download(
             )
         return folder
 
-    fd, zip_tmp = tempfile.mkstemp(dir=folder, prefix=f".{src.archive}.", suffix=".tmp")
+    zip_tmp = atomic.temp_beside(folder / src.archive)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(zip_tmp, "wb") as out:
             _fetch(f"{prefix}/{src.archive}", out, src.archive, progress)
         with zipfile.ZipFile(zip_tmp) as zf:
             for fname in todo:
