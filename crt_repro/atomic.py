@@ -35,6 +35,16 @@ def temp_beside(path: str | Path) -> Path:
     return Path(tmp)
 
 
+def temp_dir_beside(path: str | Path) -> Path:
+    """``temp_beside`` for a folder: a new empty one, with the permissions the umask gives a new
+    folder (``mkdtemp`` alone would make it 0700)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     tmp = temp_beside(path)

@@ -17,6 +17,7 @@ from crt_repro.cli import main
 from crt_repro.config import ConfigError, build_config
 from crt_repro.data.synthetic import synthetic_corpus
 from crt_repro.tasks.lm import LMTask
+from crt_repro.video.synthetic import synthetic_video_dir
 
 # A run of two steps of a one-layer, 16-wide Transformer: about a second.
 TINY = ["--profile", "smoke", "--model", "transformer", "--layers", "1", "--seg-len", "8",
@@ -217,10 +218,12 @@ def test_atomic_writes_get_the_umasks_permissions(tmp_path, umask, mode):
         atomic.write_text(tmp_path / "t.md", "x\n")
         atomic.write_json(tmp_path / "m.json", {"a": 1})
         atomic.torch_save(tmp_path / "c.pt", {"a": 1})
+        folder = synthetic_video_dir(tmp_path / "cache", n_per_class=1, seed=0, size=16, n_frames=2)
     finally:
         os.umask(old)
     for name in ("t.md", "m.json", "c.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask  # made as a temp folder, then renamed
 
 
 # --- item 14: --out pointing at someone else's directory ------------------------------------

@@ -23,11 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from crt_repro import atomic
 from crt_repro.video.decode import write_video
 
 CACHE_VERSION = 1   # bump when the clips a given set of parameters yields change
@@ -99,8 +99,7 @@ def synthetic_video_dir(cache_dir: str | Path | None = None, n_per_class: int = 
     root = Path(cache_dir).expanduser() / "synthetic-video" / f"n{n_per_class}-seed{seed}-{size}px-{digest}"
     if root.is_dir():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    tmp = atomic.temp_dir_beside(root)
     try:
         make_synthetic_videos(tmp, n_per_class=n_per_class, seed=seed, size=size, n_frames=n_frames,
                               square=square, fps=fps)
