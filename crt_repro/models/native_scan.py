@@ -125,7 +125,7 @@ def scan(xp: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tens
     modReLU where ``b_mod`` is given, else tanh). Caller checks ``supports`` first."""
     states, _, _ = _forward(xp.transpose(0, 1).contiguous(), h0.contiguous(), r_cat.contiguous(), b_hh, b_mod,
                             before, save=False)
-    return states[1:].transpose(0, 1)
+    return states[1:].transpose(0, 1).contiguous()
 
 
 def step(x: Tensor, h: Tensor, w_in: Tensor, b_in: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: Tensor | None,
@@ -149,6 +149,8 @@ def _forward(xt: Tensor, h0: Tensor, r_cat: Tensor, b_hh: Tensor | None, b_mod: 
     t_len, b, h3 = xt.shape
     h = h3 // 3
     keep_g = save and not before
+    b_hh = None if b_hh is None else b_hh.contiguous()  # the C loops read them as flat arrays
+    b_mod = None if b_mod is None else b_mod.contiguous()
     states = torch.empty(t_len + 1, b, h, dtype=xt.dtype)
     rows = _library().gated_scan_rows()
     pre = torch.empty((t_len, b, h3) if save else (rows, h3), dtype=xt.dtype)
