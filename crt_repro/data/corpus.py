@@ -17,7 +17,6 @@ import codecs
 import hashlib
 import json
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,15 +285,7 @@ def _write_cache(path: Path, key: str, corpus: Corpus) -> None:
     obj = {"key": key, "name": corpus.name, "vocab": corpus.vocab,
            **{s: getattr(corpus, s) for s in SPLITS}}
     try:
-        # Temp file in the same folder + os.replace: readers never see a half-written cache.
-        tmp = atomic.temp_beside(path)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(obj, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic.torch_save(path, obj)  # readers never see a half-written cache
     except OSError as e:
         warnings.warn(f"could not write corpus cache {path}: {e}", stacklevel=3)
 
