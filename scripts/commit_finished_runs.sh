@@ -19,5 +19,6 @@ done
 [ ${#new[@]} -eq 0 ] && { echo "no new finished runs in $src"; exit 0; }
 crt-repro record-costs "${new[@]}" >/dev/null
 git add "${new[@]}"
-git commit -qm "$dst: ${#new[@]} finished run(s): ${new[*]##*/}"
+# Only these paths: whatever else is staged in this checkout stays out of the commit.
+git commit -qm "$dst: ${#new[@]} finished run(s): ${new[*]##*/}" -- "${new[@]}"
 git log --oneline -1

@@ -103,6 +103,9 @@ def test_only_finished_runs_are_committed_and_only_once(setup):
             (runs / run / name).write_text(name)
     git("config", "user.email", "ci@example.org", cwd=main)
     git("config", "user.name", "ci", cwd=main)
+    # Work of one's own staged in main when the runs land stays staged, out of their commit.
+    (main / "NOTES.md").write_text("staged, not for this commit\n")
+    git("add", "NOTES.md", cwd=main)
     before = git("rev-parse", "HEAD", cwd=main).stdout
 
     def commit():
@@ -114,6 +117,7 @@ def test_only_finished_runs_are_committed_and_only_once(setup):
     added = git("diff", "--name-only", before.strip(), "HEAD", cwd=main).stdout.split()
     assert added == [f"results/cpu/runs/ptb-crt-gru-L3-n17-s0-2222222222/{n}"
                      for n in ("config.yaml", "log.jsonl", "metrics.json")]
+    assert git("diff", "--cached", "--name-only", cwd=main).stdout.split() == ["NOTES.md"]
     assert log.read_text() == "crt-repro record-costs results/cpu/runs/ptb-crt-gru-L3-n17-s0-2222222222\n"
     again = commit()
     assert again.returncode == 0 and again.stdout.startswith("no new finished runs")
