@@ -24,7 +24,12 @@ for m in "$main"/results/cpu/runs/*/metrics.json; do
   run=$(basename "$(dirname "$m")")
   [ -f "$tree/results/cpu/runs/$run/metrics.json" ] && continue
   mkdir -p "$tree/results/cpu/runs/$run"
-  cp "$(dirname "$m")"/{config.yaml,log.jsonl,metrics.json} "$tree/results/cpu/runs/$run/"
+  # metrics.json last and each through a temporary name: Snakemake takes a run with a
+  # metrics.json for finished, so a kill mid-copy must not leave a torn one.
+  for f in config.yaml log.jsonl metrics.json; do
+    cp "$(dirname "$m")/$f" "$tree/results/cpu/runs/$run/.$f.tmp"
+    mv -f "$tree/results/cpu/runs/$run/.$f.tmp" "$tree/results/cpu/runs/$run/$f"
+  done
 done
 
 cd "$tree"

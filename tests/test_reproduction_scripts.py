@@ -121,3 +121,30 @@ def test_only_finished_runs_are_committed_and_only_once(setup):
     assert log.read_text() == "crt-repro record-costs results/cpu/runs/ptb-crt-gru-L3-n17-s0-2222222222\n"
     again = commit()
     assert again.returncode == 0 and again.stdout.startswith("no new finished runs")
+
+
+def test_a_run_copied_by_a_pass_that_failed_is_committed_by_the_next(setup):
+    main, tree, data, env, log = setup
+    shutil.copy(REPO / "scripts/commit_finished_runs.sh", main / "scripts/commit_finished_runs.sh")
+    run = "ptb-crt-gru-L3-n35-s0-4444444444"
+    (tree / "results/cpu/runs" / run).mkdir(parents=True)
+    for name in ("config.yaml", "log.jsonl", "metrics.json"):
+        (tree / "results/cpu/runs" / run / name).write_text(name)
+    git("config", "user.email", "ci@example.org", cwd=main)
+    git("config", "user.name", "ci", cwd=main)
+    # Another git holding the index (the background loop's twin, say) makes this pass fail after its copy.
+    lock = main / ".git/index.lock"
+    lock.write_text("")
+
+    def commit():
+        return subprocess.run(["bash", "scripts/commit_finished_runs.sh", str(tree)], cwd=main, env=env,
+                              capture_output=True, text=True)
+
+    assert commit().returncode != 0
+    assert (main / "results/cpu/runs" / run / "metrics.json").exists()
+    lock.unlink()
+    done = commit()
+    assert done.returncode == 0, done.stderr
+    assert git("ls-files", f"results/cpu/runs/{run}", cwd=main).stdout.split() == [
+        f"results/cpu/runs/{run}/{n}" for n in ("config.yaml", "log.jsonl", "metrics.json")]
+    assert not list((main / "results/cpu/runs" / run).glob(".*"))
