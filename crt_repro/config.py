@@ -353,10 +353,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        *parents, leaf = names = key.strip().split(".")
+        if not parents or not all(names):
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
         node = out
-        *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is set both as a value and as a section")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"--set {item!r}: {leaf} is set both as a section and as a value")
         node[leaf] = _parse_scalar(text)
     return out
 

@@ -2,7 +2,6 @@
 (issue 13, items 9, 10, 12 and 14; run records that are not JSON besides; issue 26, items 4-7)."""
 from __future__ import annotations
 
-import math
 import os
 import stat
 import subprocess
@@ -78,7 +77,20 @@ def test_non_finite_numbers_fail_validation(capsys, tmp_path, override):
 
 def test_finite_floats_still_pass():
     cfg = build_config("smoke", "synthetic", {"optim": {"lr": 1e-3, "lr_steps": [0.5], "schedule": "step"}})
-    assert math.isfinite(cfg.optim.lr)
+    assert (cfg.optim.lr, cfg.optim.lr_steps, cfg.optim.schedule) == (1e-3, [0.5], "step")
+
+
+@pytest.mark.parametrize("sets, named", [
+    (["model=crt"], "--set expects section.key=value, got 'model=crt'"),
+    (["data=3"], "--set expects section.key=value, got 'data=3'"),
+    (["optim..lr=1"], "--set expects section.key=value, got 'optim..lr=1'"),
+    (["optim.lr=1e-3", "optim.lr.x=2"], "--set 'optim.lr.x=2': lr is set both as a value and as a section"),
+    (["optim.lr.x=2", "optim.lr=1e-3"], "--set 'optim.lr=1e-3': lr is set both as a section and as a value"),
+])
+def test_a_set_without_a_section_or_at_odds_with_another_names_it(capsys, tmp_path, sets, named):
+    line = error_line(*train(capsys, tmp_path / "run", *[a for s in sets for a in ("--set", s)]))
+    assert line.endswith(named), line
+    assert not (tmp_path / "run").exists()
 
 
 # --- item 10: unreadable checkpoints and configs, undecodable data, unusable --out ---------
