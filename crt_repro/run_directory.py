@@ -70,9 +70,23 @@ def read_log(out: Path, up_to_step: int) -> list[dict]:
     path = out / LOG
     if not path.exists():
         return []
-    entries = (read_record(line, f"{path}:{lineno}", out)
-               for lineno, line in enumerate(path.read_text().splitlines(), start=1))
+    text = path.read_text()
+    lines = text.splitlines()
+    # A kill in the middle of an append leaves a last line without its newline. It lies past the
+    # checkpoint (a step's lines are written before its checkpoint), so, torn, it goes like the
+    # others past it; a bad line anywhere else is an error.
+    if lines and not text.endswith("\n") and not _is_json(lines[-1]):
+        lines.pop()
+    entries = (read_record(line, f"{path}:{lineno}", out) for lineno, line in enumerate(lines, start=1))
     return [e for e in entries if e["step"] <= up_to_step]
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def read_record(text: str, where: str, out: Path):

@@ -127,11 +127,24 @@ def test_a_run_record_that_is_not_json_is_one_line_naming_the_file(capsys, run_d
     record = run_dir / name
     if name == "log.jsonl":
         unfinished(run_dir)  # resuming rereads the log
-        record.write_text(record.read_text() + '{"step": 3, "lo\n')  # killed mid-line
+        record.write_text(record.read_text() + '{"step": 3, "lo\n')  # a broken line, ended as a whole one
     else:
         record.write_text('{"run_id": ')
     line = error_line(*train(capsys, run_dir))
     assert str(record) in line and "not valid JSON" in line and f"delete {run_dir}" in line
+
+
+def test_a_log_line_torn_by_a_kill_is_dropped_on_resume(capsys, run_dir, tmp_path):
+    import shutil
+
+    unfinished(run_dir)
+    control = shutil.copytree(run_dir, tmp_path / "control")  # the same run, resumed untorn
+    log = run_dir / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "lo')  # killed mid-append: no newline
+    for out in (run_dir, control):
+        rc, err = train(capsys, out)
+        assert rc == 0, err
+    assert log.read_text() == (control / "log.jsonl").read_text()
 
 
 def write_ptb(root: Path, n_types: int) -> Path:
