@@ -235,24 +235,32 @@ def collect(paths: Sequence[str | Path], tags: Sequence[str] = (), check_dir_nam
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS) + (list(VIDEO_RUN_COLUMNS) if video else [])).fillna("")
 
 
+def read_csv_checked(path: str | Path, columns: Sequence[str], what: str, **read_csv: Any) -> "pd.DataFrame":
+    """A CSV file with at least ``columns``, or a one-line ``ResultsError`` naming the file: missing,
+    empty, not a CSV, or lacking a column. ``what`` names the kind of file in the message."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such {what}")
+    try:
+        df = pd.read_csv(path, **read_csv)
+    except pd.errors.EmptyDataError:
+        raise ResultsError(f"{path}: empty file, expected a {what} with columns {', '.join(columns)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:  # their messages do not name the file
+        raise ResultsError(f"{path}: not a CSV file ({' '.join(str(e).split())})") from None
+    require_columns(df, columns, path)
+    return df
+
+
 def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
     """Read a runs CSV; every column of ``RUN_COLUMNS`` must be present (extra ones are kept), and
     every cell of a numeric column a finite number or empty.
 
     ``numeric=False`` keeps every cell as the exact text of the file ('' where empty).
     """
-    import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"{path}: no such runs CSV")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ResultsError(f"{path}: empty file, expected a header with columns {', '.join(RUN_COLUMNS)}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:  # their messages do not name the file
-        raise ResultsError(f"{path}: not a CSV file ({' '.join(str(e).split())})") from None
-    require_columns(df, RUN_COLUMNS, path)
+    df = read_csv_checked(path, RUN_COLUMNS, "runs CSV", dtype=str, keep_default_na=False)
     for col in [c for c in NUMERIC_COLUMNS + VIDEO_NUMERIC_COLUMNS if c in df.columns]:
         numbers = _finite_numbers(df, col, path)
         if numeric and col in NUMERIC_COLUMNS:  # the video tables convert their own columns

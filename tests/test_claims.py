@@ -186,6 +186,26 @@ def test_a_bad_claims_file_names_its_key(tmp_path, edit, message):
         load_declaration(path)
 
 
+@pytest.mark.parametrize("side, key, value, message", [
+    ("a", "seg_len", None, "comparisons[0].a.seg_len: must be a whole number > 0, got None"),
+    ("a", "seg_len", "abc", "comparisons[0].a.seg_len: must be a whole number > 0, got 'abc'"),
+    ("b", "seg_len", 17.5, "comparisons[0].b.seg_len: must be a whole number > 0, got 17.5"),
+    ("b", "model", ["crt"], "comparisons[0].b.model: must be a name, got ['crt']"),
+    (None, "claim", ["a"], "comparisons[0].claim: must be one of"),
+    (None, "test", {"less": 1}, "comparisons[0].test: must be one of"),
+])
+def test_a_bad_comparison_in_the_claims_file_names_its_key(tmp_path, side, key, value, message):
+    import yaml
+
+    d = yaml.safe_load((REPO / "workflow/config/claims.yaml").read_text())
+    (d["comparisons"][0][side] if side else d["comparisons"][0])[key] = value
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ResultsError) as e:
+        load_declaration(path)
+    assert str(e.value).startswith(f"{path}: {message}")
+
+
 def test_claims_table_names_missing_runs_and_flops_without_softmax():
     df = runs({(m, r, n): [100.0, 101.0, 100.5, 100.2] for m, r in (("transformer", ""), ("transformer_xl", ""),
                                                                     ("crt", "ncgru")) for n in (17, 35, 70)})
@@ -359,3 +379,29 @@ def test_the_cost_claims_are_decided_before_any_run_as_the_full_claims_decide_th
     assert "need --cost and --paper-costs" in capsys.readouterr().err
     assert main(["claims", "--runs", str(out), "--profile", "cpu", "--csv", str(out), "--md", str(tmp_path / "x.md")]) != 0
     assert "need --declared" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which, edit, message", [
+    ("t6", lambda df: df[df["model"] != "crt"], "no row for model 'crt' at widths 'paper'"),
+    ("t6", lambda df: df.drop(columns="params_m"), "missing column 'params_m'"),
+    ("costs", lambda df: df[df["model"] != "transformer_xl"],
+     "no row for model 'transformer_xl' at dataset wt103, 16 layers, 150 tokens"),
+    ("costs", lambda df: df.iloc[:0], "no row for model 'transformer' at dataset wt103"),
+])
+def test_a_cost_csv_without_a_row_or_column_the_claims_read_is_one_line_naming_it(capsys, tmp_path, which, edit,
+                                                                                    message):
+    from crt_repro.cli import main
+
+    costs = pd.DataFrame([{"dataset": "wt103", "layers": 16, "d_model": 410, "seg_len": 150, "model": m, "rnn": r,
+                           "flops_fwd": 1.0, "softmax_flops": 0.0, "params": 1.0}
+                          for m, r in (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"), ("crt", "ncgru"))])
+    files = {"t6": table6((1.05, 1.02, 1.08), (1.6, 1.5, 1.7)), "costs": costs}
+    files[which] = edit(files[which])
+    for name, df in files.items():
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+    rc = main(["claims", "--cost", str(tmp_path / "t6.csv"), "--paper-costs", str(tmp_path / "costs.csv"),
+               "--profile", "cpu", "--csv", str(tmp_path / "c.csv"), "--md", str(tmp_path / "c.md")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"crt-repro claims: error: {tmp_path / which}.csv: {message}"), err
+    assert not (tmp_path / "c.csv").exists()

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from crt_repro.report.reference import load_reference
+from crt_repro.report.reference import load_reference, table6_values
 from crt_repro.results import ResultsError, select_runs
 
 HELD, NOT_HELD, UNRESOLVED, NO_RUNS = "held", "did not hold", "not resolved", "no runs yet"
@@ -99,14 +99,20 @@ def load_declaration(path: str | Path) -> Declaration:
     for i, c in enumerate(d.get("comparisons") or []):
         key = f"comparisons[{i}]"
         need(isinstance(c, dict) and set(c) == {"claim", "test", "a", "b"}, key, "must have claim, test, a and b")
-        need(c["claim"] in CLAIM_TEXT, f"{key}.claim", f"must be one of {', '.join(CLAIM_TEXT)}, got {c['claim']!r}")
-        need(c["test"] in TESTS, f"{key}.test", f"must be one of {', '.join(TESTS)}, got {c['test']!r}")
+        need(isinstance(c["claim"], str) and c["claim"] in CLAIM_TEXT, f"{key}.claim",
+             f"must be one of {', '.join(CLAIM_TEXT)}, got {c['claim']!r}")
+        need(isinstance(c["test"], str) and c["test"] in TESTS, f"{key}.test",
+             f"must be one of {', '.join(TESTS)}, got {c['test']!r}")
         cells = []
         for side in ("a", "b"):
             cell = c[side]
             need(isinstance(cell, dict) and {"table", "model", "seg_len"} <= set(cell) <= {"table", "model", "rnn",
                  "seg_len"}, f"{key}.{side}", "must have table, model, seg_len (and rnn for a model with RNNs)")
-            cells.append(Cell(str(cell["table"]), str(cell["model"]), str(cell.get("rnn", "")), int(cell["seg_len"])))
+            for name in ("table", "model", "rnn"):
+                need(isinstance(cell.get(name, ""), str), f"{key}.{side}.{name}", f"must be a name, got {cell.get(name)!r}")
+            n = cell["seg_len"]
+            need(type(n) is int and n > 0, f"{key}.{side}.seg_len", f"must be a whole number > 0, got {n!r}")
+            cells.append(Cell(cell["table"], cell["model"], cell.get("rnn", ""), n))
         comparisons.append(Comparison(c["claim"], c["test"], *cells))
     need(bool(comparisons), "comparisons", "must list at least one comparison")
     return Declaration(alpha, margin, tuple(seeds), tuple(comparisons))
@@ -258,6 +264,11 @@ def _flops_row(label: str, table: str, crt: float, tr: float, xl: float, verdict
 PAPER_WIDTH_COLUMNS = ("dataset", "layers", "d_model", "seg_len", "model", "rnn", "flops_fwd", "softmax_flops",
                        "params")
 PAPER_WIDTH_MODELS = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"), ("crt", "ncgru"))
+TABLE6_SETTING = ("wt103", 16, 150)  # (dataset, layers, seg_len) of the paper's Table 6
+# What claim (f) reads of a Table 6 CSV (``widths`` is optional: older CSVs timed one width).
+TABLE6_CLAIM_COLUMNS = ("model", "rnn", "layers", "d_model", "seg_len", "dataset", "profile", "precision", "device",
+                        "params_m", "paper_params_m", "inference_ms", "paper_inference_ms", "ratio_to_transformer",
+                        "ratio_ci95_low", "ratio_ci95_high", "timing_rounds")
 
 
 def paper_width_costs(layers: tuple[int, ...] = (3, 16), datasets: tuple[str, ...] = ("ptb", "wt103"),
@@ -330,19 +341,40 @@ def cpu_width_flops_rows(runs: pd.DataFrame, vocab_size: int) -> list[dict]:
     return rows
 
 
-def paper_width_params_claim(costs: pd.DataFrame | None) -> dict:
+def paper_width_params_claim(costs: pd.DataFrame | None, reference: pd.DataFrame | None = None) -> dict:
     """(f)'s parameters at the paper's Table 6 shape: 16 layers, WikiText-103 widths (16 x 410,
     adaptive softmax, tied), CRT-GRU against the Transformer (relative positions)."""
     row = {"claim": "f", "table": "paper widths (wt103)", "a": "CRT-GRU", "b": "Transformer"}
     if costs is None:
         return {**row, "comparison": "parameters at the paper's widths", "verdict": NO_RUNS}
-    key = ("wt103", 16, 150)
-    crt, tr = (_paper_width(costs, m, r).loc[key] for m, r in (("crt", "gru"), ("transformer", "")))
+    crt, tr = (_paper_width(costs, m, r).loc[TABLE6_SETTING] for m, r in (("crt", "gru"), ("transformer", "")))
+    paper = table6_values(reference)
     ratio = crt["params"] / tr["params"]
     return {**row, "comparison": f"CRT params within {PARAMS_CLOSE - 1:.0%} of the Transformer's at 16 x "
                                  f"{int(crt['d_model'])}, WikiText-103's vocabulary (ratio {ratio:.4f})",
-            "mean_a": crt["params"] / 1e6, "mean_b": tr["params"] / 1e6, "diff": ratio, "paper_a": 150.0,
-            "paper_b": 151.0, "verdict": HELD if abs(ratio - 1) <= PARAMS_CLOSE - 1 else NOT_HELD}
+            "mean_a": crt["params"] / 1e6, "mean_b": tr["params"] / 1e6, "diff": ratio,
+            "paper_a": paper[("crt", "gru", "params_millions")], "paper_b": paper[("transformer", "", "params_millions")],
+            "verdict": HELD if abs(ratio - 1) <= PARAMS_CLOSE - 1 else NOT_HELD}
+
+
+def require_paper_width_rows(costs: pd.DataFrame, path: str | Path) -> None:
+    """What the paper-width claims look up: every model of ``PAPER_WIDTH_MODELS`` in every setting
+    any of them has, and Table 6's among them. Otherwise a one-line error naming the file."""
+    have = {(m, r): set(_paper_width(costs, m, r).index) for m, r in PAPER_WIDTH_MODELS}
+    wanted = set().union(*have.values()) | {TABLE6_SETTING}
+    for (model, rnn), settings in have.items():
+        if lacking := sorted(wanted - settings):
+            dataset, layers, n = lacking[0]
+            raise ResultsError(f"{path}: no row for model {model!r}{f' rnn {rnn!r}' if rnn else ''} at dataset "
+                               f"{dataset}, {layers} layers, {n} tokens (written by crt-repro paper-costs)")
+
+
+def require_table6_rows(table6: pd.DataFrame, path: str | Path) -> None:
+    """Claim (f) compares CRT with the Transformer and XL at each of Table 6's widths."""
+    for widths, rows in _by_widths(table6):
+        if missing := [m for m in ("transformer", "transformer_xl", "crt") if m not in set(rows["model"])]:
+            raise ResultsError(f"{path}: no row for model {missing[0]!r} at widths {widths!r} "
+                               "(written by crt-repro table table6_cost)")
 
 
 def cost_claims(table6: pd.DataFrame | None) -> list[dict]:
@@ -351,8 +383,11 @@ def cost_claims(table6: pd.DataFrame | None) -> list[dict]:
     row = {"claim": "f", "table": "table6_cost"}
     if table6 is None:
         return [{**row, "comparison": "Table 6", "verdict": NO_RUNS}]
-    table6 = table6.assign(widths=table6["widths"] if "widths" in table6 else "scale")
-    return [r for _, rows in table6.groupby("widths", sort=False) for r in _table6_claims(row, rows)]
+    return [r for _, rows in _by_widths(table6) for r in _table6_claims(row, rows)]
+
+
+def _by_widths(table6: pd.DataFrame):
+    return table6.assign(widths=table6["widths"] if "widths" in table6 else "scale").groupby("widths", sort=False)
 
 
 def _time_verdict(crt, xl) -> str:
@@ -414,7 +449,8 @@ def claims_table(runs: pd.DataFrame, vocab_size: int, declared: Declaration, tab
     if runs.empty:
         raise ResultsError("no runs: the claims need the runs of the tables the claims file names")
     rows = (ppl_claims(runs, ref, declared) + paper_width_flops_claims(paper_costs)
-            + cpu_width_flops_rows(runs, vocab_size) + [paper_width_params_claim(paper_costs)] + cost_claims(table6))
+            + cpu_width_flops_rows(runs, vocab_size) + [paper_width_params_claim(paper_costs, ref)]
+            + cost_claims(table6))
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
 
 

@@ -46,7 +46,12 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise ValueError("table6_cost needs --timings (CSVs from `crt-repro time-table6`)")
         import pandas as pd
 
-        df, md = cost_table(args.name, None, reference, timings=pd.concat([pd.read_csv(f) for f in args.timings]))
+        from crt_repro.report.cost_tables import TIMING_COLUMNS
+        from crt_repro.results import read_csv_checked
+
+        timings = pd.concat([read_csv_checked(f, TIMING_COLUMNS, "Table 6 timings CSV (crt-repro time-table6)")
+                             for f in args.timings])
+        df, md = cost_table(args.name, None, reference, timings=timings)
     elif info.kind == "cost":
         if not args.profile:
             raise ValueError(f"{args.name} needs --profile (it is computed, not read from runs)")
@@ -93,13 +98,18 @@ def cmd_paper_costs(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from crt_repro import atomic
-    from crt_repro.report.claims import claims_markdown, cost_claims_table
+    from crt_repro.report.claims import (PAPER_WIDTH_COLUMNS, TABLE6_CLAIM_COLUMNS, claims_markdown,
+                                         cost_claims_table, require_paper_width_rows, require_table6_rows)
+    from crt_repro.results import read_csv_checked
 
-    table6 = pd.read_csv(args.cost) if args.cost else None
-    paper_costs = pd.read_csv(args.paper_costs) if args.paper_costs else None
+    table6 = paper_costs = None
+    if args.cost:
+        table6 = read_csv_checked(args.cost, TABLE6_CLAIM_COLUMNS, "Table 6 CSV")
+        require_table6_rows(table6, args.cost)
+    if args.paper_costs:
+        paper_costs = read_csv_checked(args.paper_costs, PAPER_WIDTH_COLUMNS, "paper-width costs CSV")
+        require_paper_width_rows(paper_costs, args.paper_costs)
     if not args.runs:  # the cost claims alone, decided before any run
         if table6 is None or paper_costs is None:
             raise ValueError("claims without --runs are (d) and (f) alone: they need --cost and --paper-costs")

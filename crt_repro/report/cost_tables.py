@@ -24,6 +24,7 @@ import pandas as pd
 from crt_repro import cost
 from crt_repro.config import Config, build_config
 from crt_repro.corpora import VOCAB_SIZES
+from crt_repro.report.reference import table6_values
 
 PAPER_ORDER = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"))
 PAPER_SEG_LENS = {"ptb": (70, 35, 17), "wt103": (150, 70, 35)}  # Tables 2-5, in their order
@@ -129,18 +130,6 @@ def table1_complexity(profile: str, reference: pd.DataFrame | None = None, *, st
     return pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
 
 
-def _paper_table6(reference: pd.DataFrame | None) -> dict[tuple[str, str, str], float]:
-    if reference is None:
-        from crt_repro.report.reference import load_reference
-
-        try:
-            reference = load_reference()
-        except Exception:  # no packaged copy: paper columns stay empty
-            return {}
-    rows = reference[reference["table"] == "table6"]
-    return {(r.model, r.rnn if isinstance(r.rnn, str) else "", r.metric): float(r.value) for r in rows.itertuples()}
-
-
 def table6_configs(profile: str, widths: str = "scale", *, stand_in: Mapping[str, str] = {}, seg_len: int = 150,
                    layers: int = 16, batch: int | None = None, device: str | None = None) -> list[Config]:
     """Table 6's models, in the paper's order. ``widths``: "scale", the profile's own WikiText-103
@@ -213,7 +202,7 @@ def table6_cost(timings: pd.DataFrame, reference: pd.DataFrame | None = None) ->
     missing = [c for c in TIMING_COLUMNS if c not in timings.columns]
     if missing:
         raise ValueError(f"Table 6 timings lack the column(s) {', '.join(missing)} (written by crt-repro time-table6)")
-    paper = _paper_table6(reference)
+    paper = table6_values(reference)
     df = timings.copy()
     df["rnn"] = df["rnn"].fillna("")
     df["paper_params_m"] = [paper.get((m, r, "params_millions"), math.nan) for m, r in zip(df["model"], df["rnn"])]

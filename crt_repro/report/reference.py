@@ -68,3 +68,9 @@ def reference_rows(name: str, metric: str | None = None, reference: pd.DataFrame
         what = f" with metric {metric!r}" if metric else ""
         raise ResultsError(f"the reference CSV has no rows for {key}{what}")
     return rows.sort_values("order").reset_index(drop=True)
+
+
+def table6_values(reference: pd.DataFrame | None = None) -> dict[tuple[str, str, str], float]:
+    """Table 6's numbers by (model, rnn, metric): its parameters (millions) and inference times."""
+    ref = load_reference() if reference is None else reference
+    return {(r.model, r.rnn, r.metric): float(r.value) for r in ref[ref["table"] == "table6"].itertuples()}
