@@ -73,6 +73,8 @@ class ModelSpec:
     # "module:Class" of the fixed-shape decoding step, beside the model (crt_repro.export runs it)
     export_step: str | None = None
     clip_frames: Callable[[ModelConfig], int] = lambda m: m.n_frames  # video: frames a clip feeds the model
+    # video: the paper starts it from Kinetics-400 weights (the workflow's k400_checkpoint, where given)
+    k400_start: bool = False
 
     def configure(self, m: ModelConfig, seg_len: int) -> ModelConfig:
         """The ModelConfig the model is built from: ``m`` with the settings its name fixes."""
@@ -132,7 +134,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
               macs=formulas.crt_macs, export_step="crt_repro.models.crt:CRTStep"),
     ModelSpec("rmt", "crt_repro.models.rmt:RMT", "RMT", reads=LM_KEYS + ("rmt_memory_tokens",),
               memory_len=lambda m: m.rmt_memory_tokens, macs=formulas.rmt_macs),
-    ModelSpec("timesformer", "crt_repro.models.vit:build_timesformer", "TimeSformer", task="video", reads=VIDEO_KEYS),
+    ModelSpec("timesformer", "crt_repro.models.vit:build_timesformer", "TimeSformer", task="video", reads=VIDEO_KEYS,
+              k400_start=True),
     ModelSpec("crvit", "crt_repro.models.vit:build_crvit", "CR-ViT", task="video", reads=VIDEO_KEYS, rnn=True,
               memory_len=lambda m: 1, rnn_label="-{}",
               clip_frames=lambda m: m.n_frames * (m.vit_iterations if m.vit_iteration_frames == "split" else 1)),

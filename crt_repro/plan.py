@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crt_repro.corpora import TRAIN_TOKENS, VOCAB_SIZES
+from crt_repro.model_specs import spec_of
 from crt_repro.paths import runs_dir
 from crt_repro.results import ResultsError
 
@@ -330,14 +331,14 @@ def plan_video(experiments: dict[str, Any], settings: dict[str, Any], profile: s
     runs: dict[str, RunSpec] = {}
     tables: dict[str, VideoTablePlan] = {}
 
-    def spec_of(dataset: str, model: str, rnn: str | None, seed: int, init_model: str | None) -> RunSpec:
+    def run_spec(dataset: str, model: str, rnn: str | None, seed: int, init_model: str | None) -> RunSpec:
         extra, init_run = (), None
         if init_model is not None and two_stage:
-            first = spec_of(dataset, init_model, None, seed, None)
+            first = run_spec(dataset, init_model, None, seed, None)
             init_run = first.run_id()
             runs.setdefault(init_run, first)
             extra = (f"model.init_from={run_checkpoint(init_run, profile)}",)
-        elif model == "timesformer" and k400:
+        elif k400 and spec_of(model).k400_start:
             extra = (f"model.init_from={k400}",)
         return RunSpec(profile, dataset, model, None, None, seed, rnn, tuple(sorted(sets + extra)), init_run)
 
@@ -353,7 +354,7 @@ def plan_video(experiments: dict[str, Any], settings: dict[str, Any], profile: s
         plan = VideoTablePlan(name, key, t["dataset"], dataset)
         for m in t["models"]:
             for seed in seeds:
-                spec = spec_of(dataset, m["model"], m.get("rnn") or None, seed, m.get("init_from"))
+                spec = run_spec(dataset, m["model"], m.get("rnn") or None, seed, m.get("init_from"))
                 rid = spec.run_id()
                 runs.setdefault(rid, spec)
                 if rid not in plan.run_ids:

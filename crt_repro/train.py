@@ -29,6 +29,7 @@ from crt_repro import atomic, distributed
 from crt_repro.checkpoint import load_checkpoint, load_model_state, read_checkpoint, save_checkpoint
 from crt_repro.config import Config, ConfigError, load_config_file
 from crt_repro.cost import recorded_cost
+from crt_repro.model_specs import spec_of
 from crt_repro.models import build_model
 from crt_repro.run_directory import (
     BEST,
@@ -474,7 +475,7 @@ def _headline(r: dict) -> str:
 
 
 def warn_paper_video_start(cfg: Config) -> None:
-    if cfg.profile == "paper" and cfg.model.name == "timesformer" and not cfg.model.init_from:
+    if cfg.profile == "paper" and spec_of(cfg.model.name).k400_start and not cfg.model.init_from:
         say("WARNING: a paper-profile TimeSformer run without a Kinetics-400 checkpoint trains from scratch; the "
             "paper starts from K400 weights (workflow: --config k400_checkpoint=TimeSformer_divST_8x32_224_K400.pyth)")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from crt_repro.model_specs import spec_of
 from crt_repro.report.reference import reference_rows
 from crt_repro.report.tables import DATASET_NAMES, model_label, table_info
 from crt_repro.results import ResultsError, read_runs_csv, select_runs
@@ -91,7 +92,7 @@ def _panel(ax, pts: pd.DataFrame, title: str, ylabel: str) -> None:
         if p.empty:
             continue
         color, marker = STYLE[model]
-        label = model_label(model, p["rnn"].iloc[0]) if model == "crt" else model_label(model, "")
+        label = model_label(model, p["rnn"].iloc[0] if spec_of(model).rnn else "")
         ax.plot(p["flops"], p["ppl"], color=color, marker=marker, linestyle="-", linewidth=1, markersize=7,
                 label=label)
         for r in p.itertuples():

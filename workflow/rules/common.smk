@@ -16,6 +16,7 @@ import yaml
 from snakemake.utils import validate
 
 from crt_repro.paths import runs_dir
+from crt_repro.model_specs import spec_of
 from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow
 from crt_repro.results import needs_cost_file
 from crt_repro.run_directory import COST

@@ -42,7 +42,7 @@ def video_train_inputs(wildcards):
     inputs = []
     if spec.init_run is not None:
         inputs.append(ancient(f"{run_dir(spec.init_run)}/metrics.json"))
-    if K400_CHECKPOINT and spec.model == "timesformer":
+    if K400_CHECKPOINT and spec_of(spec.model).k400_start:
         inputs.append(ancient(K400_CHECKPOINT))
     return inputs
 
