@@ -245,6 +245,27 @@ def test_validation_curves_read_every_logged_validation(tmp_path):
     assert len(ax.lines) == 2 and list(ax.lines[0].get_ydata()) == [300.5, 200.5]
 
 
+def test_validation_curves_draw_every_model_of_a_table_with_more_models_than_colours(tmp_path):
+    import json
+
+    from crt_repro.report.curves import COLORS, plot_curves
+
+    models = [("transformer", ""), ("transformer_absolute", ""), ("transformer_xl", ""), ("rmt", ""),
+              *((m, rnn) for m in ("crt", "transformer_rnn_memory", "transformer_rnn_posenc", "crvit")
+                for rnn in ("gru", "ncgru"))]
+    n_models = len(models)
+    assert n_models > len(COLORS)
+    df = runs({(m, rnn, 17): [100.0 + i] for i, (m, rnn) in enumerate(models)})
+    df["profile"], df["dataset"] = "cpu", "ptb"
+    for r in df.itertuples():
+        (tmp_path / r.run_id).mkdir()
+        (tmp_path / r.run_id / "log.jsonl").write_text(json.dumps({"step": 5, "split": "valid", "items": 500,
+                                                                   "ppl": r.test_ppl}) + "\n")
+    (ax,) = plot_curves(T2, df, tmp_path).axes
+    assert len(ax.lines) == n_models
+    assert len({(line.get_color(), line.get_linestyle()) for line in ax.lines}) == n_models
+
+
 def test_run_curves_plot_each_run_directory_in_flight_or_finished(tmp_path):
     import json
 

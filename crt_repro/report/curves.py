@@ -5,6 +5,7 @@ fractions of it, so the x positions of one panel agree across models and seeds.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -13,7 +14,16 @@ import pandas as pd
 from crt_repro.report.tables import DATASET_NAMES, model_label, table_info
 from crt_repro.results import ResultsError, read_runs_csv, select_runs
 
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+          "tab:olive", "tab:cyan")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def line_styles():
+    """(colour, line style) of each next line, without end: past the ten colours the line style
+    changes, so that a table with many models draws every one of them, each its own."""
+    for i in itertools.count():
+        yield COLORS[i % len(COLORS)], LINESTYLES[i // len(COLORS) % len(LINESTYLES)]
 
 
 def logged_validations(log: Path) -> list[dict]:
@@ -55,14 +65,14 @@ def plot_curves(table: str, runs: pd.DataFrame, runs_dir: str | Path):
     models = list(dict.fromkeys(zip(runs["model"], runs["rnn"].fillna("").astype(str))))
     fig, axes = plt.subplots(1, len(seg_lens), figsize=(4.6 * len(seg_lens), 4.2), sharey=True, squeeze=False)
     for ax, n in zip(axes[0], seg_lens):
-        for color, (model, rnn) in zip(COLORS, models):
+        for (color, style), (model, rnn) in zip(line_styles(), models):
             cell = pts[(pts["seg_len"] == n) & (pts["model"] == model) & (pts["rnn"] == rnn)]
             if cell.empty:
                 continue
             g = cell.groupby("tokens")["valid_ppl"].agg(["mean", "min", "max", "count"]).reset_index()
             seeds = cell["seed"].nunique()
             label = f"{model_label(model, rnn)} ({seeds} seed{'s' if seeds != 1 else ''})"
-            ax.plot(g["tokens"], g["mean"], color=color, marker=".", label=label)
+            ax.plot(g["tokens"], g["mean"], color=color, linestyle=style, marker=".", label=label)
             ax.fill_between(g["tokens"], g["min"], g["max"], color=color, alpha=0.2, linewidth=0)
         ax.set_yscale("log")
         ax.set_xlabel("training tokens")
@@ -100,14 +110,15 @@ def plot_run_curves(run_dirs: list[str | Path], title: str):
     from crt_repro.config import load_config_file
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for color, d in zip(COLORS, map(Path, run_dirs)):
+    for (color, style), d in zip(line_styles(), map(Path, run_dirs)):
         cfg = load_config_file(d / "config.yaml")
         m = cfg.model
         points = logged_validations(d / "log.jsonl")
         label = f"{model_label(m.name, cfg.spec.cell(m))} @ {cfg.data.seg_len}"
         if points:
             label += f" (best {min(e['ppl'] for e in points):.1f})"
-        ax.plot([e["items"] / 1e6 for e in points], [e["ppl"] for e in points], color=color, marker=".", label=label)
+        ax.plot([e["items"] / 1e6 for e in points], [e["ppl"] for e in points], color=color, linestyle=style,
+                marker=".", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("validation perplexity")
