@@ -45,7 +45,9 @@ def temp_dir_beside(path: str | Path) -> Path:
     return tmp
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def write_with(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temp file beside ``path``, which then replaces ``path``: a kill or a
+    failed write leaves the old file (or none), never a half-written one."""
     path = Path(path)
     tmp = temp_beside(path)
     try:
@@ -73,7 +75,7 @@ def _umask() -> int:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text))
+    write_with(path, lambda p: p.write_text(text))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -89,4 +91,4 @@ def torch_save(path: str | Path, obj: Any) -> None:
         with p.open("wb") as f:
             torch.save(obj, f)
 
-    _atomic(path, save)
+    write_with(path, save)

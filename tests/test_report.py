@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,36 @@ def test_rows_quoted_from_transformer_xl_are_marked_with_our_protocol():
     assert "| Transformer-XL [from the Transformer-XL paper] | 70 / 70 |" in md
     assert "evaluation memory of 140 positions" in md and "clamp_len 400" in md
     assert "clamp_len" not in ppl_markdown("table2_ptb_3layer", build_ppl_table("table2_ptb_3layer", fake_runs()))
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crt_repro.atomic import WriteError
+    from crt_repro.report.figures import save_figure
+
+    old = tmp_path / "fig.png"
+    old.write_bytes(b"the previous figure")
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    draw = fig.savefig
+
+    def full_disk(path, **kw):  # writes part of the file, then the disk is full
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    fig.savefig = full_disk
+    with pytest.raises(WriteError, match=f"cannot write {old}: .*no space left on device; its previous version is kept"):
+        save_figure(fig, [old])
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"] and old.read_bytes() == b"the previous figure"
+    fig.savefig = draw
+    mask = os.umask(0o027)
+    try:
+        save_figure(fig, [old, tmp_path / "fig.pdf"])
+    finally:
+        os.umask(mask)
+    assert old.read_bytes().startswith(b"\x89PNG") and (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+    assert old.stat().st_mode & 0o777 == 0o640

@@ -144,10 +144,10 @@ def save_figure(fig, outputs: list[str | Path]) -> None:
     """Each output through a temp file and a rename (no half-written figure), then close ``fig``."""
     import matplotlib.pyplot as plt
 
-    for out in outputs:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-        fig.savefig(tmp, dpi=150, metadata={"CreationDate": None} if out.suffix == ".pdf" else None)
-        tmp.replace(out)
+    from crt_repro import atomic
+
+    for out in map(Path, outputs):
+        fmt = out.suffix[1:]  # the temp file's own suffix would not say it
+        atomic.write_with(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150,
+                                                       metadata={"CreationDate": None} if fmt == "pdf" else None))
     plt.close(fig)
