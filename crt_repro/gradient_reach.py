@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crt_repro import atomic
-from crt_repro.config import PROFILES, Config, RnnKind, build_config, choices, parse_overrides
+from crt_repro.config import PROFILES, Config, RnnKind, choices, parse_overrides
 from crt_repro.model_specs import names
 
 CSV_COLUMNS = ("rnn", "k", "grad_norm", "state")
@@ -191,11 +190,9 @@ def measure(cells: list[Cell], n_segments: int, batch: int | None = None,
 
 
 def rows_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    out.write(",".join(CSV_COLUMNS) + "\n")
-    for r in rows:
-        out.write(f"{r['rnn']},{r['k']},{r['grad_norm']:.6e},{r['state']}\n")
-    return out.getvalue()
+    from crt_repro.cost import rows_to_csv
+
+    return rows_to_csv([{**r, "grad_norm": f"{r['grad_norm']:.6e}"} for r in rows], CSV_COLUMNS)
 
 
 def rows_table(rows: list[dict]) -> str:
@@ -260,16 +257,19 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             seen.add(label)
             cells += [Cell(label, "init", cfg), Cell(label, "trained", cfg, run)]
         return cells
-    overrides = parse_overrides(args.set or [])
-    flags = {("model", "name"): args.model, ("model", "n_layer"): args.layers, ("model", "d_model"): args.d_model,
-             ("data", "seg_len"): args.seg_len, ("run", "seed"): args.seed, ("data", "data_dir"): args.data_dir}
-    for (section, key), value in flags.items():
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
+    from crt_repro.commands import train_config
+
+    sets = list(args.set or [])
+    if args.d_model is not None:  # a flag of this command alone: train's checks do not know it
+        given = parse_overrides(sets).get("model", {}).get("d_model", args.d_model)
+        if given != args.d_model:
+            raise ValueError(f"--d-model {args.d_model} and --set model.d_model={given} disagree: give one of them")
+        sets.append(f"model.d_model={args.d_model}")
     cells = []
     for rnn in args.rnn:
-        o = {**overrides, "model": {**overrides.get("model", {}), "rnn": rnn}}
-        cfg = build_config(args.profile, args.dataset, o)
+        # as `crt-repro train` builds it, so that a flag and a --set of its key must agree here too
+        cfg = train_config(args.profile, args.dataset, sets, model=args.model, layers=args.layers, rnn=rnn,
+                           seg_len=args.seg_len, seed=args.seed, data_dir=args.data_dir)
         label = cell_label(cfg)
         if any(c.rnn == label for c in cells):
             continue  # a model without RNNs: one cell whatever --rnn says

@@ -109,3 +109,16 @@ def test_cli_checkpoint_without_weights_is_one_line_naming_the_run(tmp_path, cap
     assert main(["gradient-reach", "--checkpoint", str(run)]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(run) in err and "checkpoint.pt" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "2", "--set", "model.n_layer=3"], "--layers 2 and --set model.n_layer=3 disagree"),
+    (["--rnn", "ncgru", "--set", "model.rnn=gru"], "--rnn ncgru and --set model.rnn=gru disagree"),
+    (["--d-model", "32", "--set", "model.d_model=16"], "--d-model 32 and --set model.d_model=16 disagree"),
+])
+def test_a_flag_and_a_set_of_its_key_must_agree_as_in_train(capsys, args, message):
+    from crt_repro.cli import main
+
+    assert main(["gradient-reach", "--profile", "smoke", "--dataset", "synthetic", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"crt-repro gradient-reach: error: {message}: give one of them"
