@@ -144,7 +144,7 @@ def test_table7_marks_reference_rows_and_measures_ours():
     assert list(measured["mca_std"]) == pytest.approx([7.07, 7.07])
     assert list(measured["delta"]) == pytest.approx([45.0 - 71.5, 50.0 - 73.4])
     assert list(measured["top1"]) == pytest.approx([50.0, 50.0]) and list(measured["frames"]) == [8, 8]
-    assert list(measured["init_from"]) == ["", "timesformer run"]
+    assert list(measured["init_from"]) == ["", "run synthetic-video-timesformer-L2-s0-x"]
     assert list(measured["steps"]) == [120, 320] and list(measured["epochs"]) == [15.0, 40.0]
     others = t[t["source"] == REFERENCE_ONLY]
     assert len(others) == len(ref) - 2 and set(others["n_seeds"]) == {0}
@@ -178,7 +178,7 @@ def test_video_table_from_csv_and_markdown(tmp_path):
     assert len(t[t["source"] == MEASURED]) == 2
     md = ppl_markdown("table7_smarthome", t)
     assert "# Table 7:" in md and "standing in for the paper's Toyota Smarthome" in md and "NOT comparable" in md
-    assert "| CR-ViT-GRU (from timesformer run) | measured | 73.4 | 45.00 | – | -28.40 | 50.00 | 8 |" in md
+    assert "| CR-ViT-GRU (from run synthetic-video-timesformer-L2-s0-x) | measured | 73.4 | 45.00 | – | -28.40 | 50.00 | 8 |" in md
     assert "| PI-ViT [2D-SIM + 3D-SIM] | reference | 72.9 | – |" in md
     assert "Two-stage training" in md and "8 (the paper: 16)" in md
     assert "Training budget per run: TimeSformer 120 steps (15 epochs); CR-ViT-GRU 320 steps (40 epochs)." in md

@@ -91,6 +91,17 @@ def test_bad_config_is_rejected(wf):
     assert "'profil' was unexpected" in out
 
 
+def test_bad_experiments_file_is_one_line_naming_it(wf):
+    """--config experiments=FILE: a missing file, broken YAML or a list is named, never a traceback."""
+    (wf / "broken.yaml").write_text("tables:\n  mine: [a, b\n")
+    (wf / "list.yaml").write_text("- tables\n")
+    for name, says in (("absent.yaml", "absent.yaml: cannot read (No such file or directory)"),
+                       ("broken.yaml", "broken.yaml:3:1: not valid YAML"),
+                       ("list.yaml", "list.yaml: expected a mapping at the top level, got list")):
+        out = snakemake(wf, "-n", "--config", "profile=smoke", f"experiments={name}", check=False)
+        assert f"crt-repro workflow: error: {says}" in out and "Traceback" not in out, out[-1500:]
+
+
 @pytest.mark.slow
 def test_real_run_then_nothing_to_do_then_profile_change_reruns(wf):
     """Table 8 for real on the generated corpus (4 tiny runs), then the same target again."""

@@ -292,9 +292,6 @@ class VideoViT(nn.Module):
             loss = torch.stack([F.cross_entropy(lg, targets) for lg in used]).mean()
         return logits[-1], loss
 
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def _make_memory_rnn(cfg: ViTConfig) -> nn.Module:
     from crt_repro.models.rnn import make_rnn  # GRU / NCGRU live with the language models' RNNs

@@ -25,6 +25,7 @@ from crt_repro import cost
 from crt_repro.config import Config, build_config
 from crt_repro.corpora import VOCAB_SIZES
 from crt_repro.report.reference import table6_values
+from crt_repro.results import require_columns
 
 PAPER_ORDER = (("transformer", ""), ("transformer_xl", ""), ("crt", "gru"))
 PAPER_SEG_LENS = {"ptb": (70, 35, 17), "wt103": (150, 70, 35)}  # Tables 2-5, in their order
@@ -199,9 +200,7 @@ def time_table6(profile: str, widths: str = "scale", *, stand_in: Mapping[str, s
 def table6_cost(timings: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 6 rendered from ``time_table6``'s measurements (one or more widths): the paper's
     parameters and times beside ours. Nothing is measured here."""
-    missing = [c for c in TIMING_COLUMNS if c not in timings.columns]
-    if missing:
-        raise ValueError(f"Table 6 timings lack the column(s) {', '.join(missing)} (written by crt-repro time-table6)")
+    require_columns(timings, TIMING_COLUMNS, "Table 6 timings (crt-repro time-table6)")
     paper = table6_values(reference)
     df = timings.copy()
     df["rnn"] = df["rnn"].fillna("")

@@ -18,8 +18,8 @@ methods the paper lists (their numbers as printed; every column of ours is empty
 mean over seeds of the test mean class accuracy in percent (the paper's unit), ``mca_std`` its
 sample standard deviation, ``delta`` = mca - paper_mca, ``top1`` the mean test top-1 accuracy in
 percent; ``layers``, ``frames`` and ``dataset`` are those of our runs; ``init_from`` says where the
-runs started (``timesformer run`` for the workflow's two-stage CR-ViT runs, a file name, or empty:
-from scratch); ``note`` is the reference CSV's note on the paper's row.
+runs started (``run <run id>`` for a second stage started from one of our runs' checkpoints, as the
+workflow's two-stage CR-ViT runs, another file's name, or empty: from scratch); ``note`` is the reference CSV's note on the paper's row.
 `ppl_table_from_csv` and `ppl_markdown` (the ``crt-repro table`` command's) build either kind.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from crt_repro.corpora import VOCAB_SIZES
 from crt_repro.model_specs import spec_of
 from crt_repro.report.reference import load_reference, reference_rows, table_key
 from crt_repro.results import ResultsError, select_runs
+from crt_repro.run_directory import CHECKPOINT
 
 PPL_COLUMNS = ("model", "rnn", "layers", "memory_len", "eval_memory_len", "seg_len", "paper_ppl", "ppl", "ppl_std", "ppl_ci95_low",
                "ppl_ci95_high", "n_seeds", "delta", "still_improving", "train_tokens", "epochs", "precision", "profile",
@@ -258,16 +259,19 @@ def _numeric(runs: pd.DataFrame, cols, what: str) -> pd.DataFrame:
     return runs
 
 
+FROM_RUN = "run "
+
+
 def _init_label(values) -> str:
-    """Where a cell's runs started: 'timesformer run' (the workflow's first stage), a file name,
-    or '' (from scratch)."""
+    """Where a cell's runs started: ``run <run id>`` (a run directory's checkpoint: the run is named
+    by its directory, whatever model it trained), another file's name, or '' (from scratch)."""
     labels = set()
     for v in values:
         v = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
         if not v:
             labels.add("")
-        elif Path(v).name == "checkpoint.pt" and "-timesformer-" in f"-{Path(v).parent.name}-":
-            labels.add("timesformer run")
+        elif Path(v).name == CHECKPOINT:
+            labels.add(FROM_RUN + Path(v).parent.name)
         else:
             labels.add(Path(v).name)
     return "; ".join(sorted(labels))
@@ -445,10 +449,10 @@ def mca_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
     budgets = "; ".join(f"{model_label(r.model, r.rnn)} {r.steps:,} steps ({r.epochs:g} epochs)"
                         for r in measured.itertuples())
     lines += [f"Training budget per run: {budgets}.", ""]
-    if "timesformer run" in inits:
-        lines += ["Two-stage training as in the paper (section 5.3): the CR-ViT runs start from the checkpoint "
-                  "of the TimeSformer run of the same settings and seed and train a stage of their own. The paper "
-                  "trains the stages 15 and 40 epochs.", ""]
+    if any(v.startswith(FROM_RUN) for v in inits):
+        lines += ["Two-stage training as in the paper (section 5.3): a row marked \"from run ...\" starts from "
+                  "that run's checkpoint (the first stage, same settings and seed) and trains a stage of its own. "
+                  "The paper trains the stages 15 and 40 epochs.", ""]
     lines += [PROFILE_NOTES.get(profile, f"Profile {profile}."), ""]
     # A note on several rows ("cross-subject") is the table's protocol, said in the header.
     counts = ref["note"].value_counts()

@@ -12,9 +12,9 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
 
+from crt_repro.config import ConfigError, read_yaml_file
 from crt_repro.paths import runs_dir
 from crt_repro.model_specs import spec_of
 from crt_repro.plan import ESTIMATE_SPEEDS, estimate_hours, job_mem_mb, job_minutes, plan_workflow
@@ -35,8 +35,17 @@ PROFILES = ("smoke", "cpu", "paper")
 
 
 def _read_yaml(path):
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    """A YAML mapping (an empty file: {}); a missing file, a syntax error or another top level is
+    one line naming the file (and line)."""
+    try:
+        data = read_yaml_file(path)
+    except OSError as e:
+        raise WorkflowInputError(f"{path}: cannot read ({e.strerror})") from None
+    except ConfigError as e:
+        raise WorkflowInputError(str(e)) from None
+    if data is not None and not isinstance(data, dict):
+        raise WorkflowInputError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data or {}
 
 
 def _int_or_keep(value):
