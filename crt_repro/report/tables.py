@@ -410,7 +410,7 @@ def ppl_markdown(name: str, table: pd.DataFrame, reference: pd.DataFrame | None 
                                  "Seeds", "Δ"], body))
     quoted = [(r.model, int(r.seg_len)) for r in ref.itertuples() if "Transformer-XL paper" in str(r.note)]
     if quoted:
-        ours = table[table["model"] == "transformer_xl"]
+        ours = table[table["model"].isin({m for m, _ in quoted})]
         lines += ["", f"Rows marked [{XL_QUOTED}]: the paper copies Dai et al.'s number, evaluated under another "
                   "protocol (evaluation memory 640 on WikiText-103, clamp_len 400, same_length: each query sees the "
                   "same number of past positions). Ours is evaluated with an evaluation memory of "
