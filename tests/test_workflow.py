@@ -195,15 +195,16 @@ def test_one_command_finishes_a_target_after_a_killed_snakemake(wf):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     first = subprocess.Popen([SNAKEMAKE, *command], cwd=wf, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded machine is slow, not wrong
     while not list(wf.glob("results/smoke/runs/*/metrics.json")) and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    assert list(wf.glob("results/smoke/runs/*/metrics.json")), "no run finished before the kill"
     assert not (wf / "results/smoke/tables/table8_ablation.csv").exists()
     snakemake(wf, "--unlock", *command)
     p = subprocess.run([BIN / "crt-repro", "workflow", "--", *command], cwd=wf, env=env, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=900)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert (wf / "results/smoke/tables/table8_ablation.csv").is_file()
     assert "Nothing to be done" in snakemake(wf, "-n", *command)
