@@ -14,8 +14,9 @@ directories, never from a process list:
 Time left: each unfinished run's tokens left to its budget (``optim.max_epochs`` of the corpus's
 training tokens, or ``optim.max_tokens``, or ``optim.max_steps`` of its tokens per step) over its
 latest tokens/s. A run not started has no config yet: it is counted at the median budget and rate
-of the runs that have one, which is right for a grid of equal budgets (as the cpu scale's) and a
-guess otherwise. Runs that stop early on validation finish sooner, so the total is an upper bound.
+of the runs that have one (a finished run's rate is its whole-run average, ``train_tokens_per_s``,
+steadier than a running one's latest reading), which is right for a grid of equal budgets (as the
+cpu scale's) and a guess otherwise. Runs that stop early on validation finish sooner, so the total is an upper bound.
 ``--parallel N`` divides it by the runs the machine trains at once.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RunProgress:
     stopped_early: bool | None = None
     tokens: int = 0
     budget_tokens: float | None = None  # at most, from the config
-    tokens_per_s: float | None = None  # the latest logged
+    tokens_per_s: float | None = None  # the latest logged; done: the whole run's average
 
     def seconds_left(self, budget: float, rate: float) -> float:
         return 0.0 if self.state == "done" else max(budget - self.tokens, 0) / rate
@@ -80,6 +81,7 @@ def read_run(run_dir: Path, now: float | None = None) -> RunProgress:
         progress.epochs, progress.stopped_early = m.get("train_epochs"), m.get("stopped_early")
         progress.valid_ppl, progress.test_ppl = m.get("valid_ppl"), m.get("test_ppl")
         progress.tokens = int(m.get("train_items") or 0)
+        progress.tokens_per_s = m.get("train_tokens_per_s")
         return progress
     if not (run_dir / LOG).exists():
         return progress

@@ -30,7 +30,7 @@ def _run(root, name, *, config=True, log=(), metrics=None):
 def grid(tmp_path):
     done = _run(tmp_path, "ptb-done", log=[{"step": 1, "items": 10, "items_per_s": 5.0}],
                 metrics={"train_epochs": 1.5, "stopped_early": True, "valid_ppl": 101.25, "test_ppl": 97.5,
-                         "train_items": int(1.5 * EPOCH)})
+                         "train_items": int(1.5 * EPOCH), "train_tokens_per_s": 2000.0})
     started = _run(tmp_path, "ptb-started", log=[
         {"step": 10, "items": 400_000, "items_per_s": 900.0},
         {"step": 20, "split": "valid", "items": EPOCH, "ppl": 180.0},
@@ -41,7 +41,8 @@ def grid(tmp_path):
 
 def test_each_run_state_is_read_from_its_directory(grid):
     done, started, fresh = (progress.read_run(d) for d in grid)
-    assert (done.state, done.epochs, done.stopped_early, done.test_ppl) == ("done", 1.5, True, 97.5)
+    assert (done.state, done.epochs, done.stopped_early, done.test_ppl, done.tokens_per_s) == \
+        ("done", 1.5, True, 97.5, 2000.0)  # its whole-run average, not its log's last reading
     assert (started.state, started.epochs, started.valid_ppl, started.tokens, started.tokens_per_s) == \
         ("running", 1, 180.0, EPOCH, 1000.0)
     later = (grid[1] / "log.jsonl").stat().st_mtime + progress.RUNNING_WITHIN + 1
@@ -53,8 +54,9 @@ def test_each_run_state_is_read_from_its_directory(grid):
 def test_time_left_counts_a_run_not_started_at_the_others_budget_and_speed(grid):
     runs = [progress.read_run(d) for d in grid]
     text = progress.report(runs, parallel=2)
-    # started: one epoch left at 1000 tokens/s; not started: two epochs at the median rate (1000)
-    left = (EPOCH + 2 * EPOCH) / 1000
+    # started: one epoch left at its 1000 tokens/s; not started: two epochs at the median of the
+    # finished run's 2000 and the running one's 1000
+    left = EPOCH / 1000 + 2 * EPOCH / 1500
     assert f"at most {left / 3600:.1f} h of run time left ({left / 7200:.1f} h at 2 at once)" in text
     assert "3 runs: 1 done, 1 running, 0 stopped, 1 not started" in text
     assert "the 1 not started counted at the median budget and tokens/s of the others" in text
