@@ -16,7 +16,8 @@ training tokens, or ``optim.max_tokens``, or ``optim.max_steps`` of its tokens p
 latest tokens/s. A run not started has no config yet: it is counted at the median budget and rate
 of the runs that have one (a finished run's rate is its whole-run average, ``train_tokens_per_s``,
 steadier than a running one's latest reading), which is right for a grid of equal budgets (as the
-cpu scale's) and a guess otherwise. Runs that stop early on validation finish sooner, so the total is an upper bound.
+cpu scale's) and a guess otherwise. Runs that stop early on validation finish sooner, so the total
+is an upper bound.
 ``--parallel N`` divides it by the runs the machine trains at once.
 """
 from __future__ import annotations

@@ -259,7 +259,6 @@ def read_runs_csv(path: str | Path, numeric: bool = True) -> "pd.DataFrame":
 
     ``numeric=False`` keeps every cell as the exact text of the file ('' where empty).
     """
-
     df = read_csv_checked(path, RUN_COLUMNS, "runs CSV", dtype=str, keep_default_na=False)
     for col in [c for c in NUMERIC_COLUMNS + VIDEO_NUMERIC_COLUMNS if c in df.columns]:
         numbers = _finite_numbers(df, col, path)

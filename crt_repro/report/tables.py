@@ -19,7 +19,8 @@ mean over seeds of the test mean class accuracy in percent (the paper's unit), `
 sample standard deviation, ``delta`` = mca - paper_mca, ``top1`` the mean test top-1 accuracy in
 percent; ``layers``, ``frames`` and ``dataset`` are those of our runs; ``init_from`` says where the
 runs started (``run <run id>`` for a second stage started from one of our runs' checkpoints, as the
-workflow's two-stage CR-ViT runs, another file's name, or empty: from scratch); ``note`` is the reference CSV's note on the paper's row.
+workflow's two-stage CR-ViT runs, another file's name, or empty: from scratch); ``note`` is the
+reference CSV's note on the paper's row.
 `ppl_table_from_csv` and `ppl_markdown` (the ``crt-repro table`` command's) build either kind.
 """
 from __future__ import annotations
