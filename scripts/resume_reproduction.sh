@@ -2,13 +2,16 @@
 # Start or resume the decisive cpu reproduction (REPRODUCTION.md) from a worktree of its launch
 # commit, so that code changed on main since never touches its runs. Run it from this checkout
 # with its venv active; rerun it after a kill, on this machine or a fresh one.
-#   bash scripts/resume_reproduction.sh DATA_DIR [WORKTREE] [LAUNCH_COMMIT]
+#   [RUN_THREADS=2] bash scripts/resume_reproduction.sh DATA_DIR [WORKTREE] [LAUNCH_COMMIT]
 # - makes the worktree (default ../repro, at 0bb85a8) where it is missing, and refuses one at
 #   another commit;
 # - copies into it the finished runs committed here that it lacks (scripts/commit_finished_runs.sh
 #   commits them from there), so that a fresh machine trains none of them again;
 # - unlocks the workflow a kill left locked, then runs it two single-thread runs at a time, the
-#   runs a kill left with a checkpoint first (they resume from it).
+#   runs a kill left with a checkpoint first (they resume from it). RUN_THREADS=2 runs one run on
+#   both cores instead: about 1.6x faster per run (REPRODUCTION.md, speed), so that one run still
+#   ends before a known cut where two single-thread ones would both be cut halfway. A run's
+#   numbers do not depend on it beyond fp32 rounding, and its id not at all.
 set -euo pipefail
 main=$(cd "$(dirname "$0")/.." && pwd)
 data=$(cd "${1:?the data directory, e.g. ../shared/data}" && pwd)
@@ -36,7 +39,9 @@ cd "$tree"
 export PYTHONPATH=$tree  # the launch commit's package, not this checkout's
 targets=(table2_ptb_3layer table8_ablation table9_ptb_3layer_rnn fig5_ptb_3layer curves_ptb_3layer beyond_paper
          claims_3layer)
-config=(--config profile=cpu "data_dir=$data" beyond_paper=true)
+threads=${RUN_THREADS:-1}
+case $threads in 1|2) ;; *) echo "resume_reproduction: RUN_THREADS is 1 or 2 (two cores), not '$threads'" >&2; exit 1;; esac
+config=(--config profile=cpu "data_dir=$data" beyond_paper=true "threads=$threads")
 out=$(snakemake --cores 2 --unlock "${targets[@]}" "${config[@]}" 2>&1) || { echo "$out" >&2; exit 1; }
 started=()
 for d in results/cpu/runs/ptb-*/; do

@@ -49,9 +49,9 @@ def setup(tmp_path):
     return main, tmp_path / "repro", data, env, log
 
 
-def resume(main: Path, tree: Path, data: Path, env: dict) -> subprocess.CompletedProcess:
+def resume(main: Path, tree: Path, data: Path, env: dict, **extra_env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(main / "scripts/resume_reproduction.sh"), str(data), str(tree)],
-                          env=env, capture_output=True, text=True)
+                          env={**env, **extra_env}, capture_output=True, text=True)
 
 
 def test_a_fresh_machine_gets_the_launch_worktree_and_the_committed_runs(setup):
@@ -63,7 +63,7 @@ def test_a_fresh_machine_gets_the_launch_worktree_and_the_committed_runs(setup):
     assert sorted(p.name for p in copied.iterdir()) == ["config.yaml", "log.jsonl", "metrics.json"]
     assert (copied / "metrics.json").read_text() == "metrics.json of a finished run\n"
     unlock, workflow = log.read_text().splitlines()
-    config = f"--config profile=cpu data_dir={data} beyond_paper=true"
+    config = f"--config profile=cpu data_dir={data} beyond_paper=true threads=1"
     assert unlock == f"snakemake --cores 2 --unlock {TARGETS} {config}"
     assert workflow == f"crt-repro workflow -- --cores 2 --keep-going {TARGETS} {config}"
 
@@ -81,6 +81,17 @@ def test_after_a_kill_the_started_runs_go_first(setup):
     workflow = log.read_text().splitlines()[-1]
     # --prioritize takes every word up to the next option: after the targets, before --config
     assert f"{TARGETS} --prioritize results/cpu/runs/{started.name}/metrics.json --config " in workflow
+
+
+def test_run_threads_2_gives_one_run_both_cores_and_other_values_are_refused(setup):
+    main, tree, data, env, log = setup
+    done = resume(main, tree, data, env, RUN_THREADS="2")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines()[-1].endswith(f"data_dir={data} beyond_paper=true threads=2")
+    log.unlink()
+    bad = resume(main, tree, data, env, RUN_THREADS="4")
+    assert bad.returncode == 1 and not log.exists()
+    assert bad.stderr.strip() == "resume_reproduction: RUN_THREADS is 1 or 2 (two cores), not '4'"
 
 
 def test_a_worktree_at_another_commit_is_refused(setup):
