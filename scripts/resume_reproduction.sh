@@ -9,9 +9,9 @@
 #   commits them from there), so that a fresh machine trains none of them again;
 # - unlocks the workflow a kill left locked, then runs it two single-thread runs at a time, the
 #   runs a kill left with a checkpoint first (they resume from it). RUN_THREADS=2 runs one run on
-#   both cores instead: 1.5-1.7x faster per run (REPRODUCTION.md: speed, status), so that one run still
-#   ends before a known cut where two single-thread ones would both be cut halfway. A run's
-#   numbers do not depend on it beyond fp32 rounding, and its id not at all.
+#   both cores instead: 1.5-1.7x faster per run (REPRODUCTION.md: speed, status), so that one
+#   run still ends before a known cut where two single-thread ones would both be cut halfway. A
+#   run's numbers do not depend on it beyond fp32 rounding, and its id not at all.
 set -euo pipefail
 main=$(cd "$(dirname "$0")/.." && pwd)
 data=$(cd "${1:?the data directory, e.g. ../shared/data}" && pwd)
