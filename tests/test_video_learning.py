@@ -24,7 +24,9 @@ def test_tiny_crvit_fits_synthetic_training_clips(tmp_path: Path):
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         with torch.no_grad():
             loss0 = model(x, y)[1].item()
-        for _ in range(50):
+        # At lr 3e-3 the loss can spike near step 50 (0.65 at step 40, 0.86 at 50 on an AMD EPYC, where
+        # earlier CI machines were past it); by step 100 it is below 0.01 there.
+        for _ in range(100):
             loss = model(x, y)[1]
             opt.zero_grad()
             loss.backward()
