@@ -7,6 +7,7 @@
 #   another commit;
 # - copies into it the finished runs committed here that it lacks (scripts/commit_finished_runs.sh
 #   commits them from there), so that a fresh machine trains none of them again;
+# - restores the started runs scripts/park_started_runs.sh parked in git, where it lacks them;
 # - unlocks the workflow a kill left locked, then runs it two single-thread runs at a time, the
 #   runs a kill left with a checkpoint first (they resume from it). RUN_THREADS=2 runs one run on
 #   both cores instead: 1.5-1.7x faster per run (REPRODUCTION.md: speed, status), so that one
@@ -34,6 +35,23 @@ for m in "$main"/results/cpu/runs/*/metrics.json; do
     mv -f "$tree/results/cpu/runs/$run/.$f.tmp" "$tree/results/cpu/runs/$run/$f"
   done
 done
+
+# The started runs scripts/park_started_runs.sh parked in git, where this worktree has no
+# checkpoint of its own (a fresh machine): their files, checkpoint.pt last, since a checkpoint
+# marks a run as started.
+parked=0
+if git -C "$main" rev-parse -q --verify refs/heads/parked-runs >/dev/null; then
+  for p in $(git -C "$main" ls-tree --name-only parked-runs results/cpu/runs/); do
+    [ -f "$tree/$p/metrics.json" ] || [ -f "$tree/$p/checkpoint.pt" ] && continue
+    mkdir -p "$tree/$p"
+    for f in $(git -C "$main" ls-tree --name-only parked-runs "$p/" | grep -v '/checkpoint\.pt$') "$p/checkpoint.pt"; do
+      git -C "$main" show "parked-runs:$f" > "$tree/$p/.${f##*/}.tmp"
+      mv -f "$tree/$p/.${f##*/}.tmp" "$tree/$f"
+    done
+    parked=$((parked + 1))
+  done
+fi
+[ $parked -eq 0 ] || echo "resume_reproduction: restored $parked parked run(s) from branch parked-runs"
 
 cd "$tree"
 export PYTHONPATH=$tree  # the launch commit's package, not this checkout's

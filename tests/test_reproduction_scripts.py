@@ -1,9 +1,10 @@
-"""The two scripts of the decisive cpu reproduction (REPRODUCTION.md), which trains in a worktree
+"""The scripts of the decisive cpu reproduction (REPRODUCTION.md), which trains in a worktree
 of its launch commit. scripts/resume_reproduction.sh starts and resumes it: on a fresh machine it
 trains none of the runs already committed, after a kill it finishes the started runs first, and
 it never runs in a worktree at another commit. scripts/commit_finished_runs.sh commits to main the
-records of the runs that finished there, and only those. Snakemake and crt-repro are stand-ins
-that log their arguments."""
+records of the runs that finished there, and only those. scripts/park_started_runs.sh stops the
+runs in flight at a checkpoint and parks them in git, for a fresh machine to resume. Snakemake and
+crt-repro are stand-ins that log their arguments."""
 from __future__ import annotations
 
 import os
@@ -159,3 +160,60 @@ def test_a_run_copied_by_a_pass_that_failed_is_committed_by_the_next(setup):
     assert git("ls-files", f"results/cpu/runs/{run}", cwd=main).stdout.split() == [
         f"results/cpu/runs/{run}/{n}" for n in ("config.yaml", "log.jsonl", "metrics.json")]
     assert not list((main / "results/cpu/runs" / run).glob(".*"))
+
+
+def test_started_runs_parked_before_a_stop_come_back_on_a_fresh_machine(setup, tmp_path):
+    main, tree, data, env, log = setup
+    shutil.copy(REPO / "scripts/park_started_runs.sh", main / "scripts/park_started_runs.sh")
+    git("config", "user.email", "ci@example.org", cwd=main)
+    git("config", "user.name", "ci", cwd=main)
+    assert resume(main, tree, data, env).returncode == 0
+    runs = tree / "results/cpu/runs"
+    started, finished = runs / "ptb-crt-gru-L3-n70-s3-5555555555", runs / "ptb-crt-gru-L3-n70-s2-6666666666"
+    for run, files in {started: ("config.yaml", "log.jsonl", "best.pt", "checkpoint.pt"),
+                       finished: ("config.yaml", "log.jsonl", "metrics.json", "checkpoint.pt")}.items():
+        run.mkdir(parents=True)
+        for name in files:
+            (run / name).write_text(f"{name} before the stop\n")
+    # Stand-ins for the started run's training process, which checkpoints on SIGTERM, and for one of
+    # another checkout's, which must be left running.
+    trainer = f'trap "echo checkpoint.pt at the stop > {started}/checkpoint.pt; exit 143" TERM; while sleep 0.1; do :; done'
+    ours = subprocess.Popen(["bash", "-c", trainer, "crt-repro", "train"], cwd=tree)
+    other = subprocess.Popen(["bash", "-c", "while sleep 0.1; do :; done", "crt-repro", "train"], cwd=tmp_path)
+    try:
+        park = subprocess.run(["bash", "scripts/park_started_runs.sh", str(tree)], cwd=main, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert park.returncode == 0, park.stderr
+        assert ours.wait(timeout=10) == 143
+        assert other.poll() is None
+    finally:
+        other.kill()
+    assert git("ls-tree", "-r", "--name-only", "parked-runs", cwd=main).stdout.split() == [
+        f"results/cpu/runs/{started.name}/{n}" for n in ("best.pt", "checkpoint.pt", "config.yaml", "log.jsonl")]
+    assert git("rev-list", "--count", "parked-runs", cwd=main).stdout.strip() == "1"
+    assert git("diff", "--cached", "--name-only", cwd=main).stdout == ""   # main's own index untouched
+
+    # A fresh machine: no worktree. The started run comes back, checkpoint and all, and goes first.
+    shutil.rmtree(tree)
+    git("worktree", "prune", cwd=main)
+    log.unlink()
+    done = resume(main, tree, data, env)
+    assert done.returncode == 0, done.stderr
+    assert "restored 1 parked run(s)" in done.stdout and "1 started run(s) first" in done.stdout
+    assert (started / "checkpoint.pt").read_text() == "checkpoint.pt at the stop\n"
+    assert (started / "best.pt").read_text() == "best.pt before the stop\n"
+    assert not finished.exists() and not list(started.glob(".*"))
+    assert f"--prioritize results/cpu/runs/{started.name}/metrics.json" in log.read_text()
+
+    # A kept machine: its own, later checkpoint wins over the parked one.
+    (started / "checkpoint.pt").write_text("a later checkpoint\n")
+    again = resume(main, tree, data, env)
+    assert again.returncode == 0 and "restored" not in again.stdout
+    assert (started / "checkpoint.pt").read_text() == "a later checkpoint\n"
+
+    # Once no run is started, parking removes the branch: nothing stale is restored later.
+    (started / "metrics.json").write_text("finished\n")
+    park = subprocess.run(["bash", "scripts/park_started_runs.sh", str(tree)], cwd=main, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert park.returncode == 0 and "branch parked-runs removed" in park.stdout
+    assert git("rev-parse", "-q", "--verify", "refs/heads/parked-runs", cwd=main).returncode != 0
