@@ -13,6 +13,7 @@ import yaml
 
 from crt_repro import train as engine
 from crt_repro.config import ConfigError, build_config, parse_overrides
+from crt_repro.corpora import TRAIN_TOKENS
 from crt_repro.models import build_model
 from crt_repro.plan import plan_workflow
 from crt_repro.run_directory import METRICS
@@ -449,3 +450,12 @@ def test_a_run_records_its_streams_steps_and_last_epochs_validation_gain(tmp_pat
     assert engine.valid_gain_last_epoch(log[:1], epoch) is None  # less than an epoch of validations
     with pytest.raises(ConfigError, match="run.early_stop_patience=3: needs validations during the run"):
         smoke("run.early_stop_patience=3", "run.n_evals=0")
+
+
+@pytest.mark.parametrize("dataset", ["ptb", "wikitext-2", "wt103"])
+def test_paper_scale_budgets_are_tens_of_epochs_of_their_own_corpus(dataset):
+    """A dataset block that inherits another corpus's token budget trains for the wrong length: the
+    1.8e9 tokens of WikiText-103 are some 860 epochs of WikiText-2."""
+    optim = build_config("paper", dataset).optim
+    epochs = optim.max_epochs or optim.max_tokens / TRAIN_TOKENS[dataset]
+    assert 10 <= epochs <= 100, (dataset, epochs)
