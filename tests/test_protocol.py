@@ -459,3 +459,22 @@ def test_paper_scale_budgets_are_tens_of_epochs_of_their_own_corpus(dataset):
     optim = build_config("paper", dataset).optim
     epochs = optim.max_epochs or optim.max_tokens / TRAIN_TOKENS[dataset]
     assert 10 <= epochs <= 100, (dataset, epochs)
+
+
+def test_every_cpu_language_table_trains_under_the_protocol_the_pilot_set():
+    """WikiText-2's tables (standing in for WikiText-103) under PTB's: the same epoch cap, early
+    stopping, validations and tokens per step as Table 2, not a shorter budget of their own."""
+    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x")
+
+    def protocol(cfg):
+        return (cfg.optim.max_tokens, cfg.optim.max_epochs, cfg.run.early_stop_patience, cfg.run.n_evals,
+                cfg.run.report, cfg.data.tokens_per_step, cfg.run.bf16)
+
+    reference = protocol(plan.runs[plan.tables["table2_ptb_3layer"].run_ids[0]].config())
+    datasets = set()
+    for name, table in plan.tables.items():
+        cfg = plan.runs[table.run_ids[0]].config()   # a table's runs share one budget (test above)
+        if cfg.data.dataset in ("ptb", "wikitext-2"):
+            datasets.add(cfg.data.dataset)
+            assert protocol(cfg) == reference, (name, cfg.run_id())
+    assert datasets == {"ptb", "wikitext-2"}
