@@ -2,6 +2,7 @@
 optimisers and schedules, and the config keys of the choices the paper leaves open."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -30,6 +31,12 @@ def workflow_settings(profile: str) -> dict:
     return yaml.safe_load((REPO / f"workflow/config/{profile}.yaml").read_text())
 
 
+@functools.cache
+def planned(profile: str):
+    """The workflow's plan at a scale, made once for the tests that only read it (data dir "x")."""
+    return plan_workflow(EXPERIMENTS, workflow_settings(profile), profile, "x")
+
+
 def smoke(*sets: str, model: str = "transformer", dataset: str = "synthetic"):
     return build_config("smoke", dataset, parse_overrides(
         [f"model.name={model}", "data.seg_len=9", "model.n_layer=1", "optim.warmup_steps=0", *sets]))
@@ -41,7 +48,7 @@ def smoke(*sets: str, model: str = "transformer", dataset: str = "synthetic"):
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
 def test_every_planned_table_gives_its_runs_one_token_budget(profile):
-    plan = plan_workflow(EXPERIMENTS, workflow_settings(profile), profile, "x")
+    plan = planned(profile)
     for name, table in plan.tables.items():
         budgets = {(c.optim.max_tokens, c.optim.max_epochs, c.optim.max_steps)
                    for c in (plan.runs[r].config() for r in table.run_ids)}
@@ -341,11 +348,11 @@ def test_every_committed_cpu_run_keeps_its_id_and_is_planned_by_the_workflow():
     committed = sorted((REPO / "results/cpu/runs").glob("*/config.yaml"))
     if not committed:
         pytest.skip("no cpu runs committed")
-    planned = set(plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x").runs)
+    wanted = set(planned("cpu").runs)
     for path in committed:
         run_id = path.parent.name
         assert load_config_file(path).run_id() == run_id, path
-        assert run_id in planned, run_id
+        assert run_id in wanted, run_id
     # The short-budget runs are no longer planned, but their records still name their configs.
     archived = sorted((REPO / "results/cpu/short_budget/runs").glob("*/config.yaml"))
     assert len(archived) == 58
@@ -362,7 +369,7 @@ def test_the_committed_memory_reach_runs_keep_their_ids_and_are_the_planned_benc
     assert len(committed) == 56
     for path in committed:
         assert load_config_file(path).run_id() == path.parent.name, path
-    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x")
+    plan = planned("cpu")
     assert {p.parent.name for p in committed} == set(plan.reach_run_ids)
 
 
@@ -371,7 +378,7 @@ def test_every_cell_the_claims_declare_runs_its_declared_seeds_in_every_table():
     table shows that cell (Table 2's CRT at 70 is Table 8's), and two seeds elsewhere."""
     from crt_repro.report.claims import load_declaration
 
-    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x")
+    plan = planned("cpu")
     declared = load_declaration(REPO / "workflow/config/claims.yaml")
     cells = {(c.model, c.rnn, c.seg_len) for comp in declared.comparisons for c in (comp.a, comp.b)}
     for name in ("table2_ptb_3layer", "table8_ablation", "table9_ptb_3layer_rnn"):
@@ -464,7 +471,7 @@ def test_paper_scale_budgets_are_tens_of_epochs_of_their_own_corpus(dataset):
 def test_every_cpu_language_table_trains_under_the_protocol_the_pilot_set():
     """WikiText-2's tables (standing in for WikiText-103) under PTB's: the same epoch cap, early
     stopping, validations and tokens per step as Table 2, not a shorter budget of their own."""
-    plan = plan_workflow(EXPERIMENTS, workflow_settings("cpu"), "cpu", "x")
+    plan = planned("cpu")
 
     def protocol(cfg):
         return (cfg.optim.max_tokens, cfg.optim.max_epochs, cfg.run.early_stop_patience, cfg.run.n_evals,
